@@ -1,0 +1,3 @@
+//! `chat-client`.
+
+fn main() {}

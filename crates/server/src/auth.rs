@@ -1,0 +1,77 @@
+//! Secrets and the bearer check.
+//!
+//! A secret is 256 random bits, hex encoded, shown to its owner once. The
+//! store keeps only its SHA-256, and a presented secret is found by the hash
+//! of what was presented: the comparison the database performs is between
+//! hashes, so its timing tells nothing about the secret itself.
+
+use sha2::{Digest, Sha256};
+use tonic::metadata::MetadataMap;
+
+use crate::{ApiError, AppState};
+
+/// A new secret from the operating system's random generator.
+pub fn new_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    hex::encode(bytes)
+}
+
+pub fn hash_secret(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// The secret in an `authorization: Bearer <secret>` value, if well formed.
+pub fn bearer_secret(header: &str) -> Option<&str> {
+    let (scheme, secret) = header.trim().split_once(' ')?;
+    let secret = secret.trim();
+    (scheme.eq_ignore_ascii_case("bearer")
+        && secret.len() == 64
+        && secret.bytes().all(|b| b.is_ascii_hexdigit()))
+    .then_some(secret)
+}
+
+impl AppState {
+    /// The user a request's bearer secret belongs to. Every failure (no
+    /// header, a malformed one, an unknown secret) is the same
+    /// [`ApiError::Unauthenticated`].
+    pub async fn authenticate(&self, metadata: &MetadataMap) -> Result<String, ApiError> {
+        let header = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or(ApiError::Unauthenticated)?;
+        self.authenticate_header(header).await
+    }
+
+    pub async fn authenticate_header(&self, header: &str) -> Result<String, ApiError> {
+        let secret = bearer_secret(header).ok_or(ApiError::Unauthenticated)?;
+        let hash = hash_secret(&secret.to_ascii_lowercase());
+        self.store
+            .user_by_token_hash(&hash)
+            .await?
+            .ok_or(ApiError::Unauthenticated)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        let secret = new_secret();
+        assert_eq!(secret.len(), 64);
+        assert_eq!(
+            bearer_secret(&format!("Bearer {secret}")),
+            Some(secret.as_str())
+        );
+        assert_eq!(
+            bearer_secret(&format!("bearer {secret}")),
+            Some(secret.as_str())
+        );
+        assert_eq!(bearer_secret(&format!("Basic {secret}")), None);
+        assert_eq!(bearer_secret("Bearer abc"), None);
+        assert_eq!(bearer_secret(&secret), None);
+        assert_ne!(new_secret(), secret);
+    }
+}

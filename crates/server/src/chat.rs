@@ -1,0 +1,140 @@
+//! The chat operations shared by the live stream and the unary RPCs.
+//!
+//! Each one checks its input, commits to the store, and only then tells the
+//! live sessions: a session never hears of a message that is not durable.
+
+use std::sync::Arc;
+
+use chat_store::{Appended, NewMessage, ReadCursor, Target};
+
+use crate::sessions::{Event, SessionId};
+use crate::{names, ApiError, AppState};
+
+/// A send as received, before validation.
+pub struct SendInput {
+    pub target: Option<SendTarget>,
+    pub body: String,
+    pub client_msg_id: String,
+}
+
+pub enum SendTarget {
+    User(String),
+    Group(String),
+}
+
+/// The longest client_msg_id accepted.
+pub const MAX_CLIENT_MSG_ID: usize = 64;
+
+impl AppState {
+    /// Commits a message from `sender` and delivers it to the live sessions
+    /// of every member (the sender's other sessions included). `origin` is
+    /// the session that sent it, which gets an ack instead.
+    pub async fn send_message(
+        &self,
+        sender: &str,
+        input: SendInput,
+        origin: Option<SessionId>,
+    ) -> Result<Appended, ApiError> {
+        let target = match input.target {
+            Some(SendTarget::User(user)) => {
+                let peer = names::normalize_username(&user).map_err(|_| {
+                    ApiError::InvalidArgument("to_user is not a valid username".into())
+                })?;
+                if peer == sender {
+                    return Err(ApiError::InvalidArgument(
+                        "to_user must be another user".into(),
+                    ));
+                }
+                Target::Direct(peer)
+            }
+            Some(SendTarget::Group(group)) if !group.is_empty() => Target::Group(group),
+            _ => {
+                return Err(ApiError::InvalidArgument(
+                    "a send needs a target: to_user or group_id".into(),
+                ))
+            }
+        };
+        let limit = self.config.limits.max_body_bytes;
+        if input.body.trim().is_empty() {
+            return Err(ApiError::InvalidArgument("body must not be empty".into()));
+        }
+        if input.body.len() > limit {
+            return Err(ApiError::InvalidArgument(format!(
+                "body is {} bytes; the limit is {limit}",
+                input.body.len()
+            )));
+        }
+        let id_len = input.client_msg_id.chars().count();
+        if id_len == 0 || id_len > MAX_CLIENT_MSG_ID {
+            return Err(ApiError::InvalidArgument(format!(
+                "client_msg_id must be 1 to {MAX_CLIENT_MSG_ID} characters"
+            )));
+        }
+
+        let is_direct = matches!(target, Target::Direct(_));
+        let appended = self
+            .store
+            .append_message(NewMessage {
+                sender: sender.to_owned(),
+                target,
+                body: input.body,
+                client_msg_id: input.client_msg_id,
+            })
+            .await
+            .map_err(|e| match e {
+                chat_store::StoreError::NotFound if is_direct => ApiError::NotFound("user"),
+                chat_store::StoreError::NotFound => ApiError::NotFound("group"),
+                other => other.into(),
+            })?;
+        if !appended.duplicate {
+            let event = Event::Message(Arc::new(appended.message.clone()));
+            self.sessions
+                .deliver(appended.members.iter().map(String::as_str), &event, origin);
+            tracing::debug!(
+                user = %sender,
+                conversation = %appended.message.conversation_id,
+                seq = appended.message.seq,
+                "message committed"
+            );
+        }
+        Ok(appended)
+    }
+
+    /// Moves `username`'s read cursor forward and tells the user's sessions.
+    pub async fn mark_read(
+        &self,
+        username: &str,
+        conversation_id: &str,
+        seq: u64,
+    ) -> Result<ReadCursor, ApiError> {
+        let cursor = self.store.mark_read(username, conversation_id, seq).await?;
+        let event = Event::ReadUpdate {
+            conversation_id: conversation_id.to_owned(),
+            username: username.to_owned(),
+            read_seq: cursor.read_seq,
+            unread_count: cursor.unread_count,
+        };
+        self.sessions.deliver([username], &event, None);
+        Ok(cursor)
+    }
+
+    /// Tells the other members' sessions that `username` is typing.
+    pub async fn typing(
+        &self,
+        username: &str,
+        conversation_id: &str,
+        origin: SessionId,
+    ) -> Result<(), ApiError> {
+        let members = self.store.members(username, conversation_id).await?;
+        let event = Event::Typing {
+            conversation_id: conversation_id.to_owned(),
+            username: username.to_owned(),
+        };
+        let others = members
+            .iter()
+            .map(String::as_str)
+            .filter(|m| *m != username);
+        self.sessions.deliver(others, &event, Some(origin));
+        Ok(())
+    }
+}

@@ -1,0 +1,105 @@
+//! [`ApiError`]: what a request can fail with, mapped once to a gRPC status
+//! and once to the HTTP envelope.
+
+use chat_store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed or breaks a limit; retrying it unchanged
+    /// fails again.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// No valid bearer secret. One answer for every cause.
+    #[error("missing or invalid credentials")]
+    Unauthenticated,
+    /// The object does not exist or the caller may not see it (one answer
+    /// for both).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// A backend is down or the server is stopping; nothing was committed.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A stable machine-readable name, the gRPC code in snake case.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiError::InvalidArgument(_) => "invalid_argument",
+            ApiError::Unauthenticated => "unauthenticated",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::AlreadyExists(_) => "already_exists",
+            ApiError::ResourceExhausted(_) => "resource_exhausted",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn http_status(&self) -> u16 {
+        match self {
+            ApiError::InvalidArgument(_) => 400,
+            ApiError::Unauthenticated => 401,
+            ApiError::NotFound(_) => 404,
+            ApiError::AlreadyExists(_) => 409,
+            ApiError::ResourceExhausted(_) => 429,
+            ApiError::Unavailable(_) => 503,
+            ApiError::Internal(_) => 500,
+        }
+    }
+
+    /// Logs what the client is not told: internal details stay here.
+    fn log(&self) {
+        if let ApiError::Internal(detail) | ApiError::Unavailable(detail) = self {
+            tracing::error!(kind = self.kind(), detail = %detail, "request failed");
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ApiError::NotFound("conversation"),
+            StoreError::AlreadyExists => ApiError::AlreadyExists("already exists".into()),
+            StoreError::Invalid(m) => ApiError::InvalidArgument(m),
+            StoreError::Unavailable(m) => ApiError::Unavailable(m),
+            StoreError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        use tonic::Code;
+        e.log();
+        let code = match e {
+            ApiError::InvalidArgument(_) => Code::InvalidArgument,
+            ApiError::Unauthenticated => Code::Unauthenticated,
+            ApiError::NotFound(_) => Code::NotFound,
+            ApiError::AlreadyExists(_) => Code::AlreadyExists,
+            ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
+            ApiError::Unavailable(_) => Code::Unavailable,
+            ApiError::Internal(_) => Code::Internal,
+        };
+        tonic::Status::new(code, e.to_string())
+    }
+}
+
+impl ApiError {
+    /// The body of an error answer: the seed's envelope with
+    /// `"status": "error"`.
+    pub fn envelope(&self, req_id: &str) -> serde_json::Value {
+        self.log();
+        serde_json::json!({
+            "req_id": req_id,
+            "status": "error",
+            "error": { "kind": self.kind(), "message": self.to_string() },
+            "code": self.http_status(),
+        })
+    }
+}

@@ -1,0 +1,78 @@
+//! The JSON API over HTTP: registration and profiles in the seed's
+//! envelope, and health.
+//!
+//! Every answer is `{"req_id", "status", "data" | "error", "code"}` and the
+//! HTTP status equals `code`.
+
+mod users;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+
+use crate::{ApiError, AppState, ServerError};
+
+/// The routing table: one line per endpoint.
+pub fn router(state: Arc<AppState>) -> Router {
+    let body_limit = state.config.limits.max_http_body_bytes;
+    Router::new()
+        .route(
+            "/v1/chat-apps/users",
+            get(users::get_user).post(users::register),
+        )
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+/// The request id: the client's `x-request-id` if it sent a sane one, a
+/// fresh random one otherwise.
+pub fn req_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| hex::encode(rand::random::<[u8; 8]>()))
+}
+
+/// A success envelope around `data`.
+pub fn success(req_id: String, data: serde_json::Value) -> Response {
+    let body =
+        serde_json::json!({ "req_id": req_id, "status": "success", "data": data, "code": 200 });
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+/// An error envelope; the HTTP status equals its `code`.
+pub fn failure(req_id: &str, error: ApiError) -> Response {
+    let status =
+        StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(error.envelope(req_id))).into_response()
+}
+
+/// `GET /healthz`: the process is up and serving HTTP.
+async fn healthz(headers: HeaderMap) -> Response {
+    success(req_id(&headers), serde_json::json!({ "healthy": true }))
+}
+
+async fn not_found(headers: HeaderMap) -> Response {
+    failure(&req_id(&headers), ApiError::NotFound("route"))
+}

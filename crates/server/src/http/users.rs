@@ -1,0 +1,85 @@
+//! Users over HTTP.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::{failure, req_id, success};
+use crate::{ApiError, AppState};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterBody {
+    username: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    phone: String,
+}
+
+/// `POST /v1/chat-apps/users` `{"username","name","phone"}`: registers a
+/// user and returns its profile with the secret, which no other answer
+/// ever shows. The body is read as JSON whatever its content type, as
+/// `curl -d` sends it as a form.
+pub async fn register(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let req_id = req_id(&headers);
+    let parsed: RegisterBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return failure(
+                &req_id,
+                ApiError::InvalidArgument(format!("invalid JSON body: {e}")),
+            )
+        }
+    };
+    match state
+        .register(&parsed.username, &parsed.name, &parsed.phone)
+        .await
+    {
+        Ok((profile, secret)) => success(
+            req_id,
+            serde_json::json!({
+                "username": profile.username,
+                "name": profile.name,
+                "phone": profile.phone,
+                "secret": secret,
+            }),
+        ),
+        Err(e) => failure(&req_id, e),
+    }
+}
+
+/// `GET /v1/chat-apps/users?username=…`: the public profile.
+pub async fn get_user(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let req_id = req_id(&headers);
+    let Some(username) = query.get("username") else {
+        return failure(
+            &req_id,
+            ApiError::InvalidArgument("the username parameter is required".into()),
+        );
+    };
+    match state.profile(username).await {
+        Ok(profile) => success(
+            req_id,
+            serde_json::json!({
+                "username": profile.username,
+                "name": profile.name,
+                "phone": profile.phone,
+            }),
+        ),
+        Err(e) => failure(&req_id, e),
+    }
+}

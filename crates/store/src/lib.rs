@@ -1,0 +1,98 @@
+//! Durable chat data: users, conversations, members with their read and
+//! delivered cursors, and messages.
+//!
+//! # Layout
+//!
+//! - [`model`]: the domain types every backend speaks.
+//! - [`UserStore`] and [`MessageStore`]: the storage traits, one per domain.
+//!   A backend implements both; [`Store`] is their union.
+//! - [`sqlite`]: the embedded backend (one file, WAL, a single writer thread
+//!   that commits concurrent writes in one transaction).
+//!
+//! # Invariants every backend keeps
+//!
+//! - A message is committed before `append_message` returns.
+//! - Each conversation numbers its messages 1, 2, 3, … with no gaps.
+//! - `(sender, client_msg_id)` is unique: a retry returns the original.
+//! - Reads check membership: a conversation the caller is not a member of
+//!   answers [`StoreError::NotFound`], exactly like one that does not exist.
+//!
+//! This crate holds all the SQL of the project and nothing about the wire
+//! protocol or sessions.
+
+pub mod model;
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+pub use model::*;
+
+/// Errors of every storage backend.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The object does not exist, or the caller may not see it.
+    #[error("not found")]
+    NotFound,
+    /// A unique name is taken.
+    #[error("already exists")]
+    AlreadyExists,
+    /// The request contradicts the data (e.g. a message to oneself).
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// The backend cannot serve now (busy, down, shutting down); retrying
+    /// later may succeed. Nothing was committed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or corrupted data.
+    #[error("store error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Users and their credentials.
+#[async_trait]
+pub trait UserStore: Send + Sync + 'static {
+    /// Creates a user. The username must already be normalized (lowercase);
+    /// a taken name answers [`StoreError::AlreadyExists`].
+    async fn create_user(&self, user: NewUser) -> Result<UserProfile>;
+    /// The public profile of `username` (normalized).
+    async fn get_user(&self, username: &str) -> Result<Option<UserProfile>>;
+    /// The username owning the token whose SHA-256 is `token_hash`.
+    async fn user_by_token_hash(&self, token_hash: &[u8; 32]) -> Result<Option<String>>;
+}
+
+/// Conversations, members, messages and cursors.
+#[async_trait]
+pub trait MessageStore: Send + Sync + 'static {
+    /// Commits a message: creates the direct conversation on first use,
+    /// assigns the next seq, and returns the message with the members to
+    /// deliver it to. A repeated `(sender, client_msg_id)` returns the
+    /// original message with `duplicate = true` and stores nothing.
+    async fn append_message(&self, message: NewMessage) -> Result<Appended>;
+    /// A page of a conversation the caller is a member of.
+    async fn history(
+        &self,
+        username: &str,
+        conversation_id: &str,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage>;
+    /// Every conversation of `username`, most recently active first.
+    async fn conversations(&self, username: &str) -> Result<Vec<ConversationSummary>>;
+    /// Moves the read cursor forward to `seq` (clamped to the last seq).
+    async fn mark_read(
+        &self,
+        username: &str,
+        conversation_id: &str,
+        seq: u64,
+    ) -> Result<ReadCursor>;
+    /// Moves the delivered cursor forward to `seq` (clamped to the last seq).
+    async fn mark_delivered(&self, username: &str, conversation_id: &str, seq: u64) -> Result<u64>;
+    /// The usernames of a conversation's members, if `username` is one.
+    async fn members(&self, username: &str, conversation_id: &str) -> Result<Vec<String>>;
+}
+
+/// A complete storage backend.
+pub trait Store: UserStore + MessageStore {}
+
+impl<T: UserStore + MessageStore> Store for T {}

@@ -1,0 +1,835 @@
+//! The embedded backend: one SQLite file in WAL mode.
+//!
+//! Writes go through a single writer thread that owns the only write
+//! connection. It takes every write waiting in its queue, applies them in
+//! one transaction (each inside its own savepoint, so one failing write does
+//! not fail its neighbours), commits once and only then answers each caller.
+//! This "group commit" turns N concurrent sends into one fsync, and a single
+//! writer makes seq assignment trivially gap-free.
+//!
+//! Reads run on a small pool of read-only connections inside
+//! `spawn_blocking`, so they never block the async runtime and never wait
+//! for the writer (WAL readers see the last committed state).
+
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use crate::{
+    Appended, ConversationKind, ConversationSummary, HistoryPage, HistoryQuery, MessageStore,
+    NewMessage, NewUser, ReadCursor, Result, StoreError, StoredMessage, Target, UserProfile,
+    UserStore, MAX_PAGE,
+};
+
+/// How hard a commit tries to reach the disk before it is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// fsync the WAL on every commit: an acknowledged message survives a
+    /// power loss. The default.
+    #[default]
+    Full,
+    /// Leave the WAL in the OS page cache: an acknowledged message survives
+    /// a crash or SIGKILL of the server, not a power loss of the machine.
+    Normal,
+}
+
+/// Settings of the SQLite backend.
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// The database file; its directory is created if missing.
+    pub path: PathBuf,
+    pub durability: Durability,
+    /// The most writes one transaction takes from the queue.
+    pub max_batch: usize,
+    /// Writes that may wait for the writer before callers wait too.
+    pub queue_capacity: usize,
+    /// Read connections kept open between reads.
+    pub read_pool_size: usize,
+}
+
+impl SqliteConfig {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            durability: Durability::Full,
+            max_batch: 512,
+            queue_capacity: 4096,
+            read_pool_size: 8,
+        }
+    }
+}
+
+/// The SQLite store. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    writes: mpsc::SyncSender<WriteOp>,
+    readers: Arc<ReadPool>,
+}
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE users (
+    username      TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    phone         TEXT NOT NULL,
+    token_hash    BLOB NOT NULL UNIQUE,
+    created_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE conversations (
+    id            TEXT PRIMARY KEY,
+    kind          TEXT NOT NULL CHECK (kind IN ('direct', 'group')),
+    -- 'alice|bob' (sorted) for a direct conversation, NULL for a group.
+    direct_key    TEXT UNIQUE,
+    last_seq      INTEGER NOT NULL DEFAULT 0,
+    created_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE members (
+    conversation_id TEXT NOT NULL REFERENCES conversations(id),
+    username        TEXT NOT NULL REFERENCES users(username),
+    read_seq        INTEGER NOT NULL DEFAULT 0,
+    delivered_seq   INTEGER NOT NULL DEFAULT 0,
+    joined_seq      INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (conversation_id, username)
+) WITHOUT ROWID;
+CREATE INDEX members_by_user ON members (username, conversation_id);
+
+CREATE TABLE messages (
+    conversation_id TEXT NOT NULL REFERENCES conversations(id),
+    seq             INTEGER NOT NULL,
+    id              TEXT NOT NULL UNIQUE,
+    sender          TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    client_msg_id   TEXT NOT NULL,
+    sent_at_ms      INTEGER NOT NULL,
+    PRIMARY KEY (conversation_id, seq),
+    UNIQUE (sender, client_msg_id)
+) WITHOUT ROWID;
+"#];
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database, runs the migrations and
+    /// starts the writer thread.
+    pub fn open(config: SqliteConfig) -> Result<Self> {
+        if let Some(dir) = config.path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+        }
+        let mut conn = open_connection(&config.path, config.durability, false)?;
+        migrate(&mut conn)?;
+
+        let (writes, queue) = mpsc::sync_channel(config.queue_capacity.max(1));
+        let max_batch = config.max_batch.max(1);
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(conn, queue, max_batch))
+            .map_err(|e| StoreError::Internal(format!("cannot start the writer: {e}")))?;
+
+        let readers = Arc::new(ReadPool {
+            path: config.path.clone(),
+            durability: config.durability,
+            idle: Mutex::new(Vec::new()),
+            max_idle: config.read_pool_size,
+        });
+        Ok(Self { writes, readers })
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T>>) -> WriteOp,
+    ) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        let op = make(reply);
+        let writes = self.writes.clone();
+        // The queue is bounded; when it is full the caller waits here, off
+        // the async runtime's worker threads.
+        match writes.try_send(op) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(op)) => {
+                tokio::task::spawn_blocking(move || writes.send(op))
+                    .await
+                    .map_err(|e| StoreError::Internal(e.to_string()))?
+                    .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => {
+                return Err(StoreError::Unavailable("the store is closed".into()))
+            }
+        }
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the store writer stopped".into()))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.take()?;
+            let result = f(&conn);
+            readers.give_back(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))?
+    }
+}
+
+fn open_connection(path: &Path, durability: Durability, read_only: bool) -> Result<Connection> {
+    let conn = Connection::open(path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    let synchronous = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = {synchronous};
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 5000;
+         PRAGMA query_only = {};",
+        if read_only { "ON" } else { "OFF" }
+    ))?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, migration) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(migration)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "applied store migration");
+    }
+    Ok(())
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(ErrorCode::ConstraintViolation) => StoreError::AlreadyExists,
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+                StoreError::Unavailable(e.to_string())
+            }
+            _ => StoreError::Internal(e.to_string()),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// A fresh random identifier: a one-letter kind and 128 random bits.
+fn new_id(prefix: char) -> String {
+    format!("{prefix}{}", hex::encode(rand::random::<[u8; 16]>()))
+}
+
+// ------------------------------------------------------------------ reads
+
+struct ReadPool {
+    path: PathBuf,
+    durability: Durability,
+    /// A std mutex: it is held only to push or pop, never across I/O.
+    idle: Mutex<Vec<Connection>>,
+    max_idle: usize,
+}
+
+impl ReadPool {
+    fn take(&self) -> Result<Connection> {
+        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        match idle {
+            Some(conn) => Ok(conn),
+            None => open_connection(&self.path, self.durability, true),
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < self.max_idle {
+                idle.push(conn);
+            }
+        }
+    }
+}
+
+const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, sender, body, client_msg_id, sent_at_ms";
+
+fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    Ok(StoredMessage {
+        id: row.get(0)?,
+        conversation_id: row.get(1)?,
+        seq: row.get::<_, i64>(2)? as u64,
+        sender: row.get(3)?,
+        body: row.get(4)?,
+        client_msg_id: row.get(5)?,
+        sent_at_unix_ms: row.get(6)?,
+    })
+}
+
+fn is_member(conn: &Connection, username: &str, conversation_id: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM members WHERE conversation_id = ?1 AND username = ?2")?
+        .exists(params![conversation_id, username])?)
+}
+
+fn unread_count(
+    conn: &Connection,
+    username: &str,
+    conversation_id: &str,
+    after: u64,
+) -> Result<u64> {
+    let n: i64 = conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM messages
+             WHERE conversation_id = ?1 AND seq > ?2 AND sender <> ?3",
+        )?
+        .query_row(params![conversation_id, after as i64, username], |r| {
+            r.get(0)
+        })?;
+    Ok(n as u64)
+}
+
+fn history(
+    conn: &Connection,
+    username: &str,
+    conversation_id: &str,
+    query: HistoryQuery,
+) -> Result<HistoryPage> {
+    if !is_member(conn, username, conversation_id)? {
+        return Err(StoreError::NotFound);
+    }
+    let limit = match query.limit {
+        0 => 50,
+        n => n.min(MAX_PAGE),
+    };
+    let after = query.after_seq.unwrap_or(0) as i64;
+    let before = query.before_seq.map_or(i64::MAX, |b| b as i64);
+    // One more row than asked tells whether there is more.
+    let fetch = i64::from(limit) + 1;
+    let mut messages = if query.after_seq.is_some() {
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages
+             WHERE conversation_id = ?1 AND seq > ?2 AND seq < ?3
+             ORDER BY seq ASC LIMIT ?4"
+        ))?;
+        let rows = stmt.query_map(
+            params![conversation_id, after, before, fetch],
+            message_from_row,
+        )?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()?
+    } else {
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages
+             WHERE conversation_id = ?1 AND seq > ?2 AND seq < ?3
+             ORDER BY seq DESC LIMIT ?4"
+        ))?;
+        let rows = stmt.query_map(
+            params![conversation_id, after, before, fetch],
+            message_from_row,
+        )?;
+        let mut newest_first = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        newest_first.reverse();
+        newest_first
+    };
+    let has_more = messages.len() > limit as usize;
+    if has_more {
+        if query.after_seq.is_some() {
+            messages.truncate(limit as usize);
+        } else {
+            messages.remove(0);
+        }
+    }
+    Ok(HistoryPage { messages, has_more })
+}
+
+fn conversations(conn: &Connection, username: &str) -> Result<Vec<ConversationSummary>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT c.id, c.kind, c.last_seq, m.read_seq, m.delivered_seq,
+                (SELECT o.username FROM members o
+                  WHERE o.conversation_id = c.id AND o.username <> m.username LIMIT 1)
+         FROM members m JOIN conversations c ON c.id = m.conversation_id
+         WHERE m.username = ?1",
+    )?;
+    let rows = stmt.query_map(params![username], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)? as u64,
+            r.get::<_, i64>(3)? as u64,
+            r.get::<_, i64>(4)? as u64,
+            r.get::<_, Option<String>>(5)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, kind, last_seq, read_seq, delivered_seq, other) = row?;
+        let kind = if kind == "group" {
+            ConversationKind::Group
+        } else {
+            ConversationKind::Direct
+        };
+        let last_message = conn
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND seq = ?2"
+            ))?
+            .query_row(params![id, last_seq as i64], message_from_row)
+            .optional()?;
+        let unread_count = unread_count(conn, username, &id, read_seq)?;
+        out.push(ConversationSummary {
+            peer: (kind == ConversationKind::Direct)
+                .then_some(other)
+                .flatten(),
+            id,
+            kind,
+            last_seq,
+            read_seq,
+            delivered_seq,
+            unread_count,
+            last_message,
+        });
+    }
+    out.sort_by(|a, b| {
+        let at = |c: &ConversationSummary| c.last_message.as_ref().map_or(0, |m| m.sent_at_unix_ms);
+        at(b).cmp(&at(a)).then_with(|| a.id.cmp(&b.id))
+    });
+    Ok(out)
+}
+
+fn members(conn: &Connection, conversation_id: &str) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT username FROM members WHERE conversation_id = ?1 ORDER BY username",
+    )?;
+    let rows = stmt.query_map(params![conversation_id], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+}
+
+// ----------------------------------------------------------------- writes
+
+enum WriteOp {
+    CreateUser(NewUser, oneshot::Sender<Result<UserProfile>>),
+    Append(NewMessage, oneshot::Sender<Result<Appended>>),
+    MarkRead {
+        username: String,
+        conversation_id: String,
+        seq: u64,
+        reply: oneshot::Sender<Result<ReadCursor>>,
+    },
+    MarkDelivered {
+        username: String,
+        conversation_id: String,
+        seq: u64,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+}
+
+/// An answer computed inside the batch, sent only after the commit.
+enum Answer {
+    User(oneshot::Sender<Result<UserProfile>>, Result<UserProfile>),
+    Appended(oneshot::Sender<Result<Appended>>, Result<Appended>),
+    Read(oneshot::Sender<Result<ReadCursor>>, Result<ReadCursor>),
+    Delivered(oneshot::Sender<Result<u64>>, Result<u64>),
+}
+
+impl Answer {
+    /// Replaces a success with `error`: the batch did not commit.
+    fn fail(self, error: &StoreError) -> Self {
+        fn e<T>(r: Result<T>, error: &StoreError) -> Result<T> {
+            r.and_then(|_| Err(StoreError::Unavailable(error.to_string())))
+        }
+        match self {
+            Answer::User(tx, r) => Answer::User(tx, e(r, error)),
+            Answer::Appended(tx, r) => Answer::Appended(tx, e(r, error)),
+            Answer::Read(tx, r) => Answer::Read(tx, e(r, error)),
+            Answer::Delivered(tx, r) => Answer::Delivered(tx, e(r, error)),
+        }
+    }
+
+    fn send(self) {
+        // A caller that went away no longer needs its answer.
+        let _ = match self {
+            Answer::User(tx, r) => tx.send(r).is_ok(),
+            Answer::Appended(tx, r) => tx.send(r).is_ok(),
+            Answer::Read(tx, r) => tx.send(r).is_ok(),
+            Answer::Delivered(tx, r) => tx.send(r).is_ok(),
+        };
+    }
+}
+
+fn writer_loop(mut conn: Connection, queue: mpsc::Receiver<WriteOp>, max_batch: usize) {
+    let mut batch = Vec::with_capacity(max_batch);
+    while let Ok(first) = queue.recv() {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match queue.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let answers = apply_batch(&mut conn, batch.drain(..));
+        for answer in answers {
+            answer.send();
+        }
+    }
+    tracing::debug!("sqlite writer stopped");
+}
+
+fn apply_batch(conn: &mut Connection, ops: impl Iterator<Item = WriteOp>) -> Vec<Answer> {
+    let ops: Vec<WriteOp> = ops.collect();
+    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            let e = StoreError::from(e);
+            return ops.into_iter().map(|op| unapplied(op, &e)).collect();
+        }
+    };
+    let now = now_ms();
+    let mut answers = Vec::with_capacity(ops.len());
+    for op in ops {
+        answers.push(apply_one(&tx, op, now));
+    }
+    if let Err(e) = tx.commit() {
+        let e = StoreError::from(e);
+        tracing::error!(error = %e, "store commit failed");
+        return answers.into_iter().map(|a| a.fail(&e)).collect();
+    }
+    answers
+}
+
+fn unapplied(op: WriteOp, e: &StoreError) -> Answer {
+    fn err<T>(e: &StoreError) -> Result<T> {
+        Err(StoreError::Unavailable(e.to_string()))
+    }
+    match op {
+        WriteOp::CreateUser(_, tx) => Answer::User(tx, err(e)),
+        WriteOp::Append(_, tx) => Answer::Appended(tx, err(e)),
+        WriteOp::MarkRead { reply, .. } => Answer::Read(reply, err(e)),
+        WriteOp::MarkDelivered { reply, .. } => Answer::Delivered(reply, err(e)),
+    }
+}
+
+/// Runs one write inside a savepoint, so that its failure undoes only it.
+fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    conn.execute_batch("SAVEPOINT op")?;
+    match f(conn) {
+        Ok(v) => {
+            conn.execute_batch("RELEASE op")?;
+            Ok(v)
+        }
+        Err(e) => {
+            conn.execute_batch("ROLLBACK TO op; RELEASE op")?;
+            Err(e)
+        }
+    }
+}
+
+fn apply_one(conn: &Connection, op: WriteOp, now: i64) -> Answer {
+    match op {
+        WriteOp::CreateUser(user, tx) => {
+            Answer::User(tx, in_savepoint(conn, |c| create_user(c, user, now)))
+        }
+        WriteOp::Append(msg, tx) => {
+            Answer::Appended(tx, in_savepoint(conn, |c| append(c, msg, now)))
+        }
+        WriteOp::MarkRead {
+            username,
+            conversation_id,
+            seq,
+            reply,
+        } => Answer::Read(
+            reply,
+            in_savepoint(conn, |c| mark_read(c, &username, &conversation_id, seq)),
+        ),
+        WriteOp::MarkDelivered {
+            username,
+            conversation_id,
+            seq,
+            reply,
+        } => Answer::Delivered(
+            reply,
+            in_savepoint(conn, |c| {
+                mark_delivered(c, &username, &conversation_id, seq)
+            }),
+        ),
+    }
+}
+
+fn create_user(conn: &Connection, user: NewUser, now: i64) -> Result<UserProfile> {
+    conn.prepare_cached(
+        "INSERT INTO users (username, name, phone, token_hash, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        user.username,
+        user.name,
+        user.phone,
+        &user.token_hash[..],
+        now
+    ])?;
+    Ok(UserProfile {
+        username: user.username,
+        name: user.name,
+        phone: user.phone,
+        created_at_unix_ms: now,
+    })
+}
+
+fn append(conn: &Connection, msg: NewMessage, now: i64) -> Result<Appended> {
+    let existing = conn
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender = ?1 AND client_msg_id = ?2"
+        ))?
+        .query_row(params![msg.sender, msg.client_msg_id], message_from_row)
+        .optional()?;
+    if let Some(message) = existing {
+        let members = members(conn, &message.conversation_id)?;
+        return Ok(Appended {
+            message,
+            members,
+            duplicate: true,
+        });
+    }
+
+    let conversation_id = match &msg.target {
+        Target::Direct(peer) => direct_conversation(conn, &msg.sender, peer, now)?,
+        Target::Group(group_id) => {
+            if !is_member(conn, &msg.sender, group_id)? {
+                return Err(StoreError::NotFound);
+            }
+            group_id.clone()
+        }
+    };
+    let seq: i64 = conn
+        .prepare_cached(
+            "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq",
+        )?
+        .query_row(params![conversation_id], |r| r.get(0))?;
+    let message = StoredMessage {
+        id: new_id('m'),
+        conversation_id,
+        seq: seq as u64,
+        sender: msg.sender,
+        body: msg.body,
+        client_msg_id: msg.client_msg_id,
+        sent_at_unix_ms: now,
+    };
+    conn.prepare_cached(
+        "INSERT INTO messages (conversation_id, seq, id, sender, body, client_msg_id, sent_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        message.conversation_id,
+        seq,
+        message.id,
+        message.sender,
+        message.body,
+        message.client_msg_id,
+        now
+    ])?;
+    let members = members(conn, &message.conversation_id)?;
+    Ok(Appended {
+        message,
+        members,
+        duplicate: false,
+    })
+}
+
+/// The id of the direct conversation of `a` and `b`, created on first use.
+fn direct_conversation(conn: &Connection, a: &str, b: &str, now: i64) -> Result<String> {
+    if a == b {
+        return Err(StoreError::Invalid(
+            "a direct conversation needs two users".into(),
+        ));
+    }
+    let key = if a < b {
+        format!("{a}|{b}")
+    } else {
+        format!("{b}|{a}")
+    };
+    let existing: Option<String> = conn
+        .prepare_cached("SELECT id FROM conversations WHERE direct_key = ?1")?
+        .query_row(params![key], |r| r.get(0))
+        .optional()?;
+    if let Some(id) = existing {
+        return Ok(id);
+    }
+    let peer_exists = conn
+        .prepare_cached("SELECT 1 FROM users WHERE username = ?1")?
+        .exists(params![b])?;
+    if !peer_exists {
+        return Err(StoreError::NotFound);
+    }
+    let id = new_id('c');
+    conn.prepare_cached(
+        "INSERT INTO conversations (id, kind, direct_key, created_at_ms) VALUES (?1, 'direct', ?2, ?3)",
+    )?
+    .execute(params![id, key, now])?;
+    let mut add =
+        conn.prepare_cached("INSERT INTO members (conversation_id, username) VALUES (?1, ?2)")?;
+    add.execute(params![id, a])?;
+    add.execute(params![id, b])?;
+    Ok(id)
+}
+
+fn last_seq(conn: &Connection, conversation_id: &str) -> Result<u64> {
+    let seq: i64 = conn
+        .prepare_cached("SELECT last_seq FROM conversations WHERE id = ?1")?
+        .query_row(params![conversation_id], |r| r.get(0))?;
+    Ok(seq as u64)
+}
+
+fn mark_read(
+    conn: &Connection,
+    username: &str,
+    conversation_id: &str,
+    seq: u64,
+) -> Result<ReadCursor> {
+    if !is_member(conn, username, conversation_id)? {
+        return Err(StoreError::NotFound);
+    }
+    let target = seq.min(last_seq(conn, conversation_id)?) as i64;
+    let read_seq: i64 = conn
+        .prepare_cached(
+            "UPDATE members SET read_seq = MAX(read_seq, ?3),
+                                delivered_seq = MAX(delivered_seq, ?3)
+             WHERE conversation_id = ?1 AND username = ?2 RETURNING read_seq",
+        )?
+        .query_row(params![conversation_id, username, target], |r| r.get(0))?;
+    let read_seq = read_seq as u64;
+    Ok(ReadCursor {
+        read_seq,
+        unread_count: unread_count(conn, username, conversation_id, read_seq)?,
+    })
+}
+
+fn mark_delivered(
+    conn: &Connection,
+    username: &str,
+    conversation_id: &str,
+    seq: u64,
+) -> Result<u64> {
+    if !is_member(conn, username, conversation_id)? {
+        return Err(StoreError::NotFound);
+    }
+    let target = seq.min(last_seq(conn, conversation_id)?) as i64;
+    let delivered: i64 = conn
+        .prepare_cached(
+            "UPDATE members SET delivered_seq = MAX(delivered_seq, ?3)
+             WHERE conversation_id = ?1 AND username = ?2 RETURNING delivered_seq",
+        )?
+        .query_row(params![conversation_id, username, target], |r| r.get(0))?;
+    Ok(delivered as u64)
+}
+
+// ------------------------------------------------------------ the traits
+
+#[async_trait]
+impl UserStore for SqliteStore {
+    async fn create_user(&self, user: NewUser) -> Result<UserProfile> {
+        self.write(|reply| WriteOp::CreateUser(user, reply)).await
+    }
+
+    async fn get_user(&self, username: &str) -> Result<Option<UserProfile>> {
+        let username = username.to_owned();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT username, name, phone, created_at_ms FROM users WHERE username = ?1",
+                )?
+                .query_row(params![username], |r| {
+                    Ok(UserProfile {
+                        username: r.get(0)?,
+                        name: r.get(1)?,
+                        phone: r.get(2)?,
+                        created_at_unix_ms: r.get(3)?,
+                    })
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn user_by_token_hash(&self, token_hash: &[u8; 32]) -> Result<Option<String>> {
+        let hash = *token_hash;
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT username FROM users WHERE token_hash = ?1")?
+                .query_row(params![&hash[..]], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl MessageStore for SqliteStore {
+    async fn append_message(&self, message: NewMessage) -> Result<Appended> {
+        self.write(|reply| WriteOp::Append(message, reply)).await
+    }
+
+    async fn history(
+        &self,
+        username: &str,
+        conversation_id: &str,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage> {
+        let (username, conversation_id) = (username.to_owned(), conversation_id.to_owned());
+        self.read(move |conn| history(conn, &username, &conversation_id, query))
+            .await
+    }
+
+    async fn conversations(&self, username: &str) -> Result<Vec<ConversationSummary>> {
+        let username = username.to_owned();
+        self.read(move |conn| conversations(conn, &username)).await
+    }
+
+    async fn mark_read(
+        &self,
+        username: &str,
+        conversation_id: &str,
+        seq: u64,
+    ) -> Result<ReadCursor> {
+        let (username, conversation_id) = (username.to_owned(), conversation_id.to_owned());
+        self.write(|reply| WriteOp::MarkRead {
+            username,
+            conversation_id,
+            seq,
+            reply,
+        })
+        .await
+    }
+
+    async fn mark_delivered(&self, username: &str, conversation_id: &str, seq: u64) -> Result<u64> {
+        let (username, conversation_id) = (username.to_owned(), conversation_id.to_owned());
+        self.write(|reply| WriteOp::MarkDelivered {
+            username,
+            conversation_id,
+            seq,
+            reply,
+        })
+        .await
+    }
+
+    async fn members(&self, username: &str, conversation_id: &str) -> Result<Vec<String>> {
+        let (username, conversation_id) = (username.to_owned(), conversation_id.to_owned());
+        self.read(move |conn| {
+            if !is_member(conn, &username, &conversation_id)? {
+                return Err(StoreError::NotFound);
+            }
+            members(conn, &conversation_id)
+        })
+        .await
+    }
+}

@@ -1,0 +1,290 @@
+//! The behaviour every storage backend must have. Each backend's test file
+//! calls every function here with a fresh, empty store.
+
+use std::sync::Arc;
+
+use chat_store::{HistoryQuery, NewMessage, NewUser, Store, StoreError, Target};
+
+fn user(name: &str) -> NewUser {
+    let mut token_hash = [0u8; 32];
+    token_hash[..name.len()].copy_from_slice(name.as_bytes());
+    NewUser {
+        username: name.into(),
+        name: format!("{name}!"),
+        phone: "1".into(),
+        token_hash,
+    }
+}
+
+fn direct(from: &str, to: &str, body: &str, id: &str) -> NewMessage {
+    NewMessage {
+        sender: from.into(),
+        target: Target::Direct(to.into()),
+        body: body.into(),
+        client_msg_id: id.into(),
+    }
+}
+
+async fn users(store: &dyn Store, names: &[&str]) {
+    for name in names {
+        store.create_user(user(name)).await.unwrap();
+    }
+}
+
+pub async fn users_are_unique_and_found_by_token(store: Arc<dyn Store>) {
+    users(&*store, &["alice"]).await;
+    assert!(matches!(
+        store.create_user(user("alice")).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    let profile = store.get_user("alice").await.unwrap().unwrap();
+    assert_eq!(
+        (profile.name.as_str(), profile.phone.as_str()),
+        ("alice!", "1")
+    );
+    assert!(store.get_user("bob").await.unwrap().is_none());
+    assert_eq!(
+        store
+            .user_by_token_hash(&user("alice").token_hash)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("alice")
+    );
+    assert!(store.user_by_token_hash(&[9; 32]).await.unwrap().is_none());
+}
+
+pub async fn direct_messages_get_gap_free_seqs_and_members(store: Arc<dyn Store>) {
+    users(&*store, &["alice", "bob", "carol"]).await;
+    let a = store
+        .append_message(direct("alice", "bob", "1", "a1"))
+        .await
+        .unwrap();
+    let b = store
+        .append_message(direct("bob", "alice", "2", "b1"))
+        .await
+        .unwrap();
+    assert_eq!((a.message.seq, b.message.seq), (1, 2));
+    assert_eq!(a.message.conversation_id, b.message.conversation_id);
+    assert_eq!(a.members, vec!["alice".to_string(), "bob".to_string()]);
+    assert!(!a.duplicate);
+    let other = store
+        .append_message(direct("alice", "carol", "x", "a2"))
+        .await
+        .unwrap();
+    assert_ne!(other.message.conversation_id, a.message.conversation_id);
+    assert_eq!(other.message.seq, 1);
+
+    assert!(matches!(
+        store
+            .append_message(direct("alice", "nobody", "x", "a3"))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store
+            .append_message(direct("alice", "alice", "x", "a4"))
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store
+            .append_message(NewMessage {
+                target: Target::Group(a.message.conversation_id.clone()),
+                ..direct("carol", "x", "x", "c1")
+            })
+            .await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+pub async fn concurrent_appends_are_gap_free(store: Arc<dyn Store>) {
+    users(&*store, &["alice", "bob"]).await;
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                let (from, to) = if t % 2 == 0 {
+                    ("alice", "bob")
+                } else {
+                    ("bob", "alice")
+                };
+                store
+                    .append_message(direct(from, to, "x", &format!("{t}-{i}")))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let conversation = store.conversations("alice").await.unwrap().remove(0);
+    assert_eq!(conversation.last_seq, 200);
+    let mut seqs = Vec::new();
+    let mut after = 0;
+    loop {
+        let q = HistoryQuery {
+            after_seq: Some(after),
+            before_seq: None,
+            limit: 200,
+        };
+        let page = store.history("alice", &conversation.id, q).await.unwrap();
+        seqs.extend(page.messages.iter().map(|m| m.seq));
+        after = *seqs.last().unwrap();
+        if !page.has_more {
+            break;
+        }
+    }
+    assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
+}
+
+pub async fn retries_return_the_original(store: Arc<dyn Store>) {
+    users(&*store, &["alice", "bob"]).await;
+    let first = store
+        .append_message(direct("alice", "bob", "hi", "k"))
+        .await
+        .unwrap();
+    let again = store
+        .append_message(direct("alice", "bob", "changed", "k"))
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.message, first.message);
+    // The key is per sender: bob may use the same one.
+    let bobs = store
+        .append_message(direct("bob", "alice", "hi", "k"))
+        .await
+        .unwrap();
+    assert_eq!(bobs.message.seq, 2);
+    assert_eq!(store.conversations("alice").await.unwrap()[0].last_seq, 2);
+}
+
+pub async fn history_is_for_members_only_and_pages(store: Arc<dyn Store>) {
+    users(&*store, &["alice", "bob", "carol"]).await;
+    let mut id = String::new();
+    for i in 1..=7 {
+        id = store
+            .append_message(direct("alice", "bob", &i.to_string(), &i.to_string()))
+            .await
+            .unwrap()
+            .message
+            .conversation_id;
+    }
+    let q = |before, after, limit| HistoryQuery {
+        before_seq: before,
+        after_seq: after,
+        limit,
+    };
+    let seqs = |p: chat_store::HistoryPage| {
+        (
+            p.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            p.has_more,
+        )
+    };
+    assert_eq!(
+        seqs(store.history("bob", &id, q(None, None, 3)).await.unwrap()),
+        (vec![5, 6, 7], true)
+    );
+    assert_eq!(
+        seqs(
+            store
+                .history("bob", &id, q(Some(5), None, 3))
+                .await
+                .unwrap()
+        ),
+        (vec![2, 3, 4], true)
+    );
+    assert_eq!(
+        seqs(
+            store
+                .history("bob", &id, q(Some(2), None, 3))
+                .await
+                .unwrap()
+        ),
+        (vec![1], false)
+    );
+    assert_eq!(
+        seqs(
+            store
+                .history("bob", &id, q(None, Some(4), 2))
+                .await
+                .unwrap()
+        ),
+        (vec![5, 6], true)
+    );
+    assert_eq!(
+        seqs(
+            store
+                .history("bob", &id, q(None, Some(6), 2))
+                .await
+                .unwrap()
+        ),
+        (vec![7], false)
+    );
+    assert!(matches!(
+        store.history("carol", &id, q(None, None, 3)).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.history("carol", "nope", q(None, None, 3)).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.members("carol", &id).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        store.members("bob", &id).await.unwrap(),
+        vec!["alice".to_string(), "bob".to_string()]
+    );
+}
+
+pub async fn cursors_move_forward_only_and_unread_is_exact(store: Arc<dyn Store>) {
+    users(&*store, &["alice", "bob", "carol"]).await;
+    let m = store
+        .append_message(direct("alice", "bob", "1", "1"))
+        .await
+        .unwrap()
+        .message;
+    store
+        .append_message(direct("bob", "alice", "2", "2"))
+        .await
+        .unwrap();
+    store
+        .append_message(direct("alice", "bob", "3", "3"))
+        .await
+        .unwrap();
+    let id = m.conversation_id;
+    let bob = store.conversations("bob").await.unwrap().remove(0);
+    assert_eq!(
+        (
+            bob.unread_count,
+            bob.read_seq,
+            bob.delivered_seq,
+            bob.peer.as_deref()
+        ),
+        (2, 0, 0, Some("alice"))
+    );
+    assert_eq!(bob.last_message.unwrap().seq, 3);
+    let read = store.mark_read("bob", &id, 1).await.unwrap();
+    assert_eq!((read.read_seq, read.unread_count), (1, 1));
+    let back = store.mark_read("bob", &id, 0).await.unwrap();
+    assert_eq!(back.read_seq, 1);
+    let clamped = store.mark_read("bob", &id, 1000).await.unwrap();
+    assert_eq!((clamped.read_seq, clamped.unread_count), (3, 0));
+    assert_eq!(store.mark_delivered("alice", &id, 2).await.unwrap(), 2);
+    assert_eq!(store.mark_delivered("alice", &id, 1).await.unwrap(), 2);
+    assert_eq!(store.mark_delivered("alice", &id, 99).await.unwrap(), 3);
+    assert!(matches!(
+        store.mark_read("carol", &id, 1).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.mark_delivered("carol", &id, 1).await,
+        Err(StoreError::NotFound)
+    ));
+    let alice = store.conversations("alice").await.unwrap().remove(0);
+    assert_eq!((alice.unread_count, alice.delivered_seq), (1, 3));
+}

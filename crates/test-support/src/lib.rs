@@ -1,0 +1,302 @@
+//! Real chat servers for tests: [`TestServer::start`] runs the server
+//! in-process on loopback port 0 with its data in a temporary directory, and
+//! hands out authenticated clients and live sessions.
+//!
+//! Every wait here is bounded by [`WAIT`], so a broken feature fails the
+//! test with a message instead of hanging it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chat_proto as pb;
+use chat_proto::chat_service_client::ChatServiceClient;
+use chat_proto::user_service_client::UserServiceClient;
+use chat_server::{Config, Listeners, ServerError};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+pub use chat_proto::AuthedChatClient;
+
+/// The longest any test waits for an event that should come.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A server running in this process.
+pub struct TestServer {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub data_dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+/// A registered user.
+#[derive(Clone, Debug)]
+pub struct TestUser {
+    pub username: String,
+    pub secret: String,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server after `adjust` has changed the default config.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let data_dir = tempfile::tempdir().expect("temporary directory");
+        let mut config = Config {
+            data_dir: data_dir.path().to_owned(),
+            ..Config::default()
+        };
+        adjust(&mut config);
+        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind gRPC");
+        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind HTTP");
+        let grpc_addr = grpc.local_addr().expect("gRPC address");
+        let http_addr = http.local_addr().expect("HTTP address");
+        let shutdown = CancellationToken::new();
+        let signal = shutdown.clone();
+        let task = tokio::spawn(chat_server::run(
+            config,
+            Listeners { grpc, http },
+            async move { signal.cancelled().await },
+        ));
+        Self {
+            grpc_addr,
+            http_addr,
+            data_dir,
+            shutdown,
+            task,
+        }
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Endpoint::from_shared(self.grpc_url())
+            .expect("endpoint")
+            .connect_timeout(WAIT)
+            .connect()
+            .await
+            .expect("connect to the test server")
+    }
+
+    pub async fn users(&self) -> UserServiceClient<Channel> {
+        UserServiceClient::new(self.channel().await)
+    }
+
+    /// A chat client that sends `secret` as its bearer token.
+    pub async fn chat_as(&self, secret: &str) -> AuthedChatClient {
+        let bearer = pb::Bearer::new(secret).expect("a header-safe secret");
+        ChatServiceClient::with_interceptor(self.channel().await, bearer)
+    }
+
+    pub async fn chat(&self, user: &TestUser) -> AuthedChatClient {
+        self.chat_as(&user.secret).await
+    }
+
+    /// Registers `username` over gRPC.
+    pub async fn register(&self, username: &str) -> TestUser {
+        let response = self
+            .users()
+            .await
+            .register(pb::RegisterRequest {
+                username: username.into(),
+                name: format!("{username} name"),
+                phone: "8098080".into(),
+            })
+            .await
+            .expect("register")
+            .into_inner();
+        TestUser {
+            username: response.user.expect("user").username,
+            secret: response.secret,
+        }
+    }
+
+    /// Opens a live session and waits for its `ready`.
+    pub async fn connect(&self, user: &TestUser) -> Live {
+        Live::open(self.chat(user).await).await
+    }
+
+    /// Stops the server and waits until it has stopped.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("server stops in time")
+            .expect("server task")
+            .expect("server ran without error");
+    }
+}
+
+/// A live `Connect` session.
+pub struct Live {
+    pub ready: pb::Ready,
+    frames_out: mpsc::Sender<pb::ClientFrame>,
+    frames_in: tonic::Streaming<pb::ServerFrame>,
+}
+
+impl Live {
+    pub async fn open(mut client: AuthedChatClient) -> Self {
+        let (frames_out, rx) = mpsc::channel(64);
+        let mut frames_in = client
+            .connect(ReceiverStream::new(rx))
+            .await
+            .expect("Connect accepted")
+            .into_inner();
+        let first = tokio::time::timeout(WAIT, frames_in.message())
+            .await
+            .expect("ready in time")
+            .expect("stream ok")
+            .expect("a first frame");
+        let Some(pb::server_frame::Frame::Ready(ready)) = first.frame else {
+            panic!("the first frame is not ready: {first:?}");
+        };
+        Self {
+            ready,
+            frames_out,
+            frames_in,
+        }
+    }
+
+    /// The next frame from the server, or `None` when the stream ended.
+    pub async fn next(&mut self) -> Option<Result<pb::server_frame::Frame, tonic::Status>> {
+        match tokio::time::timeout(WAIT, self.frames_in.message()).await {
+            Err(_) => panic!("no frame within {WAIT:?}"),
+            Ok(Ok(Some(frame))) => Some(Ok(frame.frame.expect("a frame with content"))),
+            Ok(Ok(None)) => None,
+            Ok(Err(status)) => Some(Err(status)),
+        }
+    }
+
+    /// The next frame, which must exist.
+    pub async fn frame(&mut self) -> pb::server_frame::Frame {
+        self.next()
+            .await
+            .expect("the stream is open")
+            .expect("no stream error")
+    }
+
+    /// The next `message` frame, skipping others.
+    pub async fn message(&mut self) -> pb::Message {
+        loop {
+            if let pb::server_frame::Frame::Message(m) = self.frame().await {
+                return m;
+            }
+        }
+    }
+
+    /// The next `ack` frame, skipping others.
+    pub async fn ack(&mut self) -> pb::SendAck {
+        loop {
+            if let pb::server_frame::Frame::Ack(a) = self.frame().await {
+                return a;
+            }
+        }
+    }
+
+    pub async fn push(&self, frame: pb::client_frame::Frame) {
+        self.frames_out
+            .send(pb::ClientFrame { frame: Some(frame) })
+            .await
+            .expect("the stream accepts frames");
+    }
+
+    /// Sends a direct message over the stream (its ack comes later).
+    pub async fn send_to(&self, to: &str, body: &str, client_msg_id: &str) {
+        self.push(pb::client_frame::Frame::Send(send_request(
+            to,
+            body,
+            client_msg_id,
+        )))
+        .await;
+    }
+
+    /// Closes the client side of the stream.
+    pub fn close(self) {}
+}
+
+/// A direct `SendMessageRequest`.
+pub fn send_request(to: &str, body: &str, client_msg_id: &str) -> pb::SendMessageRequest {
+    pb::SendMessageRequest {
+        target: Some(pb::send_message_request::Target::ToUser(to.into())),
+        body: body.into(),
+        client_msg_id: client_msg_id.into(),
+    }
+}
+
+/// An HTTP answer: status and body parsed as JSON (`Null` if it is not).
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub json: serde_json::Value,
+    pub body: String,
+}
+
+/// A minimal HTTP/1.1 request over a fresh loopback connection (one request
+/// per connection), enough to test the JSON API without an HTTP client
+/// library. `body` is sent as `-d` sends it with curl.
+pub async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&[u8]>) -> HttpAnswer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect HTTP");
+        let body = body.unwrap_or_default();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.expect("write head");
+        stream.write_all(body).await.expect("write body");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.expect("read answer");
+        raw
+    };
+    let raw = tokio::time::timeout(WAIT, exchange)
+        .await
+        .expect("HTTP answer in time");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    let json = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+    HttpAnswer { status, json, body }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
