@@ -1,25 +1,90 @@
 #!/usr/bin/env bash
 # Runs every check and every test of chat-apps, setting up what they need.
 #
-#   scripts/test.sh            # lint + the whole test suite
+#   scripts/test.sh                      # lint + the whole test suite
+#   scripts/test.sh -- ARGS...           # lint + `cargo test --locked --no-fail-fast ARGS...`
+#   scripts/test.sh --no-lint [-- ARGS...]   # the tests only
 #
-# Needs only a Rust toolchain (rustup) and a C compiler (SQLite is built
-# from source by its crate). Every test talks to real servers that the
-# tests start themselves on loopback ports.
+# Needs a Rust toolchain (rustup) and a C compiler (SQLite and librdkafka
+# are built from source by their crates). The suite talks to real servers:
+# before cargo runs, scripts/services.sh starts a throwaway PostgreSQL,
+# Redis and Kafka-protocol broker (tansu) on free loopback ports, with their
+# data in a temporary directory, and exports
+#
+#   CHAT_TEST_POSTGRES_URL  CHAT_TEST_REDIS_URL  CHAT_TEST_REDIS_SERVER
+#   CHAT_TEST_KAFKA_BROKERS CHAT_TEST_TANSU_BIN
+#
+# PostgreSQL and Redis come from Debian's packages, installed with apt-get
+# (through sudo when not root) when missing. The broker is $TANSU_BIN, else
+# `tansu` on PATH, else built once with cargo install (12-20 minutes,
+# then cached). Everything is stopped and deleted on exit, also on failure
+# or ctrl-c. The exit code is that of the first failing check, or of cargo
+# test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+usage() { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; }
+
+lint=1
+test_args=(--workspace)
+while (($#)); do
+  case $1 in
+    --no-lint) lint=0 ;;
+    --)
+      shift
+      (($#)) && test_args=("$@")
+      break
+      ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "error: unknown option '$1'" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
 
 need() {
   command -v "$1" >/dev/null 2>&1 || { echo "error: '$1' is required: $2" >&2; exit 1; }
 }
 need cargo "install Rust with rustup (https://rustup.rs)"
 need cc "install a C compiler (Debian: apt-get install build-essential)"
+need make "install make (Debian: apt-get install build-essential); librdkafka is built with it"
 
-echo "== cargo fmt --check"
-cargo fmt --all -- --check
+svc_dir=$(mktemp -d "${TMPDIR:-/tmp}/chat-apps-test.XXXXXX")
+# World-traversable, so that PostgreSQL (run as the postgres user when we
+# are root) can keep its data in it.
+chmod 755 "$svc_dir"
 
-echo "== cargo clippy (warnings are errors)"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  # Teardown must finish even when stdout is gone (`| tee` stopped by
+  # ctrl-c): ignore SIGPIPE and failed writes from here on.
+  trap '' PIPE
+  set +e
+  echo "== stopping the test services" 2>/dev/null
+  bash scripts/services.sh stop "$svc_dir" || rc=1
+  rm -rf "$svc_dir"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+echo "== starting PostgreSQL, Redis and a Kafka broker (tansu) on loopback"
+bash scripts/services.sh start "$svc_dir" postgres redis kafka
+# shellcheck disable=SC1091 # written by services.sh start
+. "$svc_dir/env"
+for var in CHAT_TEST_POSTGRES_URL CHAT_TEST_REDIS_URL CHAT_TEST_REDIS_SERVER \
+  CHAT_TEST_KAFKA_BROKERS CHAT_TEST_TANSU_BIN; do
+  echo "   $var=${!var}"
+done
+
+if ((lint)); then
+  echo "== cargo fmt --check"
+  cargo fmt --all -- --check
+
+  echo "== cargo clippy (warnings are errors)"
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+fi
 
 echo "== cargo test"
-cargo test --workspace --locked --no-fail-fast
+cargo test --locked --no-fail-fast "${test_args[@]}"

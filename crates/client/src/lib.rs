@@ -1,1 +1,156 @@
-//! The command-line chat client.
+//! `chat-client`, the command-line client of the chat-apps server, as a
+//! library: `main.rs` only calls [`main`].
+//!
+//! # Usage
+//!
+//! ```text
+//! chat-client [--server URL[,URL...]] [--user NAME] [--home DIR] [COMMAND]
+//! ```
+//!
+//! Without a command it runs the interactive mode ([`interactive`]). The
+//! commands are for scripts ([`commands`]); stdout carries their results
+//! only, one per line, and errors go to stderr as `error: <message>`:
+//!
+//! | command | prints |
+//! |---|---|
+//! | `register <username> [--name N] [--phone P]` | `<username>` |
+//! | `login <username>` (secret on stdin) | `<username>` |
+//! | `send <to_user> [body...]` (body from stdin if none) | `<conversation_id> <seq>` |
+//! | `history <peer> [--limit N] [--before SEQ]` | `<seq>\t<sent_at>\t<sender>\t<body>` per message, oldest first |
+//! | `unread [--all]` | `<peer>\t<unread_count>\t<last_seq>` per conversation |
+//!
+//! `--server` (env `CHAT_SERVER`, default `http://127.0.0.1:50050`) takes a
+//! URL, `host:port` or `:port`, or a comma-separated list of them. `--user`
+//! (env `CHAT_USER`) picks a saved user; the default is the last used one.
+//! `--home` (env `CHAT_CLIENT_HOME`, default `$XDG_CONFIG_HOME/chat-apps` or
+//! `$HOME/.config/chat-apps`) holds `credentials.json`.
+//!
+//! # Exit codes
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | the server is unreachable or unavailable, or another failure |
+//! | 2 | usage error or invalid argument |
+//! | 3 | no saved credentials, or the server rejected them (UNAUTHENTICATED) |
+//! | 4 | not found (an unknown user) |
+//! | 5 | already exists (a taken username) |
+//!
+//! # Layout
+//!
+//! - [`cli`]: the command line (clap) and client-side username rules.
+//! - [`error`]: [`Failure`] and the exit codes ([`Exit`]).
+//! - [`credentials`]: the saved secrets in `credentials.json`.
+//! - [`connection`]: server addresses, channels, auth, backoff.
+//! - [`api`]: the RPCs with timeouts and paging.
+//! - [`commands`]: the one-shot subcommands.
+//! - [`interactive`]: the interactive mode; [`input`] reads its lines.
+//! - [`delivery`]: dedupe, gaps and `delivered` cursors (no I/O).
+//! - [`view`]: every line printed, and stdout/stderr.
+
+pub mod api;
+pub mod cli;
+pub mod commands;
+pub mod connection;
+pub mod credentials;
+pub mod delivery;
+pub mod error;
+pub mod input;
+pub mod interactive;
+pub mod view;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+pub use cli::{Cli, Command};
+pub use error::{Exit, Failure};
+
+use credentials::CredentialStore;
+
+/// What every command needs: the servers, the home directory, the user.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// Server URLs, normalized, in the order given.
+    pub servers: Vec<String>,
+    pub home: PathBuf,
+    /// `--user`, if given.
+    pub user: Option<String>,
+}
+
+impl Context {
+    pub fn from_cli(cli: &Cli) -> Result<Self, Failure> {
+        let servers = connection::parse_servers(&cli.server)?;
+        let home = match &cli.home {
+            Some(home) => home.clone(),
+            None => credentials::default_home().ok_or_else(|| {
+                Failure::usage("no home directory: set --home, CHAT_CLIENT_HOME or HOME")
+            })?,
+        };
+        Ok(Self {
+            servers,
+            home,
+            user: cli.user.clone(),
+        })
+    }
+
+    pub fn credentials(&self) -> CredentialStore {
+        CredentialStore::new(&self.home)
+    }
+}
+
+/// Runs one parsed command line.
+pub async fn run(cli: Cli) -> Result<(), Failure> {
+    let ctx = Context::from_cli(&cli)?;
+    match cli.command {
+        None => interactive::run(&ctx).await,
+        Some(Command::Register {
+            username,
+            name,
+            phone,
+        }) => {
+            let (name, phone) = (name.unwrap_or_default(), phone.unwrap_or_default());
+            commands::register(&ctx, &username, &name, &phone).await
+        }
+        Some(Command::Login { username }) => commands::login(&ctx, &username).await,
+        Some(Command::Send { to, body }) => commands::send(&ctx, &to, &body).await,
+        Some(Command::History {
+            peer,
+            limit,
+            before,
+        }) => commands::history(&ctx, &peer, limit, before).await,
+        Some(Command::Unread { all }) => commands::unread(&ctx, all).await,
+    }
+}
+
+/// The whole program: parses the arguments, runs, reports the failure.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(Exit::Usage.code()));
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            view::err(format!("error: cannot start: {e}"));
+            return ExitCode::from(Exit::Failure.code());
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Nothing left to wait for; do not let a stray task hold the exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            view::err(format!("error: {failure}"));
+            ExitCode::from(failure.exit.code())
+        }
+    }
+}

@@ -1,3 +1,5 @@
-//! `chat-client`.
+//! The `chat-client` binary; everything is in the library.
 
-fn main() {}
+fn main() -> std::process::ExitCode {
+    chat_client::main()
+}

@@ -30,7 +30,7 @@ impl AppState {
     /// of every member (the sender's other sessions included). `origin` is
     /// the session that sent it, which gets an ack instead.
     pub async fn send_message(
-        &self,
+        self: &Arc<Self>,
         sender: &str,
         input: SendInput,
         origin: Option<SessionId>,
@@ -64,6 +64,11 @@ impl AppState {
                 input.body.len()
             )));
         }
+        if input.body.contains('\0') || input.client_msg_id.contains('\0') {
+            return Err(ApiError::InvalidArgument(
+                "body and client_msg_id must not contain NUL characters".into(),
+            ));
+        }
         let id_len = input.client_msg_id.chars().count();
         if id_len == 0 || id_len > MAX_CLIENT_MSG_ID {
             return Err(ApiError::InvalidArgument(format!(
@@ -88,8 +93,7 @@ impl AppState {
             })?;
         if !appended.duplicate {
             let event = Event::Message(Arc::new(appended.message.clone()));
-            self.sessions
-                .deliver(appended.members.iter().map(String::as_str), &event, origin);
+            self.deliver(appended.members.clone(), event, origin);
             tracing::debug!(
                 user = %sender,
                 conversation = %appended.message.conversation_id,
@@ -102,7 +106,7 @@ impl AppState {
 
     /// Moves `username`'s read cursor forward and tells the user's sessions.
     pub async fn mark_read(
-        &self,
+        self: &Arc<Self>,
         username: &str,
         conversation_id: &str,
         seq: u64,
@@ -114,13 +118,13 @@ impl AppState {
             read_seq: cursor.read_seq,
             unread_count: cursor.unread_count,
         };
-        self.sessions.deliver([username], &event, None);
+        self.deliver(vec![username.to_owned()], event, None);
         Ok(cursor)
     }
 
     /// Tells the other members' sessions that `username` is typing.
     pub async fn typing(
-        &self,
+        self: &Arc<Self>,
         username: &str,
         conversation_id: &str,
         origin: SessionId,
@@ -130,11 +134,8 @@ impl AppState {
             conversation_id: conversation_id.to_owned(),
             username: username.to_owned(),
         };
-        let others = members
-            .iter()
-            .map(String::as_str)
-            .filter(|m| *m != username);
-        self.sessions.deliver(others, &event, Some(origin));
+        let others = members.into_iter().filter(|m| m != username).collect();
+        self.deliver(others, event, Some(origin));
         Ok(())
     }
 }

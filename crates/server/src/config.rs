@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 pub use chat_store::sqlite::Durability;
 
@@ -18,6 +19,88 @@ pub struct Config {
     /// crash (`Normal`).
     pub durability: Durability,
     pub limits: Limits,
+    pub cluster: ClusterConfig,
+}
+
+/// Which backends the server uses, and how it finds the other servers.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This server's id in the cluster: its sessions are registered under
+    /// it and other servers publish to its inbox. Default: `node-` and 8
+    /// random hex digits.
+    pub node_id: String,
+    /// Default: SQLite in `data_dir`.
+    pub store: StoreBackend,
+    /// Default: in-process.
+    pub registry: RegistryBackend,
+    /// Default: in-process.
+    pub bus: BusBackend,
+    /// How long a session entry lives in the registry without a heartbeat.
+    /// A crashed server's sessions disappear within this time. Default: 15 s.
+    pub session_ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreBackend {
+    Sqlite,
+    /// `postgres://user@host:port/db`.
+    Postgres {
+        url: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryBackend {
+    Memory,
+    /// `redis://host:port/`; keys start with `prefix` (default `chat:`).
+    Redis {
+        url: String,
+        prefix: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum BusBackend {
+    Memory,
+    /// Redis pub/sub; channels start with `prefix` (default `chat:`).
+    Redis {
+        url: String,
+        prefix: String,
+    },
+    Kafka(chat_cluster::bus::KafkaConfig),
+}
+
+impl ClusterConfig {
+    /// The heartbeat that refreshes this node's registry entries: a third
+    /// of the TTL, so that two missed beats still do not expire them.
+    pub fn heartbeat(&self) -> Duration {
+        (self.session_ttl / 3).max(Duration::from_millis(50))
+    }
+
+    /// Refuses combinations that cannot work: a shared bus needs a shared
+    /// registry to know where to send.
+    pub fn validate(&self) -> Result<(), String> {
+        chat_cluster::check_node_id(&self.node_id).map_err(|e| e.to_string())?;
+        if !matches!(self.bus, BusBackend::Memory) && self.registry == RegistryBackend::Memory {
+            return Err("a Redis or Kafka bus needs the Redis registry (--registry redis)".into());
+        }
+        if self.session_ttl < Duration::from_millis(300) {
+            return Err("the session TTL must be at least 300 ms".into());
+        }
+        Ok(())
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node_id: format!("node-{:08x}", rand::random::<u32>()),
+            store: StoreBackend::Sqlite,
+            registry: RegistryBackend::Memory,
+            bus: BusBackend::Memory,
+            session_ttl: Duration::from_secs(15),
+        }
+    }
 }
 
 /// Bounds on what one client can make the server hold or do.
@@ -30,8 +113,9 @@ pub struct Limits {
     /// Frames waiting for one slow session before it is disconnected.
     /// Default: 1024.
     pub session_queue: usize,
-    /// Sends of one stream being committed at once. Default: 64.
-    pub inflight_sends_per_session: usize,
+    /// Sends of one stream waiting to be committed (in order) before the
+    /// server stops reading that stream. Default: 64.
+    pub queued_sends_per_session: usize,
     /// Largest HTTP request body. Default: 16 KiB.
     pub max_http_body_bytes: usize,
 }
@@ -42,7 +126,7 @@ impl Default for Limits {
             max_body_bytes: 4096,
             max_frame_bytes: 64 * 1024,
             session_queue: 1024,
-            inflight_sends_per_session: 64,
+            queued_sends_per_session: 64,
             max_http_body_bytes: 16 * 1024,
         }
     }
@@ -56,6 +140,7 @@ impl Default for Config {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
             durability: Durability::Full,
             limits: Limits::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }

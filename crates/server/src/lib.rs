@@ -11,6 +11,9 @@
 //! - [`sessions`]: the live sessions of this node and delivery to them.
 //! - [`chat`]: the chat operations shared by the stream and the unary RPCs
 //!   (send, mark read); the store first, then delivery.
+//! - [`routing`]: delivery across the cluster: local sessions directly,
+//!   other nodes' sessions through the registry and the bus; this node's
+//!   inbox and heartbeat.
 //! - [`grpc`]: the `chat.v1` services. Only this module sees protobuf.
 //! - [`http`]: the JSON API (registration, profiles, health).
 
@@ -21,11 +24,13 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod names;
+pub mod routing;
 pub mod sessions;
 
 use std::future::Future;
 use std::sync::Arc;
 
+use chat_cluster::{Bus, SessionRegistry};
 use chat_store::sqlite::{SqliteConfig, SqliteStore};
 use chat_store::Store;
 use tokio::net::TcpListener;
@@ -39,6 +44,10 @@ pub use error::ApiError;
 pub enum ServerError {
     #[error("cannot open the store: {0}")]
     Store(#[from] chat_store::StoreError),
+    #[error("cluster backend: {0}")]
+    Cluster(#[from] chat_cluster::ClusterError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
     #[error("cannot listen: {0}")]
     Listen(String),
     #[error("gRPC server failed: {0}")]
@@ -74,33 +83,111 @@ pub struct AppState {
     pub config: Config,
     pub store: Arc<dyn Store>,
     pub sessions: sessions::LocalSessions,
+    pub registry: Arc<dyn SessionRegistry>,
+    pub bus: Arc<dyn Bus>,
+    pub stats: routing::Stats,
     /// Cancelled when the server shuts down; every session watches it.
     pub shutdown: CancellationToken,
 }
 
-/// Opens the store named by `config`.
-pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
-    let mut sqlite = SqliteConfig::new(config.data_dir.join("chat.db"));
-    sqlite.durability = config.durability;
-    Ok(Arc::new(SqliteStore::open(sqlite)?))
+impl AppState {
+    pub fn node_id(&self) -> &str {
+        &self.config.cluster.node_id
+    }
 }
 
-/// Serves gRPC and HTTP on `listeners` until `shutdown` completes, then
-/// closes every session and returns once both servers have stopped.
+/// The backends a server runs on. Tests build them themselves to share an
+/// in-process registry and bus between several servers of one process.
+#[derive(Clone)]
+pub struct Backends {
+    pub store: Arc<dyn Store>,
+    pub registry: Arc<dyn SessionRegistry>,
+    pub bus: Arc<dyn Bus>,
+}
+
+impl Backends {
+    /// Connects to the backends `config` names.
+    pub async fn connect(config: &Config) -> Result<Self, ServerError> {
+        use config::{BusBackend, RegistryBackend, StoreBackend};
+        let cluster = &config.cluster;
+        let store: Arc<dyn Store> = match &cluster.store {
+            StoreBackend::Sqlite => {
+                let mut sqlite = SqliteConfig::new(config.data_dir.join("chat.db"));
+                sqlite.durability = config.durability;
+                Arc::new(SqliteStore::open(sqlite)?)
+            }
+            StoreBackend::Postgres { url } => Arc::new(
+                chat_store::postgres::PostgresStore::connect(
+                    chat_store::postgres::PostgresConfig::new(url),
+                )
+                .await?,
+            ),
+        };
+        let registry: Arc<dyn SessionRegistry> = match &cluster.registry {
+            RegistryBackend::Memory => Arc::new(chat_cluster::registry::MemoryRegistry::new(
+                cluster.session_ttl,
+            )),
+            RegistryBackend::Redis { url, prefix } => Arc::new(
+                chat_cluster::registry::RedisRegistry::connect(url, prefix, cluster.session_ttl)
+                    .await?,
+            ),
+        };
+        let bus: Arc<dyn Bus> = match &cluster.bus {
+            BusBackend::Memory => Arc::new(chat_cluster::bus::MemoryBus::default()),
+            BusBackend::Redis { url, prefix } => {
+                Arc::new(chat_cluster::bus::RedisBus::connect(url, prefix).await?)
+            }
+            BusBackend::Kafka(kafka) => {
+                Arc::new(chat_cluster::bus::KafkaBus::connect(kafka.clone())?)
+            }
+        };
+        Ok(Self {
+            store,
+            registry,
+            bus,
+        })
+    }
+}
+
+/// Serves gRPC and HTTP on `listeners` until `shutdown` completes, with the
+/// backends `config` names.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let store = open_store(&config)?;
+    config.cluster.validate().map_err(ServerError::Config)?;
+    let backends = Backends::connect(&config).await?;
+    run_with(config, backends, listeners, shutdown).await
+}
+
+/// Serves gRPC and HTTP on `listeners` with `backends` until `shutdown`
+/// completes, then closes every session and returns once both servers
+/// have stopped.
+pub async fn run_with(
+    config: Config,
+    backends: Backends,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     let token = CancellationToken::new();
     let state = Arc::new(AppState {
         config,
-        store,
+        store: backends.store,
         sessions: sessions::LocalSessions::default(),
+        registry: backends.registry,
+        bus: backends.bus,
+        stats: routing::Stats::default(),
         shutdown: token.clone(),
     });
+    // This node's inbox is open before its first session can exist.
+    let inbox = state.bus.subscribe(state.node_id()).await?;
+    let background = tokio_util::task::TaskTracker::new();
+    background.spawn(routing::read_inbox(state.clone(), inbox));
+    background.spawn(routing::heartbeat(state.clone()));
+    background.close();
     tracing::info!(
+        node = %state.node_id(),
         grpc = %listeners.grpc.local_addr().map_err(ServerError::Http)?,
         http = %listeners.http.local_addr().map_err(ServerError::Http)?,
         "chat server listening"
@@ -126,6 +213,7 @@ pub async fn run(
     let (grpc, http) = tokio::join!(grpc, http);
     // Whichever server stopped first (an error), stop the other one too.
     token.cancel();
+    background.wait().await;
     grpc?;
     http?;
     Ok(())

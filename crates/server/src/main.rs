@@ -4,8 +4,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use anyhow::Context;
-use chat_server::config::{Durability, Limits};
+use chat_server::config::{
+    BusBackend, ClusterConfig, Durability, Limits, RegistryBackend, StoreBackend,
+};
 use chat_server::{Config, Listeners};
 use clap::Parser;
 
@@ -35,11 +39,103 @@ struct Args {
     /// crash of the server process only.
     #[arg(long, env = "CHAT_DURABILITY", default_value = "full", value_parser = ["full", "normal"])]
     durability: String,
+
+    /// This server's id in the cluster (default: `node-` + 8 random hex
+    /// digits). Letters, digits, `.`, `_`, `-`.
+    #[arg(long, env = "CHAT_NODE_ID")]
+    node_id: Option<String>,
+    /// Where durable data lives.
+    #[arg(long, env = "CHAT_STORE", default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
+    store: String,
+    /// PostgreSQL URL for `--store postgres`, e.g. postgres://chat@db:5432/chat.
+    #[arg(long, env = "CHAT_POSTGRES_URL")]
+    postgres_url: Option<String>,
+    /// Where sessions are registered: `memory` (single node) or `redis`.
+    #[arg(long, env = "CHAT_REGISTRY", default_value = "memory", value_parser = ["memory", "redis"])]
+    registry: String,
+    /// Redis URL for the registry and the Redis bus, e.g. redis://cache:6379/.
+    #[arg(long, env = "CHAT_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Prefix of every Redis key and channel.
+    #[arg(long, env = "CHAT_REDIS_PREFIX", default_value = "chat:")]
+    redis_prefix: String,
+    /// How servers reach each other: `memory` (single node), `redis`
+    /// (pub/sub) or `kafka` (an inbox topic per server).
+    #[arg(long, env = "CHAT_BUS", default_value = "memory", value_parser = ["memory", "redis", "kafka"])]
+    bus: String,
+    /// Kafka bootstrap servers for `--bus kafka`, e.g. kafka:9092.
+    #[arg(long, env = "CHAT_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    /// Prefix of the per-server inbox topics.
+    #[arg(long, env = "CHAT_KAFKA_TOPIC_PREFIX", default_value = "chat-inbox-")]
+    kafka_topic_prefix: String,
+    /// Producer linger.ms.
+    #[arg(long, env = "CHAT_KAFKA_LINGER_MS", default_value_t = 1)]
+    kafka_linger_ms: u64,
+    /// Consumer fetch.wait.max.ms (keep it small with brokers that do not
+    /// answer a waiting fetch when data arrives).
+    #[arg(long, env = "CHAT_KAFKA_FETCH_WAIT_MS", default_value_t = 100)]
+    kafka_fetch_wait_ms: u64,
+    /// Seconds a session stays registered without a heartbeat; a crashed
+    /// server's sessions disappear within this time.
+    #[arg(long, env = "CHAT_SESSION_TTL_SECS", default_value_t = 15)]
+    session_ttl_secs: u64,
+}
+
+fn cluster_config(args: &Args) -> anyhow::Result<ClusterConfig> {
+    let need = |value: &Option<String>, flag: &str, why: &str| {
+        value
+            .clone()
+            .with_context(|| format!("{why} needs {flag} (or its CHAT_ variable)"))
+    };
+    let defaults = ClusterConfig::default();
+    let store = match args.store.as_str() {
+        "postgres" => StoreBackend::Postgres {
+            url: need(&args.postgres_url, "--postgres-url", "--store postgres")?,
+        },
+        _ => StoreBackend::Sqlite,
+    };
+    let registry = match args.registry.as_str() {
+        "redis" => RegistryBackend::Redis {
+            url: need(&args.redis_url, "--redis-url", "--registry redis")?,
+            prefix: args.redis_prefix.clone(),
+        },
+        _ => RegistryBackend::Memory,
+    };
+    let bus = match args.bus.as_str() {
+        "redis" => BusBackend::Redis {
+            url: need(&args.redis_url, "--redis-url", "--bus redis")?,
+            prefix: args.redis_prefix.clone(),
+        },
+        "kafka" => {
+            let mut kafka = chat_cluster::bus::KafkaConfig::new(need(
+                &args.kafka_brokers,
+                "--kafka-brokers",
+                "--bus kafka",
+            )?);
+            kafka.topic_prefix = args.kafka_topic_prefix.clone();
+            kafka.linger_ms = args.kafka_linger_ms;
+            kafka.fetch_wait_ms = args.kafka_fetch_wait_ms;
+            BusBackend::Kafka(kafka)
+        }
+        _ => BusBackend::Memory,
+    };
+    let cluster = ClusterConfig {
+        node_id: args.node_id.clone().unwrap_or(defaults.node_id),
+        store,
+        registry,
+        bus,
+        session_ttl: Duration::from_secs(args.session_ttl_secs),
+    };
+    cluster.validate().map_err(anyhow::Error::msg)?;
+    Ok(cluster)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        // Colours only on a terminal, never in log files or pipes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CHAT_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -49,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
     if args.max_body_bytes == 0 || args.session_queue == 0 {
         anyhow::bail!("--max-body-bytes and --session-queue must be positive");
     }
+    let cluster = cluster_config(&args)?;
     let config = Config {
         data_dir: args.data_dir,
         grpc_addr: args.grpc_addr,
@@ -63,6 +160,7 @@ async fn main() -> anyhow::Result<()> {
             session_queue: args.session_queue,
             ..Limits::default()
         },
+        cluster,
     };
     let listeners = Listeners::bind(&config)
         .await

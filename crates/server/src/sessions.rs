@@ -16,8 +16,10 @@ use chat_store::StoredMessage;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Something a live session is told.
-#[derive(Debug, Clone)]
+/// Something a live session is told. Serializable: other nodes send
+/// events to this node's sessions over the bus.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// A committed message of one of the user's conversations.
     Message(Arc<StoredMessage>),
@@ -156,6 +158,14 @@ impl LocalSessions {
             }
         }
         delivered
+    }
+
+    /// Every session on this node, as (username, session id).
+    pub fn entries(&self) -> Vec<(String, SessionId)> {
+        self.lock()
+            .iter()
+            .flat_map(|(user, list)| list.iter().map(move |s| (user.clone(), s.id)))
+            .collect()
     }
 
     /// How many sessions `username` has on this node.

@@ -184,7 +184,7 @@ async fn history_pages_in_both_directions() {
 }
 
 #[tokio::test]
-async fn history_limit_is_capped_at_200() {
+async fn pipelined_sends_keep_their_order_and_pages_are_capped_at_200() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
     server.register("bob").await;
@@ -192,9 +192,15 @@ async fn history_limit_is_capped_at_200() {
     for i in 0..230 {
         live.send_to("bob", "x", &format!("c{i}")).await;
     }
+    // Sends pipelined on one stream are committed in the order sent.
     let mut conversation = String::new();
-    for _ in 0..230 {
-        conversation = live.ack().await.message.expect("committed").conversation_id;
+    for i in 0..230 {
+        let m = live.ack().await.message.expect("committed");
+        assert_eq!(
+            (m.seq, m.client_msg_id.as_str()),
+            (i + 1, format!("c{i}").as_str())
+        );
+        conversation = m.conversation_id;
     }
     let page = history(&server, &alice, &conversation, 0, 0, 1000)
         .await
@@ -534,6 +540,8 @@ async fn bad_sends_are_refused_with_clear_errors() {
             Code::InvalidArgument,
         ),
         (send_request("bob", "hi", ""), Code::InvalidArgument),
+        (send_request("bob", "a\0b", "e9"), Code::InvalidArgument),
+        (send_request("bob", "hi", "e\0"), Code::InvalidArgument),
         (
             send_request("bob", "hi", &"k".repeat(65)),
             Code::InvalidArgument,

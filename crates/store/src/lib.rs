@@ -8,6 +8,9 @@
 //!   A backend implements both; [`Store`] is their union.
 //! - [`sqlite`]: the embedded backend (one file, WAL, a single writer thread
 //!   that commits concurrent writes in one transaction).
+//! - [`postgres`]: the shared backend (one PostgreSQL database behind several
+//!   chat servers; the database's row locks and unique keys keep the
+//!   invariants below across servers).
 //!
 //! # Invariants every backend keeps
 //!
@@ -21,6 +24,7 @@
 //! protocol or sessions.
 
 pub mod model;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;

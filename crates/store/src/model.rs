@@ -39,7 +39,7 @@ pub struct NewMessage {
 }
 
 /// A committed message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoredMessage {
     pub id: String,
     pub conversation_id: String,

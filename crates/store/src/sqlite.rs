@@ -215,7 +215,16 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
+        // A foreign key names something that does not exist; any other
+        // constraint here is a unique one.
+        const FOREIGN_KEY: i32 = rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY;
         match e.sqlite_error_code() {
+            Some(ErrorCode::ConstraintViolation)
+                if e.sqlite_error()
+                    .is_some_and(|f| f.extended_code == FOREIGN_KEY) =>
+            {
+                StoreError::NotFound
+            }
             Some(ErrorCode::ConstraintViolation) => StoreError::AlreadyExists,
             Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
                 StoreError::Unavailable(e.to_string())
@@ -315,8 +324,10 @@ fn history(
         0 => 50,
         n => n.min(MAX_PAGE),
     };
-    let after = query.after_seq.unwrap_or(0) as i64;
-    let before = query.before_seq.map_or(i64::MAX, |b| b as i64);
+    // Seqs are stored as i64: larger bounds mean "no bound".
+    let clamp = |seq: u64| i64::try_from(seq).unwrap_or(i64::MAX);
+    let after = clamp(query.after_seq.unwrap_or(0));
+    let before = query.before_seq.map_or(i64::MAX, clamp);
     // One more row than asked tells whether there is more.
     let fetch = i64::from(limit) + 1;
     let mut messages = if query.after_seq.is_some() {

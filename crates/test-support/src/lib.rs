@@ -11,7 +11,7 @@ use std::time::Duration;
 use chat_proto as pb;
 use chat_proto::chat_service_client::ChatServiceClient;
 use chat_proto::user_service_client::UserServiceClient;
-use chat_server::{Config, Listeners, ServerError};
+use chat_server::{Backends, Config, Listeners, ServerError};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -45,8 +45,15 @@ impl TestServer {
         Self::start_with(|_| {}).await
     }
 
-    /// Starts a server after `adjust` has changed the default config.
+    /// Starts a server after `adjust` has changed the default config; it
+    /// connects to the backends the config names.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start_node(None, adjust).await
+    }
+
+    /// Starts a server on the given backends (shared with other servers of
+    /// this process), or on those its config names when `None`.
+    pub async fn start_node(backends: Option<Backends>, adjust: impl FnOnce(&mut Config)) -> Self {
         let data_dir = tempfile::tempdir().expect("temporary directory");
         let mut config = Config {
             data_dir: data_dir.path().to_owned(),
@@ -59,11 +66,20 @@ impl TestServer {
         let http_addr = http.local_addr().expect("HTTP address");
         let shutdown = CancellationToken::new();
         let signal = shutdown.clone();
-        let task = tokio::spawn(chat_server::run(
-            config,
-            Listeners { grpc, http },
-            async move { signal.cancelled().await },
-        ));
+        let listeners = Listeners { grpc, http };
+        let stopped = async move { signal.cancelled().await };
+        let backends = match backends {
+            Some(backends) => backends,
+            None => {
+                // Connect here so that a backend that cannot be reached
+                // fails the test at once, with its reason.
+                config.cluster.validate().expect("a valid cluster config");
+                Backends::connect(&config)
+                    .await
+                    .expect("the backends are reachable")
+            }
+        };
+        let task = tokio::spawn(chat_server::run_with(config, backends, listeners, stopped));
         Self {
             grpc_addr,
             http_addr,
@@ -299,4 +315,48 @@ fn dechunk(mut s: &str) -> String {
         s = rest[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// The services the cluster tests need, started by `scripts/test.sh`. A
+/// test that needs one and does not find it fails, naming the command.
+pub mod services {
+    fn env(name: &str) -> String {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!("{name} is not set: run the tests with scripts/test.sh, which starts the services they need")
+        })
+    }
+
+    /// `redis://127.0.0.1:<port>/`.
+    pub fn redis_url() -> String {
+        env("CHAT_TEST_REDIS_URL")
+    }
+
+    /// `127.0.0.1:<port>` of a Kafka-protocol broker.
+    pub fn kafka_brokers() -> String {
+        env("CHAT_TEST_KAFKA_BROKERS")
+    }
+
+    /// A unique prefix for Redis keys and channels, Kafka topics and node
+    /// ids, so that tests sharing the services never see each other.
+    pub fn unique(prefix: &str) -> String {
+        format!("{prefix}{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+    }
+
+    /// The URL of a new, empty PostgreSQL database.
+    pub async fn fresh_postgres() -> String {
+        let server = env("CHAT_TEST_POSTGRES_URL");
+        let (client, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {server}: {e}"));
+        tokio::spawn(connection);
+        let name = unique("chat_test_");
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create a test database");
+        match server.rsplit_once('/') {
+            Some((base, _)) if base.contains("://") => format!("{base}/{name}"),
+            _ => panic!("CHAT_TEST_POSTGRES_URL must be a URL ending in /<database>"),
+        }
+    }
 }

@@ -5,8 +5,8 @@
 //! sends `ready`, replays every message after the member's delivered cursor
 //! (page by page, waiting on the client's flow control), and then forwards
 //! live events, dropping those the replay already covered. Client frames
-//! are handled as they come; sends are committed concurrently (bounded per
-//! session) and each answered with an ack.
+//! are handled as they come; sends go through a bounded queue to a worker
+//! that commits them in order and answers each with an ack.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,7 +18,7 @@ use chat_proto as pb;
 use chat_proto::client_frame::Frame as In;
 use chat_proto::server_frame::Frame as Out;
 use chat_store::HistoryQuery;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Status, Streaming};
 
@@ -45,8 +45,9 @@ pub fn start(
         ended: false,
     };
     tokio::spawn(async move {
-        let reason = run(&state, &username, inbound, &out, closed).await;
-        tracing::info!(user = %username, reason, "session ended");
+        let (reason, session_id) = run(&state, &username, inbound, &out, closed).await;
+        state.retire_session(&username, session_id).await;
+        tracing::info!(user = %username, session = session_id, reason, "session ended");
     });
     stream
 }
@@ -71,12 +72,10 @@ impl tokio_stream::Stream for Frames {
         }
         let end = if self.closed.as_mut().poll(cx).is_ready() {
             Some(ApiError::ResourceExhausted(
-                "too many undelivered frames: the client is not reading; reconnect".into(),
+                "too many undelivered frames: the client is not reading".into(),
             ))
         } else if self.shutdown.as_mut().poll(cx).is_ready() {
-            Some(ApiError::Unavailable(
-                "the server is shutting down; reconnect".into(),
-            ))
+            Some(ApiError::Unavailable("the server is shutting down".into()))
         } else {
             None
         };
@@ -94,13 +93,31 @@ async fn run(
     mut inbound: Streaming<pb::ClientFrame>,
     out: &Outbound,
     closed: CancellationToken,
-) -> &'static str {
+) -> (&'static str, u64) {
     let limits = &state.config.limits;
     let mut session = state
         .sessions
         .register(username, limits.session_queue, closed.clone());
     let session_id = session.id;
+    // Known to the cluster before the store is read: whatever is committed
+    // from now on, anywhere, reaches this session live or through replay.
+    state.announce_session(username, session_id).await;
     tracing::info!(user = %username, session = session_id, "session started");
+    let reason = serve(state, username, &mut inbound, out, &closed, &mut session).await;
+    (reason, session_id)
+}
+
+/// Ready, replay, then live until the session ends; returns why it ended.
+async fn serve(
+    state: &Arc<AppState>,
+    username: &str,
+    inbound: &mut Streaming<pb::ClientFrame>,
+    out: &Outbound,
+    closed: &CancellationToken,
+    session: &mut crate::sessions::Session<'_>,
+) -> &'static str {
+    let limits = &state.config.limits;
+    let session_id = session.id;
     let shutdown = state.shutdown.clone();
 
     // Sends one frame, unless the session is being torn down.
@@ -171,7 +188,13 @@ async fn run(
         replayed.insert(conversation_id, after);
     }
 
-    let sends = Arc::new(Semaphore::new(limits.inflight_sends_per_session.max(1)));
+    let sends = spawn_send_worker(
+        state,
+        username,
+        session_id,
+        out,
+        limits.queued_sends_per_session,
+    );
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return "server shutdown",
@@ -202,30 +225,11 @@ async fn run(
                 let Some(frame) = frame.frame else { continue };
                 match frame {
                     In::Send(req) => {
-                        // Bounded concurrency per session: waiting here stops
-                        // reading the client, which pushes back on it.
-                        let Ok(permit) = sends.clone().acquire_owned().await else {
-                            return "send limiter closed";
-                        };
-                        let (state, out, user) = (state.clone(), out.clone(), username.to_owned());
-                        tokio::spawn(async move {
-                            let client_msg_id = req.client_msg_id.clone();
-                            let input = convert::send_input(req);
-                            let ack = match state.send_message(&user, input, Some(session_id)).await {
-                                Ok(appended) => pb::SendAck {
-                                    client_msg_id,
-                                    message: Some(convert::message(&appended.message)),
-                                    error: None,
-                                },
-                                Err(e) => pb::SendAck {
-                                    client_msg_id,
-                                    message: None,
-                                    error: Some(convert::error(&e)),
-                                },
-                            };
-                            let _ = out.send(Ok(convert::frame(Out::Ack(ack)))).await;
-                            drop(permit);
-                        });
+                        // Waiting here when the queue is full stops reading
+                        // the client, which pushes back on it.
+                        if sends.send(req).await.is_err() {
+                            return "send worker stopped";
+                        }
                     }
                     In::MarkRead(req) => {
                         if let Err(e) = state.mark_read(username, &req.conversation_id, req.seq).await {
@@ -258,4 +262,42 @@ async fn run(
             }
         }
     }
+}
+
+/// Commits a session's sends one after another, in the order the client
+/// sent them (so a conversation shows them in typing order), and answers
+/// each with an ack. The session loop stays free for pings and live events
+/// meanwhile. Sends still queued when the client goes away are committed
+/// all the same: a client that retries them gets the originals back.
+fn spawn_send_worker(
+    state: &Arc<AppState>,
+    username: &str,
+    session_id: u64,
+    out: &Outbound,
+    capacity: usize,
+) -> mpsc::Sender<pb::SendMessageRequest> {
+    let (sends, mut queued) = mpsc::channel::<pb::SendMessageRequest>(capacity.max(1));
+    let (state, out, user) = (state.clone(), out.clone(), username.to_owned());
+    tokio::spawn(async move {
+        while let Some(req) = queued.recv().await {
+            let client_msg_id = req.client_msg_id.clone();
+            let input = convert::send_input(req);
+            let ack = match state.send_message(&user, input, Some(session_id)).await {
+                Ok(appended) => pb::SendAck {
+                    client_msg_id,
+                    message: Some(convert::message(&appended.message)),
+                    error: None,
+                },
+                Err(e) => pb::SendAck {
+                    client_msg_id,
+                    message: None,
+                    error: Some(convert::error(&e)),
+                },
+            };
+            // A client that is gone needs no ack, but its queued sends are
+            // still committed: they may have been acked to nobody, never lost.
+            let _ = out.send(Ok(convert::frame(Out::Ack(ack)))).await;
+        }
+    });
+    sends
 }

@@ -4,6 +4,7 @@
 //! Every answer is `{"req_id", "status", "data" | "error", "code"}` and the
 //! HTTP status equals `code`.
 
+mod metrics;
 mod users;
 
 use std::future::Future;
@@ -27,6 +28,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(users::get_user).post(users::register),
         )
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)

@@ -81,6 +81,13 @@ pub async fn direct_messages_get_gap_free_seqs_and_members(store: Arc<dyn Store>
             .await,
         Err(StoreError::NotFound)
     ));
+    // A sender that does not exist cannot start a conversation.
+    assert!(matches!(
+        store
+            .append_message(direct("ghost", "alice", "x", "g1"))
+            .await,
+        Err(StoreError::NotFound)
+    ));
     assert!(matches!(
         store
             .append_message(direct("alice", "alice", "x", "a4"))
@@ -231,6 +238,17 @@ pub async fn history_is_for_members_only_and_pages(store: Arc<dyn Store>) {
         store.history("carol", "nope", q(None, None, 3)).await,
         Err(StoreError::NotFound)
     ));
+    // Bounds beyond what a seq can be mean "no bound".
+    let page = store
+        .history("bob", &id, q(Some(u64::MAX), None, 2))
+        .await
+        .unwrap();
+    assert_eq!(seqs(page), (vec![6, 7], true));
+    let page = store
+        .history("bob", &id, q(None, Some(u64::MAX), 2))
+        .await
+        .unwrap();
+    assert_eq!(seqs(page), (vec![], false));
     assert!(matches!(
         store.members("carol", &id).await,
         Err(StoreError::NotFound)

@@ -1,0 +1,218 @@
+//! The one-shot subcommands for scripts: `register`, `login`, `send`,
+//! `history`, `unread`. Each prints its results on stdout, one per line,
+//! in the formats documented in `--help`, and returns a [`Failure`] (with
+//! its exit code) for `main` to report.
+
+use std::io::{IsTerminal, Read};
+use std::time::Duration;
+
+use chat_proto::AuthedChatClient;
+use tonic::Code;
+
+use crate::error::{describe_error, Exit, Failure};
+use crate::{api, connection, view, Context};
+
+/// How many times `send` tries when the server is unavailable. Retrying is
+/// safe: the same client_msg_id never stores a message twice.
+const SEND_ATTEMPTS: u32 = 3;
+
+/// `register <username> [--name N] [--phone P]`.
+pub async fn register(
+    ctx: &Context,
+    username: &str,
+    name: &str,
+    phone: &str,
+) -> Result<(), Failure> {
+    let store = ctx.credentials();
+    // A secret is shown once: make sure it can be kept before asking.
+    store.check_writable()?;
+    let (_, channel) = connection::first_reachable(&ctx.servers).await?;
+    let response = api::register(channel, username, name, phone)
+        .await
+        .map_err(|status| {
+            if status.code() == Code::AlreadyExists {
+                Failure::new(Exit::Exists, format!("username {username} is taken"))
+            } else {
+                Failure::from(status)
+            }
+        })?;
+    let registered = response
+        .user
+        .map_or_else(|| username.to_owned(), |u| u.username);
+    save_new_secret(ctx, &registered, &response.secret)?;
+    view::out(registered);
+    Ok(())
+}
+
+/// Saves the secret of a user just registered; if that fails, the secret
+/// is printed on stderr so that it is not lost.
+pub fn save_new_secret(ctx: &Context, username: &str, secret: &str) -> Result<(), Failure> {
+    ctx.credentials().remember(username, secret).map_err(|f| {
+        Failure::other(format!(
+            "{username} is registered but {}; its secret is {secret} — keep it and run \
+             `chat-client login {username}` with it on stdin",
+            f.message
+        ))
+    })
+}
+
+/// `login <username>`, the secret on stdin.
+pub async fn login(ctx: &Context, username: &str) -> Result<(), Failure> {
+    if std::io::stdin().is_terminal() {
+        view::prompt_err(&format!("secret of {username}: "));
+    }
+    let secret = read_stdin_secret()?;
+    let store = ctx.credentials();
+    store.check_writable()?;
+    let (_, channel) = connection::first_reachable(&ctx.servers).await?;
+    verify_secret(channel, username, &secret).await?;
+    store.remember(username, &secret)?;
+    view::out(username);
+    Ok(())
+}
+
+/// Checks that the server accepts `secret` (ListConversations) and that it
+/// is the secret of `username`.
+pub async fn verify_secret(
+    channel: tonic::transport::Channel,
+    username: &str,
+    secret: &str,
+) -> Result<(), Failure> {
+    let mut chat = connection::chat_client(channel, secret)?;
+    let refused = |status: tonic::Status| {
+        if status.code() == Code::Unauthenticated {
+            Failure::auth(format!(
+                "the server does not accept this secret for {username}"
+            ))
+        } else {
+            Failure::from(status)
+        }
+    };
+    api::conversations(&mut chat).await.map_err(refused)?;
+    let owner = api::whoami(&mut chat).await.map_err(refused)?;
+    if owner != username {
+        return Err(Failure::auth(format!(
+            "this secret belongs to {owner}, not to {username}"
+        )));
+    }
+    Ok(())
+}
+
+fn read_stdin_secret() -> Result<String, Failure> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).map_err(|e| {
+        Failure::usage(format!(
+            "cannot read the secret from stdin: {}",
+            describe_error(&e)
+        ))
+    })?;
+    let secret = line.trim();
+    if secret.is_empty() {
+        return Err(Failure::usage(
+            "no secret on stdin: pipe the secret of the user in",
+        ));
+    }
+    connection::bearer(secret).map_err(|f| Failure::usage(f.message))?;
+    Ok(secret.to_owned())
+}
+
+/// `send <to_user> <body...>` (the body from stdin when not given).
+pub async fn send(ctx: &Context, to: &str, words: &[String]) -> Result<(), Failure> {
+    let body = if words.is_empty() {
+        if std::io::stdin().is_terminal() {
+            view::err("type the message, then ctrl-d on a line of its own");
+        }
+        let mut body = String::new();
+        std::io::stdin().read_to_string(&mut body).map_err(|e| {
+            Failure::usage(format!(
+                "cannot read the body from stdin: {}",
+                describe_error(&e)
+            ))
+        })?;
+        let trimmed = body.strip_suffix('\n').unwrap_or(&body);
+        trimmed.strip_suffix('\r').unwrap_or(trimmed).to_owned()
+    } else {
+        words.join(" ")
+    };
+    if body.trim().is_empty() {
+        return Err(Failure::usage(
+            "nothing to send: give a body, or pipe one on stdin",
+        ));
+    }
+    let (user, mut chat) = authed(ctx).await?;
+    if to == user {
+        return Err(Failure::usage("you cannot send a message to yourself"));
+    }
+    let client_msg_id = connection::new_client_msg_id();
+    let mut attempt = 1;
+    let message = loop {
+        match api::send(&mut chat, to, &body, &client_msg_id).await {
+            Ok(message) => break message,
+            Err(status) if status.code() == Code::Unavailable && attempt < SEND_ATTEMPTS => {
+                tokio::time::sleep(Duration::from_millis(250) * attempt).await;
+                attempt += 1;
+            }
+            Err(status) if status.code() == Code::NotFound => {
+                return Err(Failure::new(Exit::NotFound, format!("no such user: {to}")));
+            }
+            Err(status) => return Err(Failure::from_status_as(&status, &user)),
+        }
+    };
+    view::out(format!("{} {}", message.conversation_id, message.seq));
+    Ok(())
+}
+
+/// `history <peer> [--limit N] [--before SEQ]`.
+pub async fn history(
+    ctx: &Context,
+    peer: &str,
+    limit: u32,
+    before: Option<u64>,
+) -> Result<(), Failure> {
+    let (user, mut chat) = authed(ctx).await?;
+    let fail = |status: tonic::Status| Failure::from_status_as(&status, &user);
+    let Some(conversation) = api::find_direct(&mut chat, peer).await.map_err(fail)? else {
+        return Ok(());
+    };
+    let messages = api::latest(
+        &mut chat,
+        &conversation.conversation_id,
+        before.unwrap_or(0),
+        limit,
+    )
+    .await
+    .map_err(fail)?;
+    for message in &messages {
+        view::out(view::history_record(message));
+    }
+    Ok(())
+}
+
+/// `unread [--all]`.
+pub async fn unread(ctx: &Context, all: bool) -> Result<(), Failure> {
+    let (user, mut chat) = authed(ctx).await?;
+    let mut conversations = api::conversations(&mut chat)
+        .await
+        .map_err(|status| Failure::from_status_as(&status, &user))?;
+    conversations.retain(|c| all || c.unread_count > 0);
+    conversations.sort_by_key(view::conversation_label);
+    for conversation in &conversations {
+        view::out(view::unread_record(conversation));
+    }
+    Ok(())
+}
+
+/// The saved user (made the default: it is the last used one) and a client
+/// of the first reachable server that authenticates as that user.
+async fn authed(ctx: &Context) -> Result<(String, AuthedChatClient), Failure> {
+    let store = ctx.credentials();
+    let (user, secret) = store.select(ctx.user.as_deref())?;
+    let bearer = connection::bearer(&secret)?;
+    let (_, channel) = connection::first_reachable(&ctx.servers).await?;
+    if let Err(f) = store.make_default(&user) {
+        view::err(format!("warning: {f}"));
+    }
+    let chat =
+        chat_proto::chat_service_client::ChatServiceClient::with_interceptor(channel, bearer);
+    Ok((user, chat))
+}

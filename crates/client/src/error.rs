@@ -1,0 +1,161 @@
+//! Failures and the process exit codes they map to.
+//!
+//! Every fallible step of the client ends in a [`Failure`]: a message for
+//! the user (printed as `error: <message>` on stderr) and an [`Exit`] code
+//! that scripts can branch on. gRPC statuses are mapped here, once.
+
+use std::fmt;
+
+use tonic::{Code, Status};
+
+/// The exit codes of `chat-client`. Scripts rely on them: never renumber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Success.
+    Ok = 0,
+    /// The server is unreachable or unavailable, or any other failure.
+    Failure = 1,
+    /// Bad usage or an invalid argument (also what clap exits with).
+    Usage = 2,
+    /// No saved credentials, or the server rejected them (UNAUTHENTICATED).
+    Auth = 3,
+    /// Not found, e.g. an unknown user.
+    NotFound = 4,
+    /// Already exists, e.g. a taken username.
+    Exists = 5,
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// A failure to report to the user, with the exit code it deserves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub exit: Exit,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
+        Self {
+            exit,
+            message: message.into(),
+        }
+    }
+
+    pub fn other(message: impl Into<String>) -> Self {
+        Self::new(Exit::Failure, message)
+    }
+
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self::new(Exit::Usage, message)
+    }
+
+    pub fn auth(message: impl Into<String>) -> Self {
+        Self::new(Exit::Auth, message)
+    }
+
+    /// A gRPC status, with a better message for UNAUTHENTICATED: which
+    /// user's saved secret was refused and what to do about it.
+    pub fn from_status_as(status: &Status, user: &str) -> Self {
+        if status.code() == Code::Unauthenticated {
+            return Self::auth(format!(
+                "the server does not accept the saved secret of {user}; \
+                 run `chat-client login {user}` with its secret"
+            ));
+        }
+        Self::from(status)
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// The exit code for a gRPC status code.
+pub fn exit_for(code: Code) -> Exit {
+    match code {
+        Code::Ok => Exit::Ok,
+        Code::InvalidArgument | Code::OutOfRange => Exit::Usage,
+        Code::Unauthenticated | Code::PermissionDenied => Exit::Auth,
+        Code::NotFound => Exit::NotFound,
+        Code::AlreadyExists => Exit::Exists,
+        _ => Exit::Failure,
+    }
+}
+
+/// A one-line description of a status: its message, or its code when the
+/// server sent no message.
+pub fn describe_status(status: &Status) -> String {
+    if status.message().is_empty() {
+        format!("{:?}", status.code()).to_lowercase()
+    } else {
+        status.message().to_owned()
+    }
+}
+
+/// An error and its causes on one line: `a: b: c`. Transport errors say
+/// little at the top ("transport error"); the cause says what happened.
+pub fn describe_error(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+impl From<&Status> for Failure {
+    fn from(status: &Status) -> Self {
+        Self::new(exit_for(status.code()), describe_status(status))
+    }
+}
+
+impl From<Status> for Failure {
+    fn from(status: Status) -> Self {
+        Self::from(&status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_the_documented_exit_codes() {
+        let cases = [
+            (Code::Unavailable, 1),
+            (Code::Internal, 1),
+            (Code::InvalidArgument, 2),
+            (Code::Unauthenticated, 3),
+            (Code::NotFound, 4),
+            (Code::AlreadyExists, 5),
+        ];
+        for (code, exit) in cases {
+            assert_eq!(
+                Failure::from(Status::new(code, "x")).exit.code(),
+                exit,
+                "{code:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unauthenticated_names_the_user_and_the_fix() {
+        let f = Failure::from_status_as(&Status::unauthenticated("nope"), "bob");
+        assert_eq!(f.exit, Exit::Auth);
+        assert!(f.message.contains("chat-client login bob"), "{}", f.message);
+    }
+}

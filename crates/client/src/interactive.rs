@@ -1,0 +1,815 @@
+//! Interactive mode: log in (or sign up on the spot), hold the `Connect`
+//! stream open, print messages as they come, send what the user types, and
+//! reconnect on its own.
+//!
+//! One task runs everything in a `select!` loop over the user's lines, the
+//! server's frames, a connection attempt in progress and the retry timer,
+//! so the user can type (and quit) while disconnected. The delivery rules
+//! live in [`crate::delivery`]: nothing is printed twice, a gap is fetched
+//! with `GetHistory` before what follows it is printed, and the server is
+//! told `delivered` only for what has been printed. Sends go one at a time,
+//! each after the ack of the one before (the server commits the sends of a
+//! stream concurrently, so sending ahead could reorder them); unacked sends
+//! are resent, with the same client_msg_id, after a reconnect (the server
+//! stores them once).
+//!
+//! A conversation is marked read up to what was printed while it is the
+//! one chosen with `/to`, and when it is chosen.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use chat_proto as pb;
+use chat_proto::chat_service_client::ChatServiceClient;
+use chat_proto::AuthedChatClient;
+use chrono::Local;
+use pb::client_frame::Frame as Up;
+use pb::server_frame::Frame as Down;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::cli::{parse_username, DEFAULT_SERVER};
+use crate::connection::{self, Backoff, CALL_TIMEOUT};
+use crate::delivery::{Tracker, Verdict};
+use crate::error::{describe_error, describe_status, Exit, Failure};
+use crate::input::Input;
+use crate::{api, commands, view, Context};
+
+/// `/history` without a count.
+const DEFAULT_HISTORY: u32 = 20;
+/// How long `/quit` waits for the acks of messages still being sent.
+const QUIT_GRACE: Duration = Duration::from_secs(5);
+/// How long closing waits for the server to finish the stream (so that the
+/// last `delivered` frames are stored before the process exits).
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+const HELP: &str = "\
+commands:
+  /to <user>     choose who to talk to: the lines you type are sent to them
+  /history [n]   the last n messages with them (default 20)
+  /unread        the conversations with unread messages
+  /help          this help
+  /quit          leave (ctrl-d and ctrl-c too)
+a line starting with // is sent with one slash less";
+
+/// Runs the interactive mode until `/quit` or the end of input.
+pub async fn run(ctx: &Context) -> Result<(), Failure> {
+    let mut input = Input::spawn();
+    let (me, secret) = log_in(ctx, &mut input).await?;
+    connection::bearer(&secret)?;
+    let mut app = App::new(ctx.servers.clone(), me, secret);
+    let result = app.event_loop(&mut input).await;
+    app.close().await;
+    result
+}
+
+/// The saved user, or a new one registered now.
+async fn log_in(ctx: &Context, input: &mut Input) -> Result<(String, String), Failure> {
+    let store = ctx.credentials();
+    match store.select(ctx.user.as_deref()) {
+        Ok((user, secret)) => {
+            if let Err(f) = store.make_default(&user) {
+                view::err(format!("warning: {f}"));
+            }
+            return Ok((user, secret));
+        }
+        Err(f) if f.exit == Exit::Auth => {}
+        Err(f) => return Err(f),
+    }
+    sign_up(ctx, input).await
+}
+
+/// Asks for a username and registers it; a taken one can be logged into
+/// with its secret.
+async fn sign_up(ctx: &Context, input: &mut Input) -> Result<(String, String), Failure> {
+    let store = ctx.credentials();
+    store.check_writable()?;
+    view::out("no saved credentials: choose a username to register (3 to 32 of a-z 0-9 _ . -)");
+    let mut preset = ctx.user.clone();
+    loop {
+        let raw = match preset.take() {
+            Some(name) => name,
+            None => ask(input, "username: ").await?,
+        };
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let username = match parse_username(&raw) {
+            Ok(name) => name,
+            Err(f) => {
+                view::out(f.message);
+                continue;
+            }
+        };
+        let (_, channel) = connection::first_reachable(&ctx.servers).await?;
+        match api::register(channel.clone(), &username, "", "").await {
+            Ok(response) => {
+                let name = response.user.map_or(username, |u| u.username);
+                commands::save_new_secret(ctx, &name, &response.secret)?;
+                view::out(format!(
+                    "registered {name}; its secret is saved in {}",
+                    store.path().display()
+                ));
+                return Ok((name, response.secret));
+            }
+            Err(status) if status.code() == Code::AlreadyExists => {
+                view::out(format!(
+                    "{username} is taken. If it is yours, paste its secret; \
+                     press Enter to choose another name."
+                ));
+                let secret = ask(input, "secret: ").await?;
+                let secret = secret.trim();
+                if secret.is_empty() {
+                    continue;
+                }
+                match commands::verify_secret(channel, &username, secret).await {
+                    Ok(()) => {
+                        store.remember(&username, secret)?;
+                        view::out(format!(
+                            "logged in as {username}; the secret is saved in {}",
+                            store.path().display()
+                        ));
+                        return Ok((username, secret.to_owned()));
+                    }
+                    Err(f) if matches!(f.exit, Exit::Auth | Exit::Usage) => view::out(f.message),
+                    Err(f) => return Err(f),
+                }
+            }
+            Err(status) if status.code() == Code::InvalidArgument => {
+                view::out(describe_status(&status));
+            }
+            Err(status) => return Err(Failure::from(status)),
+        }
+    }
+}
+
+async fn ask(input: &mut Input, prompt: &str) -> Result<String, Failure> {
+    view::prompt(prompt);
+    match input.next().await {
+        Some(line) => Ok(line),
+        None => {
+            view::out("");
+            Err(Failure::auth(
+                "no saved credentials, and the input ended before a username",
+            ))
+        }
+    }
+}
+
+/// An open `Connect` stream and the clients of its server.
+struct Live {
+    url: String,
+    channel: Channel,
+    chat: AuthedChatClient,
+    frames_out: mpsc::UnboundedSender<pb::ClientFrame>,
+    frames_in: tonic::Streaming<pb::ServerFrame>,
+}
+
+/// A send waiting for its ack.
+struct Pending {
+    id: String,
+    to: String,
+    body: String,
+}
+
+type Connecting = Pin<Box<dyn Future<Output = Result<(Live, pb::Ready), Status>> + Send>>;
+
+enum Flow {
+    Continue,
+    Quit,
+}
+
+struct App {
+    me: String,
+    secret: String,
+    servers: Vec<String>,
+    /// The server to connect to next.
+    server: usize,
+    live: Option<Live>,
+    tracker: Tracker,
+    /// How each conversation is shown: the peer, or `#group`.
+    labels: HashMap<String, String>,
+    /// Direct conversations by peer.
+    direct: HashMap<String, String>,
+    /// The read cursor the server was last told, by conversation.
+    read_sent: HashMap<String, u64>,
+    /// Who plain lines are sent to.
+    peer: Option<String>,
+    /// Sends without an ack yet, oldest first.
+    pending: Vec<Pending>,
+    /// The id of the pending send out on the current stream, if any.
+    in_flight: Option<String>,
+    backoff: Backoff,
+    /// Connections made so far.
+    sessions: u32,
+}
+
+impl App {
+    fn new(servers: Vec<String>, me: String, secret: String) -> Self {
+        Self {
+            me,
+            secret,
+            servers,
+            server: 0,
+            live: None,
+            tracker: Tracker::default(),
+            labels: HashMap::new(),
+            direct: HashMap::new(),
+            read_sent: HashMap::new(),
+            peer: None,
+            pending: Vec::new(),
+            in_flight: None,
+            backoff: Backoff::new(),
+            sessions: 0,
+        }
+    }
+
+    fn server_url(&self) -> &str {
+        self.servers
+            .get(self.server)
+            .map_or(DEFAULT_SERVER, String::as_str)
+    }
+
+    fn rotate(&mut self) {
+        self.server = (self.server + 1) % self.servers.len().max(1);
+    }
+
+    async fn event_loop(&mut self, input: &mut Input) -> Result<(), Failure> {
+        let mut connecting: Option<Connecting> = None;
+        let mut retry_at = Some(Instant::now());
+        let mut quit_by: Option<Instant> = None;
+        // Lines typed (or piped) before the first connection attempt wait
+        // for it: `/to` checks the user with the server.
+        let mut attempted = false;
+        loop {
+            if quit_by.is_some() && self.pending.is_empty() {
+                return Ok(());
+            }
+            tokio::select! {
+                line = input.next(), if quit_by.is_none() && attempted => {
+                    let flow = match line {
+                        Some(line) => self.on_line(&line).await,
+                        None => Flow::Quit,
+                    };
+                    if let Flow::Quit = flow {
+                        if !self.pending.is_empty() {
+                            view::out(format!(
+                                "sending {} message(s) before quitting…",
+                                self.pending.len()
+                            ));
+                        }
+                        quit_by = Some(Instant::now() + QUIT_GRACE);
+                    }
+                }
+                frame = next_frame(&mut self.live), if self.live.is_some() => {
+                    match frame {
+                        Ok(Some(frame)) => self.on_frame(frame).await,
+                        Ok(None) => self.lost("the server closed the stream"),
+                        Err(status) if status.code() == Code::Unauthenticated => {
+                            return Err(Failure::from_status_as(&status, &self.me));
+                        }
+                        Err(status) => self.lost(&describe_status(&status)),
+                    }
+                    if self.live.is_none() {
+                        retry_at = Some(Instant::now() + self.backoff.next_delay());
+                    }
+                }
+                result = poll_some(&mut connecting), if connecting.is_some() => {
+                    connecting = None;
+                    attempted = true;
+                    match result {
+                        Ok((live, ready)) => self.on_connected(live, ready).await,
+                        Err(status) if status.code() == Code::Unauthenticated => {
+                            return Err(Failure::from_status_as(&status, &self.me));
+                        }
+                        Err(status) => {
+                            let delay = self.backoff.next_delay();
+                            view::out(format!(
+                                "cannot connect to {}: {}; retrying in {:.1} s…",
+                                self.server_url(),
+                                describe_status(&status),
+                                delay.as_secs_f64()
+                            ));
+                            self.rotate();
+                            retry_at = Some(Instant::now() + delay);
+                        }
+                    }
+                }
+                () = sleep_opt(retry_at),
+                    if retry_at.is_some() && connecting.is_none() && self.live.is_none() =>
+                {
+                    retry_at = None;
+                    connecting = Some(Box::pin(open_live(
+                        self.server_url().to_owned(),
+                        self.secret.clone(),
+                    )));
+                }
+                Ok(()) = tokio::signal::ctrl_c() => {
+                    // A second ctrl-c while quitting does not wait any more.
+                    if quit_by.is_some() {
+                        return Err(Failure::other("interrupted"));
+                    }
+                    quit_by = Some(Instant::now() + QUIT_GRACE);
+                }
+                () = sleep_opt(quit_by), if quit_by.is_some() => {
+                    for p in &self.pending {
+                        view::err(format!("error: not sent to {}: {}", p.to, preview(&p.body)));
+                    }
+                    return Err(Failure::other(format!(
+                        "{} message(s) could not be sent",
+                        self.pending.len()
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Closes the stream and waits (briefly) for the server to end it, so
+    /// that the `delivered` frames already sent are stored.
+    async fn close(&mut self) {
+        let Some(live) = self.live.take() else { return };
+        let Live {
+            frames_out,
+            mut frames_in,
+            ..
+        } = live;
+        drop(frames_out);
+        let drain = async { while let Ok(Some(_)) = frames_in.message().await {} };
+        let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
+    }
+
+    fn lost(&mut self, reason: &str) {
+        self.live = None;
+        self.in_flight = None;
+        view::out(format!("disconnected: {reason}; reconnecting…"));
+        self.rotate();
+    }
+
+    async fn on_connected(&mut self, live: Live, ready: pb::Ready) {
+        let url = live.url.clone();
+        self.live = Some(live);
+        self.backoff.reset();
+        let mut gaps = Vec::new();
+        for c in &ready.conversations {
+            self.learn(c);
+            let id = &c.conversation_id;
+            if self.tracker.knows(id) {
+                // Another session may have been told more than this one
+                // printed: the server will not replay that part.
+                let shown = self.tracker.shown(id);
+                if c.delivered_seq > shown {
+                    gaps.push((id.clone(), shown, c.delivered_seq + 1));
+                }
+                self.tracker.server_delivered(id, c.delivered_seq);
+            } else {
+                self.tracker.seed(id, c.delivered_seq);
+            }
+        }
+        let via = (self.servers.len() > 1).then_some(url.as_str());
+        view::out(view::ready_summary(&ready, via));
+        if self.sessions == 0 {
+            view::out("type /to <user> to choose who to talk to, /help for the commands");
+        }
+        self.sessions += 1;
+        for (id, after, before) in gaps {
+            self.fill_gap(&id, after, before).await;
+        }
+        // Sends that were not acked go again, with the same ids.
+        self.in_flight = None;
+        self.pump_sends();
+        self.flush_cursors();
+    }
+
+    /// Puts the oldest pending send on the stream unless one is out.
+    fn pump_sends(&mut self) {
+        let (Some(live), None, Some(next)) = (&self.live, &self.in_flight, self.pending.first())
+        else {
+            return;
+        };
+        if live.frames_out.send(send_frame(next)).is_ok() {
+            self.in_flight = Some(next.id.clone());
+        }
+    }
+
+    /// Removes a pending send that got its answer, and sends the next one.
+    fn settle(&mut self, client_msg_id: &str) -> Option<Pending> {
+        let index = self.pending.iter().position(|p| p.id == client_msg_id)?;
+        if self.in_flight.as_deref() == Some(client_msg_id) {
+            self.in_flight = None;
+        }
+        let settled = self.pending.remove(index);
+        self.pump_sends();
+        Some(settled)
+    }
+
+    async fn on_frame(&mut self, frame: pb::ServerFrame) {
+        match frame.frame {
+            Some(Down::Message(m)) => self.on_message(m).await,
+            Some(Down::Ack(ack)) => self.on_ack(ack),
+            Some(Down::Error(e)) => view::err(format!("error: {}", e.message)),
+            Some(Down::Ready(_) | Down::ReadUpdate(_) | Down::Typing(_) | Down::Pong(_)) | None => {
+            }
+        }
+        self.flush_cursors();
+    }
+
+    async fn on_message(&mut self, m: pb::Message) {
+        if self.take_own(&m) {
+            return;
+        }
+        match self.tracker.classify(&m.conversation_id, m.seq) {
+            Verdict::Seen => return,
+            Verdict::Next => {}
+            Verdict::Gap { after } => self.fill_gap(&m.conversation_id, after, m.seq).await,
+        }
+        self.show(&m).await;
+    }
+
+    fn on_ack(&mut self, ack: pb::SendAck) {
+        let Some(sent) = self.settle(&ack.client_msg_id) else {
+            return;
+        };
+        match (ack.message, ack.error) {
+            (Some(m), _) => {
+                self.learn_direct(&m.conversation_id, &sent.to);
+                self.tracker.record(&m.conversation_id, m.seq);
+            }
+            (None, error) => {
+                let why = error.map_or_else(|| "no reason given".to_owned(), |e| e.message);
+                view::err(format!(
+                    "error: not sent to {} ({}): {why}",
+                    sent.to,
+                    preview(&sent.body)
+                ));
+            }
+        }
+    }
+
+    /// A message of ours still pending here (its ack was lost with the
+    /// connection and the replay brought it back) counts as its ack.
+    fn take_own(&mut self, m: &pb::Message) -> bool {
+        if m.sender != self.me {
+            return false;
+        }
+        let Some(sent) = self.settle(&m.client_msg_id) else {
+            return false;
+        };
+        self.learn_direct(&m.conversation_id, &sent.to);
+        self.tracker.record(&m.conversation_id, m.seq);
+        true
+    }
+
+    /// Fetches and prints the messages with `after < seq < before`.
+    async fn fill_gap(&mut self, conversation: &str, after: u64, before: u64) {
+        let Some(live) = &self.live else { return };
+        let mut chat = live.chat.clone();
+        match api::between(&mut chat, conversation, after, before).await {
+            Ok(messages) => {
+                for m in messages {
+                    if !self.take_own(&m) && !self.tracker.is_seen(conversation, m.seq) {
+                        self.show(&m).await;
+                    }
+                }
+            }
+            Err(status) => {
+                // Printed anyway; the next message (or reconnect) retries.
+                view::err(format!(
+                    "warning: cannot fetch missed messages: {}",
+                    describe_status(&status)
+                ));
+            }
+        }
+    }
+
+    async fn show(&mut self, m: &pb::Message) {
+        let label = self.label(&m.conversation_id, &m.sender).await;
+        view::out(view::message_line(m, &self.me, &label, Local::now()));
+        self.tracker.record(&m.conversation_id, m.seq);
+    }
+
+    /// How a conversation is shown; asks the server about one not seen yet.
+    async fn label(&mut self, conversation: &str, sender: &str) -> String {
+        if let Some(label) = self.labels.get(conversation) {
+            return label.clone();
+        }
+        if let Some(live) = &self.live {
+            let mut chat = live.chat.clone();
+            if let Ok(list) = api::conversations(&mut chat).await {
+                for c in &list {
+                    self.learn(c);
+                }
+            }
+        }
+        let fallback = if sender == self.me { "?" } else { sender };
+        self.labels
+            .entry(conversation.to_owned())
+            .or_insert_with(|| fallback.to_owned())
+            .clone()
+    }
+
+    fn learn(&mut self, c: &pb::Conversation) {
+        let id = c.conversation_id.clone();
+        self.labels.insert(id.clone(), view::conversation_label(c));
+        if c.kind == pb::ConversationKind::Direct as i32 && !c.peer.is_empty() {
+            self.direct.insert(c.peer.clone(), id.clone());
+        }
+        let read = self.read_sent.entry(id).or_default();
+        *read = (*read).max(c.read_seq);
+    }
+
+    fn learn_direct(&mut self, conversation: &str, peer: &str) {
+        self.labels
+            .entry(conversation.to_owned())
+            .or_insert_with(|| peer.to_owned());
+        self.direct.insert(peer.to_owned(), conversation.to_owned());
+    }
+
+    /// Tells the server what was printed: `delivered` for every
+    /// conversation, `mark_read` for the chosen one.
+    fn flush_cursors(&mut self) {
+        let Some(live) = &self.live else { return };
+        for (conversation_id, seq) in self.tracker.unreported() {
+            let _ = live.frames_out.send(frame(Up::Delivered(pb::Delivered {
+                conversation_id,
+                seq,
+            })));
+        }
+        let Some(conversation) = self.peer.as_ref().and_then(|p| self.direct.get(p)) else {
+            return;
+        };
+        let shown = self.tracker.shown(conversation);
+        let read = self.read_sent.entry(conversation.clone()).or_default();
+        if shown > *read {
+            *read = shown;
+            let mark = pb::MarkReadRequest {
+                conversation_id: conversation.clone(),
+                seq: shown,
+            };
+            let _ = live.frames_out.send(frame(Up::MarkRead(mark)));
+        }
+    }
+
+    async fn on_line(&mut self, line: &str) -> Flow {
+        let text = line.trim_end();
+        let trimmed = text.trim_start();
+        if trimmed.is_empty() {
+            return Flow::Continue;
+        }
+        if let Some(literal) = trimmed.strip_prefix("//") {
+            self.send_text(format!("/{literal}"));
+            return Flow::Continue;
+        }
+        if let Some(command) = trimmed.strip_prefix('/') {
+            return self.command(command).await;
+        }
+        self.send_text(text.to_owned());
+        Flow::Continue
+    }
+
+    async fn command(&mut self, command: &str) -> Flow {
+        let mut words = command.split_whitespace();
+        let name = words.next().unwrap_or_default().to_ascii_lowercase();
+        let arg = words.next();
+        match name.as_str() {
+            "to" => match arg {
+                Some(user) => self.choose_peer(user).await,
+                None => match &self.peer {
+                    Some(peer) => view::out(format!("talking to {peer}")),
+                    None => view::out("usage: /to <user>"),
+                },
+            },
+            "history" => {
+                let count = match arg.map(str::parse::<u32>) {
+                    None => DEFAULT_HISTORY,
+                    Some(Ok(n)) if n > 0 => n,
+                    Some(_) => {
+                        view::out("usage: /history [n], with n a positive number");
+                        return Flow::Continue;
+                    }
+                };
+                self.show_history(count).await;
+            }
+            "unread" => self.show_unread().await,
+            "help" | "?" => view::out(HELP),
+            "quit" | "exit" | "q" => return Flow::Quit,
+            _ => view::out(format!("unknown command /{name}; /help lists the commands")),
+        }
+        Flow::Continue
+    }
+
+    async fn choose_peer(&mut self, raw: &str) {
+        let user = match parse_username(raw) {
+            Ok(user) => user,
+            Err(f) => return view::out(f.message),
+        };
+        if user == self.me {
+            return view::out("that is you: choose someone else");
+        }
+        if let Some(live) = &self.live {
+            match api::get_user(live.channel.clone(), &user).await {
+                Ok(_) => {}
+                Err(status) if status.code() == Code::NotFound => {
+                    return view::out(format!("no such user: {user}"));
+                }
+                Err(status) => view::err(format!(
+                    "warning: cannot check that {user} exists: {}",
+                    describe_status(&status)
+                )),
+            }
+        }
+        view::out(format!("talking to {user}"));
+        self.peer = Some(user.clone());
+        self.mark_read_now(&user).await;
+    }
+
+    /// Marks the conversation with `peer` read up to what was printed, with
+    /// the unary call, so that a `/unread` right after agrees.
+    async fn mark_read_now(&mut self, peer: &str) {
+        let Some(conversation) = self.direct.get(peer).cloned() else {
+            return;
+        };
+        let shown = self.tracker.shown(&conversation);
+        if shown <= self.read_sent.get(&conversation).copied().unwrap_or(0) {
+            return;
+        }
+        let Some(live) = &self.live else { return };
+        let mut chat = live.chat.clone();
+        let request = pb::MarkReadRequest {
+            conversation_id: conversation.clone(),
+            seq: shown,
+        };
+        match api::timed(chat.mark_read(request)).await {
+            Ok(_) => {
+                self.read_sent.insert(conversation, shown);
+            }
+            Err(status) => view::err(format!(
+                "warning: cannot mark as read: {}",
+                describe_status(&status)
+            )),
+        }
+    }
+
+    fn send_text(&mut self, body: String) {
+        let Some(to) = self.peer.clone() else {
+            return view::out("choose who to talk to first: /to <user>");
+        };
+        if self.live.is_none() {
+            view::out("not connected: the message will be sent once reconnected");
+        }
+        self.pending.push(Pending {
+            id: connection::new_client_msg_id(),
+            to,
+            body,
+        });
+        self.pump_sends();
+    }
+
+    /// A chat client of the current connection.
+    fn chat(&self) -> Option<AuthedChatClient> {
+        let chat = self.live.as_ref().map(|live| live.chat.clone());
+        if chat.is_none() {
+            view::out("not connected: try again once reconnected");
+        }
+        chat
+    }
+
+    async fn show_history(&mut self, count: u32) {
+        let Some(peer) = self.peer.clone() else {
+            return view::out("choose who to talk to first: /to <user>");
+        };
+        let Some(mut chat) = self.chat() else { return };
+        let conversation = match self.direct.get(&peer) {
+            Some(id) => Some(id.clone()),
+            None => match api::find_direct(&mut chat, &peer).await {
+                Ok(found) => found.map(|c| {
+                    self.learn(&c);
+                    c.conversation_id
+                }),
+                Err(status) => return view::err(format!("error: {}", describe_status(&status))),
+            },
+        };
+        let Some(conversation) = conversation else {
+            return view::out(format!("no messages with {peer} yet"));
+        };
+        match api::latest(&mut chat, &conversation, 0, count).await {
+            Ok(messages) if messages.is_empty() => {
+                view::out(format!("no messages with {peer} yet"))
+            }
+            Ok(messages) => {
+                let now = Local::now();
+                view::out(format!(
+                    "--- the last {} message(s) with {peer} ---",
+                    messages.len()
+                ));
+                for m in &messages {
+                    view::out(view::message_line(m, &self.me, &peer, now));
+                }
+            }
+            Err(status) => view::err(format!("error: {}", describe_status(&status))),
+        }
+    }
+
+    async fn show_unread(&mut self) {
+        let Some(mut chat) = self.chat() else { return };
+        let list = match api::conversations(&mut chat).await {
+            Ok(list) => list,
+            Err(status) => return view::err(format!("error: {}", describe_status(&status))),
+        };
+        for c in &list {
+            self.learn(c);
+        }
+        let mut unread: Vec<_> = list.iter().filter(|c| c.unread_count > 0).collect();
+        if unread.is_empty() {
+            return view::out("no unread messages");
+        }
+        unread.sort_by_key(|c| view::conversation_label(c));
+        for c in unread {
+            view::out(format!(
+                "{}: {} unread",
+                view::conversation_label(c),
+                c.unread_count
+            ));
+        }
+    }
+}
+
+/// Connects to `url`, opens the stream and waits for `ready`.
+async fn open_live(url: String, secret: String) -> Result<(Live, pb::Ready), Status> {
+    let channel = connection::open_channel(&url)
+        .await
+        .map_err(|e| Status::unavailable(describe_error(&e)))?;
+    let bearer = pb::Bearer::new(&secret)
+        .ok_or_else(|| Status::unauthenticated("the saved secret is malformed"))?;
+    let mut chat = ChatServiceClient::with_interceptor(channel.clone(), bearer);
+    let (frames_out, rx) = mpsc::unbounded_channel();
+    let mut frames_in = api::timed(chat.connect(UnboundedReceiverStream::new(rx))).await?;
+    let first = tokio::time::timeout(CALL_TIMEOUT, frames_in.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded("the server sent no ready frame"))??;
+    match first.and_then(|f| f.frame) {
+        Some(Down::Ready(ready)) => Ok((
+            Live {
+                url,
+                channel,
+                chat,
+                frames_out,
+                frames_in,
+            },
+            ready,
+        )),
+        Some(_) => Err(Status::internal(
+            "the stream did not start with a ready frame",
+        )),
+        None => Err(Status::unavailable(
+            "the server closed the stream before ready",
+        )),
+    }
+}
+
+fn frame(frame: Up) -> pb::ClientFrame {
+    pb::ClientFrame { frame: Some(frame) }
+}
+
+fn send_frame(p: &Pending) -> pb::ClientFrame {
+    frame(Up::Send(pb::SendMessageRequest {
+        target: Some(pb::send_message_request::Target::ToUser(p.to.clone())),
+        body: p.body.clone(),
+        client_msg_id: p.id.clone(),
+    }))
+}
+
+/// The start of a body, to name a message in an error.
+fn preview(body: &str) -> String {
+    const MAX: usize = 30;
+    let mut short: String = body.chars().take(MAX).collect();
+    if body.chars().count() > MAX {
+        short.push('…');
+    }
+    format!("{:?}", short)
+}
+
+async fn next_frame(live: &mut Option<Live>) -> Result<Option<pb::ServerFrame>, Status> {
+    match live {
+        Some(live) => live.frames_in.message().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn poll_some<F: Future + Unpin>(future: &mut Option<F>) -> F::Output {
+    match future {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,364 @@
+//! Two servers, one cluster: for each bus (in-process, Redis pub/sub,
+//! Kafka), users on different servers chat as if on one.
+//!
+//! The in-process variant shares one SQLite store, registry and bus between
+//! two servers of this process; the Redis and Kafka variants connect each
+//! server to real PostgreSQL, Redis and a Kafka-protocol broker, exactly
+//! as separate processes would.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chat_cluster::Bus;
+use chat_proto as pb;
+use chat_proto::client_frame::Frame as In;
+use chat_proto::server_frame::Frame as Out;
+use chat_server::config::{BusBackend, RegistryBackend, StoreBackend};
+use chat_server::Backends;
+use chat_test_support::services::{fresh_postgres, kafka_brokers, redis_url, unique};
+use chat_test_support::{http, send_request, TestServer, WAIT};
+
+#[derive(Clone, Copy, Debug)]
+enum Via {
+    Memory,
+    Redis,
+    Kafka,
+}
+
+struct Cluster {
+    a: TestServer,
+    b: TestServer,
+    via: Via,
+    /// A bus client of the cluster's own kind, to inject records.
+    bus: Arc<dyn Bus>,
+    b_node: String,
+    _shared: Option<tempfile::TempDir>,
+}
+
+async fn cluster(via: Via) -> Cluster {
+    let (a_node, b_node) = (unique("a-"), unique("b-"));
+    match via {
+        Via::Memory => {
+            let dir = tempfile::tempdir().unwrap();
+            let mut sqlite = chat_store::sqlite::SqliteConfig::new(dir.path().join("chat.db"));
+            sqlite.durability = chat_store::sqlite::Durability::Normal;
+            let bus = Arc::new(chat_cluster::bus::MemoryBus::default());
+            let backends = Backends {
+                store: Arc::new(chat_store::sqlite::SqliteStore::open(sqlite).unwrap()),
+                registry: Arc::new(chat_cluster::registry::MemoryRegistry::new(
+                    Duration::from_secs(15),
+                )),
+                bus: bus.clone(),
+            };
+            let a_id = a_node.clone();
+            let a =
+                TestServer::start_node(Some(backends.clone()), |c| c.cluster.node_id = a_id).await;
+            let b_id = b_node.clone();
+            let b = TestServer::start_node(Some(backends), |c| c.cluster.node_id = b_id).await;
+            Cluster {
+                a,
+                b,
+                via,
+                bus,
+                b_node,
+                _shared: Some(dir),
+            }
+        }
+        Via::Redis | Via::Kafka => {
+            let postgres = fresh_postgres().await;
+            let prefix = format!("{}:", unique("t"));
+            let topics = format!("{}-", unique("inbox"));
+            let bus_backend = match via {
+                Via::Redis => BusBackend::Redis {
+                    url: redis_url(),
+                    prefix: prefix.clone(),
+                },
+                _ => {
+                    let mut kafka = chat_cluster::bus::KafkaConfig::new(kafka_brokers());
+                    kafka.topic_prefix = topics.clone();
+                    // The stand-in broker does not wake a waiting fetch.
+                    kafka.fetch_wait_ms = 5;
+                    BusBackend::Kafka(kafka)
+                }
+            };
+            let bus: Arc<dyn Bus> = match &bus_backend {
+                BusBackend::Redis { url, prefix } => Arc::new(
+                    chat_cluster::bus::RedisBus::connect(url, prefix)
+                        .await
+                        .unwrap(),
+                ),
+                BusBackend::Kafka(k) => {
+                    Arc::new(chat_cluster::bus::KafkaBus::connect(k.clone()).unwrap())
+                }
+                BusBackend::Memory => unreachable!(),
+            };
+            let configure = |node: String| {
+                let (postgres, prefix, bus_backend) =
+                    (postgres.clone(), prefix.clone(), bus_backend.clone());
+                move |c: &mut chat_server::Config| {
+                    c.cluster.node_id = node;
+                    c.cluster.store = StoreBackend::Postgres { url: postgres };
+                    c.cluster.registry = RegistryBackend::Redis {
+                        url: redis_url(),
+                        prefix,
+                    };
+                    c.cluster.bus = bus_backend;
+                }
+            };
+            let a = TestServer::start_with(configure(a_node)).await;
+            let b = TestServer::start_with(configure(b_node.clone())).await;
+            Cluster {
+                a,
+                b,
+                via,
+                bus,
+                b_node,
+                _shared: None,
+            }
+        }
+    }
+}
+
+impl Cluster {
+    async fn stop(self) {
+        self.a.stop().await;
+        self.b.stop().await;
+    }
+}
+
+async fn cross_server_live_delivery(c: Cluster) {
+    let alice = c.a.register("alice").await;
+    let bob = c.b.register("bob").await;
+    let mut a = c.a.connect(&alice).await;
+    let mut b = c.b.connect(&bob).await;
+
+    a.send_to("bob", "hello from A", "a1").await;
+    let acked = a.ack().await.message.expect("committed");
+    assert_eq!(b.message().await, acked);
+
+    b.send_to("alice", "hello from B", "b1").await;
+    let reply = b.ack().await.message.expect("committed");
+    assert_eq!(reply.seq, 2);
+    assert_eq!(a.message().await, reply);
+    c.stop().await;
+}
+
+async fn multi_device_across_servers(c: Cluster) {
+    let alice = c.a.register("alice").await;
+    let bob = c.a.register("bob").await;
+    let mut alice_a = c.a.connect(&alice).await;
+    let mut alice_b = c.b.connect(&alice).await;
+    let mut bob_a = c.a.connect(&bob).await;
+    let mut bob_b = c.b.connect(&bob).await;
+
+    // From A: bob on both servers and alice's other device on B see it.
+    alice_a.send_to("bob", "one", "m1").await;
+    let m1 = alice_a.ack().await.message.unwrap();
+    assert_eq!(bob_a.message().await, m1);
+    assert_eq!(bob_b.message().await, m1);
+    assert_eq!(alice_b.message().await, m1);
+    // From B, over the unary API.
+    let m2 =
+        c.b.chat(&bob)
+            .await
+            .send_message(send_request("alice", "two", "m2"))
+            .await
+            .unwrap();
+    let m2 = m2.into_inner().message.unwrap();
+    assert_eq!(alice_a.message().await, m2);
+    assert_eq!(alice_b.message().await, m2);
+    assert_eq!(bob_a.message().await, m2);
+    assert_eq!(bob_b.message().await, m2);
+    c.stop().await;
+}
+
+async fn concurrent_senders_on_two_servers(c: Cluster) {
+    let alice = c.a.register("alice").await;
+    let bob = c.b.register("bob").await;
+    let mut tasks = Vec::new();
+    for (server, who, peer) in [(&c.a, &alice, "bob"), (&c.b, &bob, "alice")] {
+        for t in 0..4 {
+            let mut client = server.chat(who).await;
+            let prefix = format!("{}-{t}", who.username);
+            tasks.push(tokio::spawn(async move {
+                for i in 0..25 {
+                    let req = send_request(peer, "x", &format!("{prefix}-{i}"));
+                    client.send_message(req.clone()).await.expect("send");
+                    // A retry on the same id stores nothing new.
+                    if i % 5 == 0 {
+                        client.send_message(req).await.expect("retry");
+                    }
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut chat = c.b.chat(&alice).await;
+    let list = chat
+        .list_conversations(pb::ListConversationsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let conversation = &list.conversations[0];
+    assert_eq!(conversation.last_seq, 200);
+    let mut seqs = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    let mut after = 0;
+    loop {
+        let page = chat
+            .get_history(pb::GetHistoryRequest {
+                conversation_id: conversation.conversation_id.clone(),
+                after_seq: after,
+                limit: 200,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for m in &page.messages {
+            assert!(
+                ids.insert(m.client_msg_id.clone()),
+                "duplicate {}",
+                m.client_msg_id
+            );
+        }
+        seqs.extend(page.messages.iter().map(|m| m.seq));
+        after = *seqs.last().unwrap();
+        if !page.has_more {
+            break;
+        }
+    }
+    assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+    c.stop().await;
+}
+
+async fn offline_catch_up_across_servers(c: Cluster) {
+    let alice = c.a.register("alice").await;
+    let bob = c.a.register("bob").await;
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let m =
+            c.a.chat(&alice)
+                .await
+                .send_message(send_request("bob", &format!("m{i}"), &format!("o{i}")))
+                .await;
+        sent.push(m.unwrap().into_inner().message.unwrap());
+    }
+    let mut b = c.b.connect(&bob).await;
+    assert_eq!(b.ready.conversations[0].unread_count, 5);
+    for expected in &sent {
+        assert_eq!(&b.message().await, expected);
+    }
+    c.stop().await;
+}
+
+async fn read_updates_reach_other_servers(c: Cluster) {
+    let alice = c.a.register("alice").await;
+    let bob = c.a.register("bob").await;
+    let mut bob_b = c.b.connect(&bob).await;
+    let m =
+        c.a.chat(&alice)
+            .await
+            .send_message(send_request("bob", "read me", "r1"))
+            .await
+            .unwrap();
+    let m = m.into_inner().message.unwrap();
+    assert_eq!(bob_b.message().await, m);
+    c.a.chat(&bob)
+        .await
+        .mark_read(pb::MarkReadRequest {
+            conversation_id: m.conversation_id.clone(),
+            seq: 1,
+        })
+        .await
+        .unwrap();
+    loop {
+        if let Out::ReadUpdate(u) = bob_b.frame().await {
+            assert_eq!((u.read_seq, u.unread_count), (1, 0));
+            break;
+        }
+    }
+    // Typing crosses servers too, and only to the other member.
+    let alice_a = c.a.connect(&alice).await;
+    alice_a
+        .push(In::Typing(pb::Typing {
+            conversation_id: m.conversation_id.clone(),
+            username: String::new(),
+        }))
+        .await;
+    loop {
+        if let Out::Typing(t) = bob_b.frame().await {
+            assert_eq!(
+                (t.username.as_str(), t.conversation_id.as_str()),
+                ("alice", m.conversation_id.as_str())
+            );
+            break;
+        }
+    }
+    c.stop().await;
+}
+
+/// A record nobody can decode is dropped, logged and counted; delivery
+/// goes on.
+async fn undecodable_records_are_counted(c: Cluster) {
+    let alice = c.a.register("alice").await;
+    let bob = c.a.register("bob").await;
+    let mut b = c.b.connect(&bob).await;
+    c.bus
+        .publish(&c.b_node, Bytes::from_static(b"\xff not json"))
+        .await
+        .unwrap();
+    c.bus
+        .publish(
+            &c.b_node,
+            Bytes::from_static(br#"{"v":99,"to":[],"event":{}}"#),
+        )
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    loop {
+        let metrics = http(c.b.http_addr, "GET", "/metrics", None).await;
+        assert_eq!(metrics.status, 200);
+        if metrics
+            .body
+            .contains("chat_bus_undecodable_records_total 2")
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "not counted ({:?}): {}",
+            c.via,
+            metrics.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let m =
+        c.a.chat(&alice)
+            .await
+            .send_message(send_request("bob", "still here", "u1"))
+            .await
+            .unwrap();
+    assert_eq!(b.message().await, m.into_inner().message.unwrap());
+    c.stop().await;
+}
+
+macro_rules! for_each_bus {
+    ($($scenario:ident),* $(,)?) => {
+        mod memory { use super::*; $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $scenario() { super::$scenario(cluster(Via::Memory).await).await } )* }
+        mod redis { use super::*; $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $scenario() { super::$scenario(cluster(Via::Redis).await).await } )* }
+        mod kafka { use super::*; $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $scenario() { super::$scenario(cluster(Via::Kafka).await).await } )* }
+    };
+}
+
+for_each_bus!(
+    cross_server_live_delivery,
+    multi_device_across_servers,
+    concurrent_senders_on_two_servers,
+    offline_catch_up_across_servers,
+    read_updates_reach_other_servers,
+    undecodable_records_are_counted,
+);

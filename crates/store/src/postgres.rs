@@ -1,0 +1,1077 @@
+//! The shared backend: one PostgreSQL database behind several chat servers.
+//!
+//! Unlike the SQLite backend, nothing here may assume it is the only
+//! writer: every server runs its own [`PostgresStore`] against the same
+//! database, so every invariant is kept by PostgreSQL itself, never by a
+//! lock or a queue inside this process.
+//!
+//! - **Gap-free seqs.** `append_message` runs one short transaction that
+//!   bumps `conversations.last_seq` (`UPDATE … RETURNING`) and inserts the
+//!   message in the same statement. The row lock taken by the `UPDATE`
+//!   serialises concurrent senders on any server; a rollback undoes the
+//!   increment with the message, so no seq is ever skipped.
+//! - **Idempotent retries.** `(sender, client_msg_id)` is unique. A retry
+//!   finds the original first; two identical retries racing each other both
+//!   try to insert, one gets the unique violation, rolls back (undoing its
+//!   seq) and answers the original with `duplicate = true`.
+//! - **One direct conversation per pair.** It is created with
+//!   `INSERT … ON CONFLICT (direct_key) DO NOTHING` and then read back, so
+//!   two servers creating it at once agree on one id.
+//! - **Acknowledged means committed.** Every write returns only after its
+//!   `COMMIT` answered. An error is [`StoreError::Unavailable`] when the
+//!   database cannot be reached, answers too slowly, or asks to retry
+//!   (deadlock, serialisation, shutdown); the caller may retry, and a retry
+//!   of a send is safe because of the idempotency key. (A connection lost
+//!   during `COMMIT` itself leaves the outcome unknown to us; the retry then
+//!   answers the original.)
+//!
+//! Connections come from a `deadpool-postgres` pool: it hands out
+//! connections with a per-connection cache of prepared statements, replaces
+//! closed ones, and bounds the wait for a free one, which is exactly what a
+//! hand-written pool would have to do. `connect` is eager: it opens a
+//! connection and runs the migrations, so a server whose database is
+//! unreachable fails at start. After that every operation gets a connection
+//! from the pool when it runs, so an outage makes operations answer
+//! [`StoreError::Unavailable`] and the store recovers by itself once the
+//! database is back.
+//!
+//! Migrations are numbered, recorded in `schema_migrations`, and applied in
+//! one transaction that holds `pg_advisory_xact_lock`, so servers starting
+//! together apply each migration exactly once and none sees half a schema.
+//!
+//! Text columns that are compared or ordered use the "C" collation, so
+//! ordering is bytewise like SQLite's. PostgreSQL cannot store NUL
+//! characters in text: such input answers [`StoreError::Invalid`] when it
+//! would be stored, and not-found when it is only looked up.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use deadpool_postgres::{
+    GenericClient, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+    TimeoutType,
+};
+use tokio::time::error::Elapsed;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+use crate::{
+    Appended, ConversationKind, ConversationSummary, HistoryPage, HistoryQuery, MessageStore,
+    NewMessage, NewUser, ReadCursor, Result, StoreError, StoredMessage, Target, UserProfile,
+    UserStore, MAX_PAGE,
+};
+
+/// Settings of the PostgreSQL backend.
+#[derive(Clone)]
+pub struct PostgresConfig {
+    /// A libpq-style connection string, as a URL
+    /// (`postgres://user:password@host:5432/dbname`) or as `key=value`
+    /// pairs. TLS is not supported: use `sslmode=disable` or `prefer`.
+    pub url: String,
+    /// The most connections this store keeps open at once.
+    pub pool_size: usize,
+    /// How long opening one connection may take.
+    pub connect_timeout: Duration,
+    /// How long an operation waits for a free connection when all
+    /// `pool_size` are busy before it answers `Unavailable`.
+    pub acquire_timeout: Duration,
+    /// How long one operation (all its statements, its commit included) may
+    /// take once it has a connection; also set as the session's
+    /// `statement_timeout`. Past it the connection is closed, the database
+    /// rolls back, and the caller gets `Unavailable`.
+    pub operation_timeout: Duration,
+}
+
+impl PostgresConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(5),
+            operation_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl fmt::Debug for PostgresConfig {
+    /// Never shows the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &redact(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("operation_timeout", &self.operation_timeout)
+            .finish()
+    }
+}
+
+/// `url` with any password replaced by `***`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // key=value pairs
+        return url
+            .split_whitespace()
+            .map(|pair| match pair.split_once('=') {
+                Some(("password", _)) => "password=***".to_owned(),
+                _ => pair.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+    };
+    // postgres://user:password@host:port/db?password=…
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let query = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some(("password", _)) => "password=***",
+            _ => pair,
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    let query = if query.is_empty() {
+        query
+    } else {
+        format!("?{query}")
+    };
+    format!("{scheme}://{authority}{path}{query}")
+}
+
+/// The PostgreSQL store. Cheap to clone; clones share the pool.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    operation_timeout: Duration,
+}
+
+/// The schema, one entry per version. Never edit an applied migration: add
+/// one. Each runs in the single migrating transaction, so no
+/// `CREATE INDEX CONCURRENTLY` here.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE users (
+    username      TEXT COLLATE "C" PRIMARY KEY,
+    name          TEXT NOT NULL,
+    phone         TEXT NOT NULL,
+    token_hash    BYTEA NOT NULL UNIQUE,
+    created_at_ms BIGINT NOT NULL
+);
+
+CREATE TABLE conversations (
+    id            TEXT COLLATE "C" PRIMARY KEY,
+    kind          TEXT NOT NULL CHECK (kind IN ('direct', 'group')),
+    -- 'alice|bob' (sorted) for a direct conversation, NULL for a group.
+    direct_key    TEXT COLLATE "C" UNIQUE,
+    last_seq      BIGINT NOT NULL DEFAULT 0,
+    created_at_ms BIGINT NOT NULL
+);
+
+CREATE TABLE members (
+    conversation_id TEXT COLLATE "C" NOT NULL REFERENCES conversations(id),
+    username        TEXT COLLATE "C" NOT NULL REFERENCES users(username),
+    read_seq        BIGINT NOT NULL DEFAULT 0,
+    delivered_seq   BIGINT NOT NULL DEFAULT 0,
+    joined_seq      BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (conversation_id, username)
+);
+CREATE INDEX members_by_user ON members (username, conversation_id);
+
+CREATE TABLE messages (
+    conversation_id TEXT COLLATE "C" NOT NULL REFERENCES conversations(id),
+    seq             BIGINT NOT NULL,
+    id              TEXT COLLATE "C" NOT NULL UNIQUE,
+    sender          TEXT COLLATE "C" NOT NULL,
+    body            TEXT NOT NULL,
+    client_msg_id   TEXT COLLATE "C" NOT NULL,
+    sent_at_ms      BIGINT NOT NULL,
+    PRIMARY KEY (conversation_id, seq),
+    UNIQUE (sender, client_msg_id)
+);
+"#];
+
+/// The key of the advisory lock held while migrating ("chat-mig").
+const MIGRATION_LOCK: i64 = 0x6368_6174_2d6d_6967;
+
+impl PostgresStore {
+    /// Builds the pool, opens one connection and brings the schema up to
+    /// date. Fails with [`StoreError::Unavailable`] when the database cannot
+    /// be reached within `connect_timeout`, and [`StoreError::Invalid`] when
+    /// `url` does not parse.
+    pub async fn connect(config: PostgresConfig) -> Result<Self> {
+        let mut pg: tokio_postgres::Config = config
+            .url
+            .parse()
+            .map_err(|e| StoreError::Invalid(format!("invalid PostgreSQL URL: {e}")))?;
+        pg.connect_timeout(config.connect_timeout);
+        if pg.get_application_name().is_none() {
+            pg.application_name("chat-store");
+        }
+        // The server stops a statement that runs past the operation timeout
+        // on its own, releasing its locks even if this process is gone.
+        let statement_timeout = format!(
+            "-c statement_timeout={}",
+            config.operation_timeout.as_millis().max(1)
+        );
+        let options = match pg.get_options() {
+            Some(options) if !options.is_empty() => format!("{options} {statement_timeout}"),
+            _ => statement_timeout,
+        };
+        pg.options(options);
+
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                // A closed connection is noticed without a round trip; one
+                // that dies silently fails its next operation as
+                // `Unavailable` and is then dropped.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(config.acquire_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .recycle_timeout(Some(config.connect_timeout))
+            .build()
+            .map_err(|e| StoreError::Internal(format!("cannot build the pool: {e}")))?;
+
+        let store = Self {
+            pool,
+            operation_timeout: config.operation_timeout,
+        };
+        let mut client = store.client().await?;
+        migrate(&mut client).await?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<Object> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Turns the outcome of an operation run on `client` under
+    /// `tokio::time::timeout` into its answer.
+    fn settle<T>(&self, client: Object, outcome: Result<Result<T>, Elapsed>) -> Result<T> {
+        match outcome {
+            Ok(result) => result,
+            Err(_) => {
+                // The connection may be in the middle of a statement or a
+                // transaction: close it instead of returning it to the pool.
+                // The server rolls back whatever was not committed.
+                drop(Object::take(client));
+                Err(StoreError::Unavailable(format!(
+                    "the database did not answer within {:?}",
+                    self.operation_timeout
+                )))
+            }
+        }
+    }
+}
+
+async fn migrate(client: &mut Object) -> Result<()> {
+    let tx = client.transaction().await?;
+    // Waiting for another server's migration is not a slow statement.
+    tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version       BIGINT PRIMARY KEY,
+             applied_at_ms BIGINT NOT NULL
+         )",
+    )
+    .await?;
+    let current: i64 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    let current = usize::try_from(current).unwrap_or(0);
+    if current > MIGRATIONS.len() {
+        tracing::warn!(
+            database = current,
+            known = MIGRATIONS.len(),
+            "the database schema is newer than this server"
+        );
+    }
+    for (i, migration) in MIGRATIONS.iter().enumerate().skip(current) {
+        let version = i as i64 + 1;
+        tx.batch_execute(migration).await?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at_ms) VALUES ($1, $2)",
+            &[&version, &now_ms()],
+        )
+        .await?;
+        tracing::info!(version, "applied store migration");
+    }
+    // Committing releases the advisory lock.
+    tx.commit().await?;
+    Ok(())
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if let Some(db) = e.as_db_error() {
+            let code = db.code();
+            if *code == SqlState::UNIQUE_VIOLATION {
+                return StoreError::AlreadyExists;
+            }
+            if *code == SqlState::FOREIGN_KEY_VIOLATION {
+                // Only a user that does not exist can break a reference.
+                return StoreError::NotFound;
+            }
+            if *code == SqlState::CHARACTER_NOT_IN_REPERTOIRE {
+                return StoreError::Invalid("text must not contain NUL characters".into());
+            }
+            let retryable = matches!(
+                code.code().get(..2),
+                // connection exception, insufficient resources,
+                // operator intervention (shutdown, query cancelled by
+                // statement_timeout), transaction rollback (serialisation,
+                // deadlock)
+                Some("08" | "53" | "57" | "40")
+            ) || *code == SqlState::LOCK_NOT_AVAILABLE
+                || *code == SqlState::READ_ONLY_SQL_TRANSACTION;
+            return if retryable {
+                StoreError::Unavailable(format!("database: {db}"))
+            } else {
+                StoreError::Internal(format!("database: {db}"))
+            };
+        }
+        let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+        if e.is_closed() || io {
+            StoreError::Unavailable(format!("database connection: {}", chain(&e)))
+        } else {
+            StoreError::Internal(format!("database client: {}", chain(&e)))
+        }
+    }
+}
+
+/// Every failure to get a connection means the database cannot serve now.
+fn pool_error(e: PoolError) -> StoreError {
+    match e {
+        PoolError::Timeout(TimeoutType::Wait) => {
+            StoreError::Unavailable("every database connection is busy".into())
+        }
+        PoolError::Timeout(_) => {
+            StoreError::Unavailable("timed out connecting to the database".into())
+        }
+        PoolError::Backend(e) => {
+            StoreError::Unavailable(format!("cannot connect to the database: {}", chain(&e)))
+        }
+        PoolError::Closed => StoreError::Unavailable("the store is closed".into()),
+        PoolError::PostCreateHook(e) => {
+            StoreError::Unavailable(format!("cannot set up a database connection: {e}"))
+        }
+        PoolError::NoRuntimeSpecified => StoreError::Internal("the pool has no runtime".into()),
+    }
+}
+
+/// `e` and its causes: "a: b: c".
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// A fresh random identifier: a one-letter kind and 128 random bits.
+fn new_id(prefix: char) -> String {
+    format!("{prefix}{}", hex::encode(rand::random::<[u8; 16]>()))
+}
+
+/// PostgreSQL text cannot hold NUL, so no stored key contains one.
+fn has_nul(s: &str) -> bool {
+    s.contains('\0')
+}
+
+/// A seq from the caller as a BIGINT; beyond `i64::MAX` is the same as it.
+fn seq_param(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// A seq or count from the database (never negative).
+fn seq_value(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+// --------------------------------------------------------------- statements
+
+async fn query<C: GenericClient>(
+    c: &C,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>> {
+    let stmt = c.prepare_cached(sql).await?;
+    Ok(c.query(&stmt, params).await?)
+}
+
+async fn query_opt<C: GenericClient>(
+    c: &C,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<Row>> {
+    let stmt = c.prepare_cached(sql).await?;
+    Ok(c.query_opt(&stmt, params).await?)
+}
+
+async fn execute<C: GenericClient>(
+    c: &C,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64> {
+    let stmt = c.prepare_cached(sql).await?;
+    Ok(c.execute(&stmt, params).await?)
+}
+
+/// A message from seven columns starting at `at`: id, conversation_id, seq,
+/// sender, body, client_msg_id, sent_at_ms.
+fn message_from_row(row: &Row, at: usize) -> Result<StoredMessage> {
+    Ok(StoredMessage {
+        id: row.try_get(at)?,
+        conversation_id: row.try_get(at + 1)?,
+        seq: seq_value(row.try_get(at + 2)?),
+        sender: row.try_get(at + 3)?,
+        body: row.try_get(at + 4)?,
+        client_msg_id: row.try_get(at + 5)?,
+        sent_at_unix_ms: row.try_get(at + 6)?,
+    })
+}
+
+async fn is_member<C: GenericClient>(c: &C, username: &str, conversation_id: &str) -> Result<bool> {
+    Ok(query_opt(
+        c,
+        "SELECT 1 FROM members WHERE conversation_id = $1 AND username = $2",
+        &[&conversation_id, &username],
+    )
+    .await?
+    .is_some())
+}
+
+const MEMBERS: &str = "SELECT username FROM members WHERE conversation_id = $1 ORDER BY username";
+
+async fn members<C: GenericClient>(c: &C, conversation_id: &str) -> Result<Vec<String>> {
+    usernames(query(c, MEMBERS, &[&conversation_id]).await?)
+}
+
+fn usernames(rows: Vec<Row>) -> Result<Vec<String>> {
+    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+}
+
+async fn message_by_client_id<C: GenericClient>(
+    c: &C,
+    sender: &str,
+    client_msg_id: &str,
+) -> Result<Option<StoredMessage>> {
+    const SQL: &str = "SELECT id, conversation_id, seq, sender, body, client_msg_id, sent_at_ms
+         FROM messages WHERE sender = $1 AND client_msg_id = $2";
+    query_opt(c, SQL, &[&sender, &client_msg_id])
+        .await?
+        .map(|r| message_from_row(&r, 0))
+        .transpose()
+}
+
+// ------------------------------------------------------------------- reads
+
+async fn get_user(c: &Object, username: &str) -> Result<Option<UserProfile>> {
+    let row = query_opt(
+        c,
+        "SELECT username, name, phone, created_at_ms FROM users WHERE username = $1",
+        &[&username],
+    )
+    .await?;
+    row.map(|r| {
+        Ok(UserProfile {
+            username: r.try_get(0)?,
+            name: r.try_get(1)?,
+            phone: r.try_get(2)?,
+            created_at_unix_ms: r.try_get(3)?,
+        })
+    })
+    .transpose()
+}
+
+async fn user_by_token_hash(c: &Object, token_hash: &[u8; 32]) -> Result<Option<String>> {
+    let hash: &[u8] = token_hash;
+    query_opt(
+        c,
+        "SELECT username FROM users WHERE token_hash = $1",
+        &[&hash],
+    )
+    .await?
+    .map(|r| Ok(r.try_get(0)?))
+    .transpose()
+}
+
+async fn history(
+    c: &Object,
+    username: &str,
+    conversation_id: &str,
+    q: HistoryQuery,
+) -> Result<HistoryPage> {
+    let limit = match q.limit {
+        0 => 50,
+        n => n.min(MAX_PAGE),
+    };
+    let after = seq_param(q.after_seq.unwrap_or(0));
+    let before = q.before_seq.map_or(i64::MAX, seq_param);
+    // One more row than asked tells whether there is more.
+    let fetch = i64::from(limit) + 1;
+    let forward = q.after_seq.is_some();
+    let sql = if forward {
+        "SELECT id, conversation_id, seq, sender, body, client_msg_id, sent_at_ms
+         FROM messages WHERE conversation_id = $1 AND seq > $2 AND seq < $3
+         ORDER BY seq ASC LIMIT $4"
+    } else {
+        "SELECT id, conversation_id, seq, sender, body, client_msg_id, sent_at_ms
+         FROM messages WHERE conversation_id = $1 AND seq > $2 AND seq < $3
+         ORDER BY seq DESC LIMIT $4"
+    };
+    // Both statements go out in one round trip.
+    let params: [&(dyn ToSql + Sync); 4] = [&conversation_id, &after, &before, &fetch];
+    let (member, rows) = tokio::join!(
+        is_member(c, username, conversation_id),
+        query(c, sql, &params),
+    );
+    if !member? {
+        return Err(StoreError::NotFound);
+    }
+    let mut messages = rows?
+        .iter()
+        .map(|r| message_from_row(r, 0))
+        .collect::<Result<Vec<_>>>()?;
+    if !forward {
+        messages.reverse();
+    }
+    let has_more = messages.len() > limit as usize;
+    if has_more {
+        if forward {
+            messages.truncate(limit as usize);
+        } else {
+            messages.remove(0);
+        }
+    }
+    Ok(HistoryPage { messages, has_more })
+}
+
+async fn conversations(c: &Object, username: &str) -> Result<Vec<ConversationSummary>> {
+    // One statement, one snapshot: last_seq, the last message and the
+    // unread count always agree.
+    const SQL: &str = "
+        SELECT c.id, c.kind, c.last_seq, m.read_seq, m.delivered_seq,
+               (SELECT o.username FROM members o
+                 WHERE o.conversation_id = c.id AND o.username <> m.username
+                 ORDER BY o.username LIMIT 1),
+               (SELECT COUNT(*) FROM messages u
+                 WHERE u.conversation_id = c.id AND u.seq > m.read_seq
+                   AND u.sender <> m.username),
+               l.id, l.conversation_id, l.seq, l.sender, l.body, l.client_msg_id, l.sent_at_ms
+        FROM members m
+        JOIN conversations c ON c.id = m.conversation_id
+        LEFT JOIN messages l ON l.conversation_id = c.id AND l.seq = c.last_seq
+        WHERE m.username = $1";
+    let rows = query(c, SQL, &[&username]).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let kind: String = r.try_get(1)?;
+        let kind = if kind == "group" {
+            ConversationKind::Group
+        } else {
+            ConversationKind::Direct
+        };
+        let other: Option<String> = r.try_get(5)?;
+        let last_id: Option<String> = r.try_get(7)?;
+        out.push(ConversationSummary {
+            id: r.try_get(0)?,
+            kind,
+            peer: (kind == ConversationKind::Direct)
+                .then_some(other)
+                .flatten(),
+            last_seq: seq_value(r.try_get(2)?),
+            read_seq: seq_value(r.try_get(3)?),
+            delivered_seq: seq_value(r.try_get(4)?),
+            unread_count: seq_value(r.try_get(6)?),
+            last_message: match last_id {
+                Some(_) => Some(message_from_row(r, 7)?),
+                None => None,
+            },
+        });
+    }
+    out.sort_by(|a, b| {
+        let at = |c: &ConversationSummary| c.last_message.as_ref().map_or(0, |m| m.sent_at_unix_ms);
+        at(b).cmp(&at(a)).then_with(|| a.id.cmp(&b.id))
+    });
+    Ok(out)
+}
+
+async fn members_of(c: &Object, username: &str, conversation_id: &str) -> Result<Vec<String>> {
+    let (member, list) = tokio::join!(
+        is_member(c, username, conversation_id),
+        members(c, conversation_id),
+    );
+    if !member? {
+        return Err(StoreError::NotFound);
+    }
+    list
+}
+
+// ------------------------------------------------------------------ writes
+
+async fn create_user(c: &Object, user: NewUser) -> Result<UserProfile> {
+    if has_nul(&user.username) || has_nul(&user.name) || has_nul(&user.phone) {
+        return Err(StoreError::Invalid(
+            "text must not contain NUL characters".into(),
+        ));
+    }
+    let now = now_ms();
+    let hash: &[u8] = &user.token_hash;
+    execute(
+        c,
+        "INSERT INTO users (username, name, phone, token_hash, created_at_ms)
+         VALUES ($1, $2, $3, $4, $5)",
+        &[&user.username, &user.name, &user.phone, &hash, &now],
+    )
+    .await?;
+    Ok(UserProfile {
+        username: user.username,
+        name: user.name,
+        phone: user.phone,
+        created_at_unix_ms: now,
+    })
+}
+
+/// Where a message goes, once its target is looked at.
+enum Resolved {
+    Conversation(String),
+    /// A direct conversation not created yet.
+    NewDirect {
+        key: String,
+        peer: String,
+    },
+}
+
+async fn append(client: &mut Object, msg: NewMessage) -> Result<Appended> {
+    // Nothing stored can match a key holding NUL: there is no original to
+    // find, and the message cannot be stored.
+    if has_nul(&msg.sender) {
+        return Err(StoreError::NotFound);
+    }
+    if has_nul(&msg.client_msg_id) {
+        return Err(StoreError::Invalid(
+            "client_msg_id must not contain NUL characters".into(),
+        ));
+    }
+    let now = now_ms();
+    let tx = client.transaction().await?;
+
+    // The retry check and the target lookup go out in one round trip.
+    let existing = message_by_client_id(&tx, &msg.sender, &msg.client_msg_id);
+    let (existing, target) = match &msg.target {
+        Target::Direct(peer) if *peer == msg.sender => (existing.await?, Err(invalid_self())),
+        Target::Direct(peer) if has_nul(peer) => (existing.await?, Err(StoreError::NotFound)),
+        Target::Direct(peer) => {
+            let key = direct_key(&msg.sender, peer);
+            let params: [&(dyn ToSql + Sync); 1] = [&key];
+            let lookup = query_opt(
+                &tx,
+                "SELECT id FROM conversations WHERE direct_key = $1",
+                &params,
+            );
+            let (existing, found) = tokio::join!(existing, lookup);
+            let target = match found? {
+                Some(row) => Ok(Resolved::Conversation(row.try_get(0)?)),
+                None => Ok(Resolved::NewDirect {
+                    key,
+                    peer: peer.clone(),
+                }),
+            };
+            (existing?, target)
+        }
+        Target::Group(group) if has_nul(group) => (existing.await?, Err(StoreError::NotFound)),
+        Target::Group(group) => {
+            let (existing, member) = tokio::join!(existing, is_member(&tx, &msg.sender, group));
+            let target = if member? {
+                Ok(Resolved::Conversation(group.clone()))
+            } else {
+                Err(StoreError::NotFound)
+            };
+            (existing?, target)
+        }
+    };
+    if let Some(message) = existing {
+        let members = members(&tx, &message.conversation_id).await?;
+        tx.commit().await?;
+        return Ok(Appended {
+            message,
+            members,
+            duplicate: true,
+        });
+    }
+    let conversation_id = match target? {
+        Resolved::Conversation(id) => id,
+        Resolved::NewDirect { key, peer } => {
+            create_direct(&tx, &msg.sender, &peer, &key, now).await?
+        }
+    };
+    if has_nul(&msg.body) {
+        return Err(StoreError::Invalid(
+            "body must not contain NUL characters".into(),
+        ));
+    }
+
+    // The UPDATE's row lock serialises every sender of this conversation
+    // until the commit; the message goes in with the seq it returned.
+    const INSERT: &str = "
+        WITH next AS (
+            UPDATE conversations SET last_seq = last_seq + 1
+            WHERE id = $1 RETURNING last_seq
+        )
+        INSERT INTO messages
+            (conversation_id, seq, id, sender, body, client_msg_id, sent_at_ms)
+        SELECT $1, next.last_seq, $2, $3, $4, $5, $6 FROM next
+        RETURNING seq";
+    let id = new_id('m');
+    let params: [&(dyn ToSql + Sync); 6] = [
+        &conversation_id,
+        &id,
+        &msg.sender,
+        &msg.body,
+        &msg.client_msg_id,
+        &now,
+    ];
+    // The member list goes out right behind the insert, in one round trip
+    // (one less while the row lock is held). Both statements are prepared
+    // first so that polling sends them in this order and the server reads
+    // the members after the insert, under the lock. The list counts only if
+    // the insert succeeded.
+    let (insert, list) = tokio::try_join!(tx.prepare_cached(INSERT), tx.prepare_cached(MEMBERS))?;
+    let list_params: [&(dyn ToSql + Sync); 1] = [&conversation_id];
+    let (inserted, member_list) = tokio::join!(
+        tx.query_opt(&insert, &params),
+        tx.query(&list, &list_params),
+    );
+    let inserted = inserted.map_err(StoreError::from);
+    let seq = match inserted {
+        Ok(Some(row)) => seq_value(row.try_get(0)?),
+        Ok(None) => {
+            return Err(StoreError::Internal(format!(
+                "conversation {conversation_id} vanished"
+            )))
+        }
+        Err(StoreError::AlreadyExists) => {
+            // An identical retry committed first (or was waited for).
+            // Undo this attempt, its seq included, and answer the original.
+            tx.rollback().await?;
+            let Some(message) =
+                message_by_client_id(&*client, &msg.sender, &msg.client_msg_id).await?
+            else {
+                return Err(StoreError::Internal(
+                    "a unique violation without an original message".into(),
+                ));
+            };
+            let members = members(&*client, &message.conversation_id).await?;
+            return Ok(Appended {
+                message,
+                members,
+                duplicate: true,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let members = usernames(member_list?)?;
+    tx.commit().await?;
+    Ok(Appended {
+        message: StoredMessage {
+            id,
+            conversation_id,
+            seq,
+            sender: msg.sender,
+            body: msg.body,
+            client_msg_id: msg.client_msg_id,
+            sent_at_unix_ms: now,
+        },
+        members,
+        duplicate: false,
+    })
+}
+
+fn invalid_self() -> StoreError {
+    StoreError::Invalid("a direct conversation needs two users".into())
+}
+
+/// `'alice|bob'`: the two usernames sorted bytewise.
+fn direct_key(a: &str, b: &str) -> String {
+    if a < b {
+        format!("{a}|{b}")
+    } else {
+        format!("{b}|{a}")
+    }
+}
+
+/// Creates the direct conversation of `a` and `b`, or finds the one another
+/// transaction created meanwhile.
+async fn create_direct<C: GenericClient>(
+    tx: &C,
+    a: &str,
+    b: &str,
+    key: &str,
+    now: i64,
+) -> Result<String> {
+    if query_opt(tx, "SELECT 1 FROM users WHERE username = $1", &[&b])
+        .await?
+        .is_none()
+    {
+        return Err(StoreError::NotFound);
+    }
+    let id = new_id('c');
+    // A concurrent creator of the same key makes this wait for its commit
+    // and then do nothing.
+    let created = query_opt(
+        tx,
+        "INSERT INTO conversations (id, kind, direct_key, created_at_ms)
+         VALUES ($1, 'direct', $2, $3)
+         ON CONFLICT (direct_key) DO NOTHING RETURNING id",
+        &[&id, &key, &now],
+    )
+    .await?;
+    if created.is_some() {
+        execute(
+            tx,
+            "INSERT INTO members (conversation_id, username) VALUES ($1, $2), ($1, $3)",
+            &[&id, &a, &b],
+        )
+        .await?;
+        return Ok(id);
+    }
+    // Read committed: this statement sees the winner's committed row.
+    match query_opt(
+        tx,
+        "SELECT id FROM conversations WHERE direct_key = $1",
+        &[&key],
+    )
+    .await?
+    {
+        Some(row) => Ok(row.try_get(0)?),
+        None => Err(StoreError::Unavailable(
+            "the direct conversation is being created; retry".into(),
+        )),
+    }
+}
+
+async fn mark_read(
+    c: &Object,
+    username: &str,
+    conversation_id: &str,
+    seq: u64,
+) -> Result<ReadCursor> {
+    // Clamped to last_seq, forward only, the delivered cursor follows, and
+    // the unread count is of the new cursor: one statement.
+    const SQL: &str = "
+        UPDATE members m
+           SET read_seq = GREATEST(m.read_seq, LEAST($3::BIGINT, c.last_seq)),
+               delivered_seq = GREATEST(m.delivered_seq, LEAST($3::BIGINT, c.last_seq))
+          FROM conversations c
+         WHERE m.conversation_id = $1 AND m.username = $2 AND c.id = m.conversation_id
+        RETURNING m.read_seq,
+                  (SELECT COUNT(*) FROM messages u
+                    WHERE u.conversation_id = m.conversation_id AND u.seq > m.read_seq
+                      AND u.sender <> m.username)";
+    let row = query_opt(c, SQL, &[&conversation_id, &username, &seq_param(seq)])
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    Ok(ReadCursor {
+        read_seq: seq_value(row.try_get(0)?),
+        unread_count: seq_value(row.try_get(1)?),
+    })
+}
+
+async fn mark_delivered(
+    c: &Object,
+    username: &str,
+    conversation_id: &str,
+    seq: u64,
+) -> Result<u64> {
+    const SQL: &str = "
+        UPDATE members m
+           SET delivered_seq = GREATEST(m.delivered_seq, LEAST($3::BIGINT, c.last_seq))
+          FROM conversations c
+         WHERE m.conversation_id = $1 AND m.username = $2 AND c.id = m.conversation_id
+        RETURNING m.delivered_seq";
+    let row = query_opt(c, SQL, &[&conversation_id, &username, &seq_param(seq)])
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    Ok(seq_value(row.try_get(0)?))
+}
+
+// ------------------------------------------------------------- the traits
+
+#[async_trait]
+impl UserStore for PostgresStore {
+    async fn create_user(&self, user: NewUser) -> Result<UserProfile> {
+        let client = self.client().await?;
+        let outcome =
+            tokio::time::timeout(self.operation_timeout, create_user(&client, user)).await;
+        self.settle(client, outcome)
+    }
+
+    async fn get_user(&self, username: &str) -> Result<Option<UserProfile>> {
+        if has_nul(username) {
+            return Ok(None);
+        }
+        let client = self.client().await?;
+        let outcome =
+            tokio::time::timeout(self.operation_timeout, get_user(&client, username)).await;
+        self.settle(client, outcome)
+    }
+
+    async fn user_by_token_hash(&self, token_hash: &[u8; 32]) -> Result<Option<String>> {
+        let client = self.client().await?;
+        let outcome = tokio::time::timeout(
+            self.operation_timeout,
+            user_by_token_hash(&client, token_hash),
+        )
+        .await;
+        self.settle(client, outcome)
+    }
+}
+
+#[async_trait]
+impl MessageStore for PostgresStore {
+    async fn append_message(&self, message: NewMessage) -> Result<Appended> {
+        let mut client = self.client().await?;
+        let outcome =
+            tokio::time::timeout(self.operation_timeout, append(&mut client, message)).await;
+        self.settle(client, outcome)
+    }
+
+    async fn history(
+        &self,
+        username: &str,
+        conversation_id: &str,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage> {
+        if has_nul(username) || has_nul(conversation_id) {
+            return Err(StoreError::NotFound);
+        }
+        let client = self.client().await?;
+        let outcome = tokio::time::timeout(
+            self.operation_timeout,
+            history(&client, username, conversation_id, query),
+        )
+        .await;
+        self.settle(client, outcome)
+    }
+
+    async fn conversations(&self, username: &str) -> Result<Vec<ConversationSummary>> {
+        if has_nul(username) {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let outcome =
+            tokio::time::timeout(self.operation_timeout, conversations(&client, username)).await;
+        self.settle(client, outcome)
+    }
+
+    async fn mark_read(
+        &self,
+        username: &str,
+        conversation_id: &str,
+        seq: u64,
+    ) -> Result<ReadCursor> {
+        if has_nul(username) || has_nul(conversation_id) {
+            return Err(StoreError::NotFound);
+        }
+        let client = self.client().await?;
+        let outcome = tokio::time::timeout(
+            self.operation_timeout,
+            mark_read(&client, username, conversation_id, seq),
+        )
+        .await;
+        self.settle(client, outcome)
+    }
+
+    async fn mark_delivered(&self, username: &str, conversation_id: &str, seq: u64) -> Result<u64> {
+        if has_nul(username) || has_nul(conversation_id) {
+            return Err(StoreError::NotFound);
+        }
+        let client = self.client().await?;
+        let outcome = tokio::time::timeout(
+            self.operation_timeout,
+            mark_delivered(&client, username, conversation_id, seq),
+        )
+        .await;
+        self.settle(client, outcome)
+    }
+
+    async fn members(&self, username: &str, conversation_id: &str) -> Result<Vec<String>> {
+        if has_nul(username) || has_nul(conversation_id) {
+            return Err(StoreError::NotFound);
+        }
+        let client = self.client().await?;
+        let outcome = tokio::time::timeout(
+            self.operation_timeout,
+            members_of(&client, username, conversation_id),
+        )
+        .await;
+        self.settle(client, outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_passwords() {
+        for (url, shown) in [
+            (
+                "postgres://chat:s3cret@db:5432/chat?sslmode=disable",
+                "postgres://chat:***@db:5432/chat?sslmode=disable",
+            ),
+            (
+                "postgres://chat@db/chat?password=s3cret&x=1",
+                "postgres://chat@db/chat?password=***&x=1",
+            ),
+            ("postgres://db", "postgres://db"),
+            (
+                "host=db user=chat password=s3cret",
+                "host=db user=chat password=***",
+            ),
+        ] {
+            assert_eq!(redact(url), shown);
+            let debug = format!("{:?}", PostgresConfig::new(url));
+            assert!(!debug.contains("s3cret"), "{debug}");
+        }
+    }
+
+    #[test]
+    fn seqs_outside_bigint_are_clamped() {
+        assert_eq!(seq_param(u64::MAX), i64::MAX);
+        assert_eq!(seq_param(7), 7);
+        assert_eq!(seq_value(-1), 0);
+    }
+}
