@@ -4,88 +4,17 @@
 //! and get everything they missed, and nothing acknowledged is lost.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
-use std::process::Stdio;
+use std::path::Path;
 use std::time::Duration;
 
 use chat_cluster::registry::RedisRegistry;
 use chat_cluster::SessionRegistry;
 use chat_proto as pb;
-use chat_proto::user_service_client::UserServiceClient;
+use chat_test_support::process::{free_addr, ServerProcess};
 use chat_test_support::services::{fresh_postgres, kafka_brokers, redis_url, unique};
 use chat_test_support::{Live, WAIT};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tonic::transport::{Channel, Endpoint};
 
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-struct Node {
-    child: Child,
-    grpc: SocketAddr,
-    _data: tempfile::TempDir,
-}
-
-/// Starts the binary with `env` and waits for its "listening" log line.
-async fn start(env: &[(&str, String)]) -> Node {
-    let grpc = free_port();
-    let data = tempfile::tempdir().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_chat-server"));
-    command
-        .env("CHAT_GRPC_ADDR", grpc.to_string())
-        .env("CHAT_HTTP_ADDR", free_port().to_string())
-        .env("CHAT_DATA_DIR", data.path())
-        .env("CHAT_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let mut child = command.spawn().expect("start chat-server");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let listening = async {
-        while let Some(line) = lines.next_line().await.expect("the server's log") {
-            if line.contains("chat server listening") {
-                return true;
-            }
-        }
-        false
-    };
-    assert!(
-        tokio::time::timeout(WAIT, listening)
-            .await
-            .expect("server starts in time"),
-        "server exited"
-    );
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Node {
-        child,
-        grpc,
-        _data: data,
-    }
-}
-
-async fn channel(addr: SocketAddr) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
-async fn chat(node: &Node, secret: &str) -> chat_proto::AuthedChatClient {
-    chat_proto::chat_service_client::ChatServiceClient::with_interceptor(
-        channel(node.grpc).await,
-        pb::Bearer::new(secret).unwrap(),
-    )
-}
+const BINARY: &str = env!("CARGO_BIN_EXE_chat-server");
 
 async fn sigkill_one_of_two_servers(bus: &str) {
     let postgres = fresh_postgres().await;
@@ -109,29 +38,27 @@ async fn sigkill_one_of_two_servers(bus: &str) {
             ("CHAT_SESSION_TTL_SECS", "1".to_owned()),
         ]
     };
-    let a = start(&common(&a_id)).await;
-    let mut b = start(&common(&b_id)).await;
+    let (a_data, b_data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = ServerProcess::start(
+        Path::new(BINARY),
+        a_data.path(),
+        free_addr(),
+        &common(&a_id),
+    )
+    .await;
+    let mut b = ServerProcess::start(
+        Path::new(BINARY),
+        b_data.path(),
+        free_addr(),
+        &common(&b_id),
+    )
+    .await;
 
-    let users = UserServiceClient::new(channel(a.grpc).await);
-    let secret = |name: &'static str| {
-        let mut users = users.clone();
-        async move {
-            users
-                .register(pb::RegisterRequest {
-                    username: name.into(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .secret
-        }
-    };
-    let alice = secret("alice").await;
-    let bob = secret("bob").await;
+    let alice = a.register("alice").await;
+    let bob = a.register("bob").await;
 
-    let mut alice_a = Live::open(chat(&a, &alice).await).await;
-    let mut bob_b = Live::open(chat(&b, &bob).await).await;
+    let mut alice_a = Live::open(a.chat(&alice).await).await;
+    let mut bob_b = Live::open(b.chat(&bob).await).await;
     alice_a.send_to("bob", "before the crash", "k0").await;
     let first = alice_a.ack().await.message.unwrap();
     assert_eq!(bob_b.message().await, first);
@@ -145,8 +72,7 @@ async fn sigkill_one_of_two_servers(bus: &str) {
         nodes(&[&b_id])
     );
 
-    b.child.start_kill().expect("SIGKILL");
-    b.child.wait().await.unwrap();
+    b.kill().await;
 
     // Sends keep being acknowledged while bob is away.
     let mut acked = vec![first];
@@ -169,7 +95,7 @@ async fn sigkill_one_of_two_servers(bus: &str) {
 
     // Bob's client moves to A: the replay brings everything, in order;
     // the client drops what it already showed by seq.
-    let mut bob_a = Live::open(chat(&a, &bob).await).await;
+    let mut bob_a = Live::open(a.chat(&bob).await).await;
     let mut got = Vec::new();
     while got.len() < acked.len() {
         got.push(bob_a.message().await);
@@ -181,7 +107,8 @@ async fn sigkill_one_of_two_servers(bus: &str) {
     assert_eq!(after.seq, 5);
 
     // Every acknowledged message is in the history exactly once.
-    let page = chat(&a, &bob)
+    let page = a
+        .chat(&bob)
         .await
         .get_history(pb::GetHistoryRequest {
             conversation_id: after.conversation_id.clone(),

@@ -360,3 +360,118 @@ pub mod services {
         }
     }
 }
+
+/// The real `chat-server` binary in a child process, for what only a
+/// process can show (SIGKILL, restarts).
+pub mod process {
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::process::Stdio;
+
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    use tokio::process::{Child, Command};
+    use tonic::transport::{Channel, Endpoint};
+
+    use crate::WAIT;
+
+    /// A loopback address whose port was free a moment ago.
+    pub fn free_addr() -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        listener.local_addr().expect("local address")
+    }
+
+    pub struct ServerProcess {
+        pub child: Child,
+        pub grpc_addr: SocketAddr,
+        pub http_addr: SocketAddr,
+    }
+
+    impl ServerProcess {
+        /// Starts `binary` (the test's `env!("CARGO_BIN_EXE_chat-server")`)
+        /// with its data in `data_dir`, on `grpc_addr` and a free HTTP port,
+        /// with extra `CHAT_…` variables, and waits for its "listening" log
+        /// line.
+        pub async fn start(
+            binary: &Path,
+            data_dir: &Path,
+            grpc_addr: SocketAddr,
+            env: &[(&str, String)],
+        ) -> Self {
+            let http_addr = free_addr();
+            let mut command = Command::new(binary);
+            command
+                .env("CHAT_DATA_DIR", data_dir)
+                .env("CHAT_GRPC_ADDR", grpc_addr.to_string())
+                .env("CHAT_HTTP_ADDR", http_addr.to_string())
+                .env("CHAT_LOG", "info")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true);
+            for (name, value) in env {
+                command.env(name, value);
+            }
+            let mut child = command.spawn().expect("start chat-server");
+            let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+            let listening = async {
+                while let Some(line) = lines.next_line().await.expect("read the server's log") {
+                    if line.contains("chat server listening") {
+                        return true;
+                    }
+                }
+                false
+            };
+            let started = tokio::time::timeout(WAIT, listening)
+                .await
+                .expect("server starts in time");
+            assert!(started, "the server exited before listening");
+            // Keep draining the log so the server never blocks on a full pipe.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            Self {
+                child,
+                grpc_addr,
+                http_addr,
+            }
+        }
+
+        /// SIGKILL, and wait until the process is gone.
+        pub async fn kill(&mut self) {
+            self.child.start_kill().expect("SIGKILL");
+            self.child.wait().await.expect("the server is reaped");
+        }
+
+        pub async fn channel(&self) -> Channel {
+            Endpoint::from_shared(format!("http://{}", self.grpc_addr))
+                .expect("endpoint")
+                .connect()
+                .await
+                .expect("connect to the server process")
+        }
+
+        pub async fn users(&self) -> chat_proto::user_service_client::UserServiceClient<Channel> {
+            chat_proto::user_service_client::UserServiceClient::new(self.channel().await)
+        }
+
+        pub async fn chat(&self, secret: &str) -> chat_proto::AuthedChatClient {
+            let bearer = chat_proto::Bearer::new(secret).expect("a header-safe secret");
+            chat_proto::chat_service_client::ChatServiceClient::with_interceptor(
+                self.channel().await,
+                bearer,
+            )
+        }
+
+        /// Registers `username` and returns its secret.
+        pub async fn register(&self, username: &str) -> String {
+            let request = chat_proto::RegisterRequest {
+                username: username.into(),
+                ..Default::default()
+            };
+            self.users()
+                .await
+                .register(request)
+                .await
+                .expect("register")
+                .into_inner()
+                .secret
+        }
+    }
+}
