@@ -139,3 +139,61 @@ impl AppState {
         Ok(())
     }
 }
+
+/// The longest group name accepted, in characters.
+pub const MAX_GROUP_NAME: usize = 64;
+
+impl AppState {
+    fn group_limits(&self) -> chat_store::GroupLimits {
+        chat_store::GroupLimits {
+            max_members: self.config.limits.max_group_members,
+            max_groups_per_user: self.config.limits.max_groups_per_user,
+        }
+    }
+
+    /// Applies a membership change and tells everyone concerned (the
+    /// members after it, and whoever was removed or left) through the
+    /// change's event, which is a message of the group.
+    pub async fn change_group(
+        self: &Arc<Self>,
+        change: chat_store::GroupChange,
+    ) -> Result<chat_store::GroupChanged, ApiError> {
+        let changed = self
+            .store
+            .change_group(change, self.group_limits())
+            .await
+            .map_err(|e| match e {
+                chat_store::StoreError::NotFound => ApiError::NotFound("group or user"),
+                other => other.into(),
+            })?;
+        if let Some(event) = &changed.event {
+            self.deliver(changed.notify.clone(), Event::Message(Arc::new(event.clone())), None);
+            tracing::info!(
+                group = %event.conversation_id,
+                seq = event.seq,
+                kind = event.kind.as_str(),
+                "group membership changed"
+            );
+        }
+        Ok(changed)
+    }
+}
+
+/// Normalizes the usernames of a group request.
+pub fn usernames(raw: &[String]) -> Result<Vec<String>, ApiError> {
+    raw.iter()
+        .map(|u| {
+            names::normalize_username(u)
+                .map_err(|_| ApiError::InvalidArgument(format!("{u:?} is not a valid username")))
+        })
+        .collect()
+}
+
+/// A group name: 1 to 64 characters, no control characters.
+pub fn group_name(raw: &str) -> Result<String, ApiError> {
+    let name = names::profile_field("name", raw, MAX_GROUP_NAME)?;
+    if name.is_empty() {
+        return Err(ApiError::InvalidArgument("a group needs a name".into()));
+    }
+    Ok(name)
+}

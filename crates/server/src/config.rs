@@ -118,6 +118,10 @@ pub struct Limits {
     pub queued_sends_per_session: usize,
     /// Largest HTTP request body. Default: 16 KiB.
     pub max_http_body_bytes: usize,
+    /// Most members of one group, the owner included. Default: 1024.
+    pub max_group_members: usize,
+    /// Most groups one user belongs to. Default: 1000.
+    pub max_groups_per_user: usize,
 }
 
 impl Default for Limits {
@@ -128,6 +132,8 @@ impl Default for Limits {
             session_queue: 1024,
             queued_sends_per_session: 64,
             max_http_body_bytes: 16 * 1024,
+            max_group_members: 1024,
+            max_groups_per_user: 1000,
         }
     }
 }

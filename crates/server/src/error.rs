@@ -18,6 +18,9 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("{0}")]
     AlreadyExists(String),
+    /// The caller may see the object but not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("{0}")]
     ResourceExhausted(String),
     /// A backend is down or the server is stopping; nothing was committed.
@@ -35,6 +38,7 @@ impl ApiError {
             ApiError::Unauthenticated => "unauthenticated",
             ApiError::NotFound(_) => "not_found",
             ApiError::AlreadyExists(_) => "already_exists",
+            ApiError::PermissionDenied(_) => "permission_denied",
             ApiError::ResourceExhausted(_) => "resource_exhausted",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
@@ -47,6 +51,7 @@ impl ApiError {
             ApiError::Unauthenticated => 401,
             ApiError::NotFound(_) => 404,
             ApiError::AlreadyExists(_) => 409,
+            ApiError::PermissionDenied(_) => 403,
             ApiError::ResourceExhausted(_) => 429,
             ApiError::Unavailable(_) => 503,
             ApiError::Internal(_) => 500,
@@ -67,6 +72,8 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => ApiError::NotFound("conversation"),
             StoreError::AlreadyExists => ApiError::AlreadyExists("already exists".into()),
             StoreError::Invalid(m) => ApiError::InvalidArgument(m),
+            StoreError::Forbidden(m) => ApiError::PermissionDenied(m),
+            StoreError::Limit(m) => ApiError::ResourceExhausted(m),
             StoreError::Unavailable(m) => ApiError::Unavailable(m),
             StoreError::Internal(m) => ApiError::Internal(m),
         }
@@ -82,6 +89,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::Unauthenticated => Code::Unauthenticated,
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::AlreadyExists(_) => Code::AlreadyExists,
+            ApiError::PermissionDenied(_) => Code::PermissionDenied,
             ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
             ApiError::Unavailable(_) => Code::Unavailable,
             ApiError::Internal(_) => Code::Internal,

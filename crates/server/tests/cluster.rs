@@ -346,6 +346,46 @@ async fn undecodable_records_are_counted(c: Cluster) {
     c.stop().await;
 }
 
+/// One group, members on both servers: one commit, fanned out everywhere.
+async fn group_fan_out_across_servers(c: Cluster) {
+    let alice = c.a.register("alice").await;
+    let bob = c.a.register("bob").await;
+    let carol = c.a.register("carol").await;
+    let mut bob_b = c.b.connect(&bob).await;
+    let mut carol_a = c.a.connect(&carol).await;
+    let mut carol_b = c.b.connect(&carol).await;
+    let created = c
+        .a
+        .chat(&alice)
+        .await
+        .create_group(pb::CreateGroupRequest { name: "both".into(), members: vec!["bob".into(), "carol".into()] })
+        .await
+        .unwrap()
+        .into_inner();
+    let event = created.event.unwrap();
+    assert_eq!(bob_b.message().await, event);
+    assert_eq!(carol_a.message().await, event);
+    assert_eq!(carol_b.message().await, event);
+    let g = created.group.unwrap().group_id;
+    let sent = c
+        .b
+        .chat(&bob)
+        .await
+        .send_message(pb::SendMessageRequest {
+            target: Some(pb::send_message_request::Target::GroupId(g.clone())),
+            body: "from B".into(),
+            client_msg_id: "g1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message
+        .unwrap();
+    assert_eq!(carol_a.message().await, sent);
+    assert_eq!(carol_b.message().await, sent);
+    c.stop().await;
+}
+
 macro_rules! for_each_bus {
     ($($scenario:ident),* $(,)?) => {
         mod memory { use super::*; $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $scenario() { super::$scenario(cluster(Via::Memory).await).await } )* }
@@ -361,4 +401,5 @@ for_each_bus!(
     offline_catch_up_across_servers,
     read_updates_reach_other_servers,
     undecodable_records_are_counted,
+    group_fan_out_across_servers,
 );

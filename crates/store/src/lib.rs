@@ -43,6 +43,13 @@ pub enum StoreError {
     /// The request contradicts the data (e.g. a message to oneself).
     #[error("invalid: {0}")]
     Invalid(String),
+    /// The caller may see the object but not do this to it (e.g. a member
+    /// who is not an admin removing someone).
+    #[error("not allowed: {0}")]
+    Forbidden(String),
+    /// A configured bound would be exceeded (members per group, …).
+    #[error("limit reached: {0}")]
+    Limit(String),
     /// The backend cannot serve now (busy, down, shutting down); retrying
     /// later may succeed. Nothing was committed.
     #[error("store unavailable: {0}")]
@@ -96,7 +103,20 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn members(&self, username: &str, conversation_id: &str) -> Result<Vec<String>>;
 }
 
-/// A complete storage backend.
-pub trait Store: UserStore + MessageStore {}
+/// Groups and their membership.
+#[async_trait]
+pub trait GroupStore: Send + Sync + 'static {
+    /// Applies a membership change and commits its event (a message of the
+    /// group, with the next seq) in the same transaction. A group the actor
+    /// is not a member of, or a username that does not exist, answers
+    /// [`StoreError::NotFound`]; a member without the right answers
+    /// [`StoreError::Forbidden`]; a bound answers [`StoreError::Limit`].
+    async fn change_group(&self, change: GroupChange, limits: GroupLimits) -> Result<GroupChanged>;
+    /// A group `username` is a member of.
+    async fn group(&self, username: &str, group_id: &str) -> Result<GroupInfo>;
+}
 
-impl<T: UserStore + MessageStore> Store for T {}
+/// A complete storage backend.
+pub trait Store: UserStore + MessageStore + GroupStore {}
+
+impl<T: UserStore + MessageStore + GroupStore> Store for T {}

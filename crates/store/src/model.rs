@@ -44,10 +44,152 @@ pub struct StoredMessage {
     pub id: String,
     pub conversation_id: String,
     pub seq: u64,
+    /// Who wrote it, or who made the membership change.
     pub sender: String,
+    /// The text; for a membership event, the usernames it concerns,
+    /// separated by spaces (see [`StoredMessage::event_members`]).
     pub body: String,
     pub client_msg_id: String,
     pub sent_at_unix_ms: i64,
+    #[serde(default)]
+    pub kind: MessageKind,
+}
+
+impl StoredMessage {
+    /// The usernames a membership event concerns (none for text).
+    pub fn event_members(&self) -> Vec<String> {
+        if self.kind == MessageKind::Text {
+            return Vec::new();
+        }
+        self.body.split_whitespace().map(str::to_owned).collect()
+    }
+}
+
+/// What a message is: text, or a membership event of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    #[default]
+    Text,
+    GroupCreated,
+    MembersAdded,
+    MemberRemoved,
+    MemberLeft,
+}
+
+impl MessageKind {
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::Text => "text",
+            MessageKind::GroupCreated => "group_created",
+            MessageKind::MembersAdded => "members_added",
+            MessageKind::MemberRemoved => "member_removed",
+            MessageKind::MemberLeft => "member_left",
+        }
+    }
+
+    /// Reads a stored name; unknown names (from a newer version) are text.
+    pub fn parse(name: &str) -> Self {
+        match name {
+            "group_created" => MessageKind::GroupCreated,
+            "members_added" => MessageKind::MembersAdded,
+            "member_removed" => MessageKind::MemberRemoved,
+            "member_left" => MessageKind::MemberLeft,
+            _ => MessageKind::Text,
+        }
+    }
+}
+
+/// A member's standing in a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum GroupRole {
+    Member,
+    Admin,
+    Owner,
+}
+
+impl GroupRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupRole::Member => "member",
+            GroupRole::Admin => "admin",
+            GroupRole::Owner => "owner",
+        }
+    }
+
+    pub fn parse(name: &str) -> Self {
+        match name {
+            "owner" => GroupRole::Owner,
+            "admin" => GroupRole::Admin,
+            _ => GroupRole::Member,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    pub username: String,
+    pub role: GroupRole,
+    /// The seq of the event that added the member: they read from there on.
+    pub joined_seq: u64,
+}
+
+/// A group as its members see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    pub id: String,
+    pub name: String,
+    /// Sorted by username.
+    pub members: Vec<GroupMember>,
+    pub last_seq: u64,
+}
+
+/// A change of a group's membership.
+#[derive(Debug, Clone)]
+pub enum GroupChange {
+    /// `owner` creates a group with `members` (the owner need not be listed).
+    Create {
+        owner: String,
+        name: String,
+        members: Vec<String>,
+    },
+    /// `actor` (owner or admin) adds `usernames`; those already members
+    /// are skipped.
+    Add {
+        actor: String,
+        group_id: String,
+        usernames: Vec<String>,
+    },
+    /// `actor` (owner or admin) removes `username`; when `actor` is
+    /// `username`, the member leaves (anyone may leave).
+    Remove {
+        actor: String,
+        group_id: String,
+        username: String,
+    },
+}
+
+/// Bounds on groups.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupLimits {
+    /// Most members of one group, the owner included.
+    pub max_members: usize,
+    /// Most groups one user belongs to.
+    pub max_groups_per_user: usize,
+}
+
+/// The result of a [`GroupChange`].
+#[derive(Debug, Clone)]
+pub struct GroupChanged {
+    /// The group after the change (members only; empty after the last
+    /// member left).
+    pub group: GroupInfo,
+    /// The membership event, if anything changed.
+    pub event: Option<StoredMessage>,
+    /// Who must hear of the event: every member after the change, and
+    /// whoever was removed or left.
+    pub notify: Vec<String>,
 }
 
 /// The result of [`crate::MessageStore::append_message`].
@@ -93,12 +235,15 @@ pub enum ConversationKind {
 pub struct ConversationSummary {
     pub id: String,
     pub kind: ConversationKind,
+    /// The name of a group.
+    pub name: Option<String>,
     /// The other member of a direct conversation.
     pub peer: Option<String>,
     pub last_seq: u64,
     pub read_seq: u64,
     pub delivered_seq: u64,
-    /// Messages after `read_seq` that this member did not send.
+    /// Text messages after `read_seq` that this member did not send
+    /// (membership events never count).
     pub unread_count: u64,
     pub last_message: Option<StoredMessage>,
 }

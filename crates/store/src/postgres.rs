@@ -17,6 +17,14 @@
 //! - **One direct conversation per pair.** It is created with
 //!   `INSERT … ON CONFLICT (direct_key) DO NOTHING` and then read back, so
 //!   two servers creating it at once agree on one id.
+//! - **Group membership.** A change of a group locks its conversation row
+//!   first (`FOR NO KEY UPDATE`, which also waits for sends in flight), so
+//!   changes of one group are serialised and read the members as they are;
+//!   its event takes the next seq with the same `UPDATE … RETURNING` as a
+//!   send. Adding users also locks their `users` rows, in username order,
+//!   before counting their groups, so no race lets a user or a group past
+//!   its limit. A send checks membership again under the row lock, so a
+//!   member removed meanwhile posts nothing after the removal.
 //! - **Acknowledged means committed.** Every write returns only after its
 //!   `COMMIT` answered. An error is [`StoreError::Unavailable`] when the
 //!   database cannot be reached, answers too slowly, or asks to retry
@@ -58,9 +66,10 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use crate::{
-    Appended, ConversationKind, ConversationSummary, HistoryPage, HistoryQuery, MessageStore,
-    NewMessage, NewUser, ReadCursor, Result, StoreError, StoredMessage, Target, UserProfile,
-    UserStore, MAX_PAGE,
+    Appended, ConversationKind, ConversationSummary, GroupChange, GroupChanged, GroupInfo,
+    GroupLimits, GroupMember, GroupRole, GroupStore, HistoryPage, HistoryQuery, MessageKind,
+    MessageStore, NewMessage, NewUser, ReadCursor, Result, StoreError, StoredMessage, Target,
+    UserProfile, UserStore, MAX_PAGE,
 };
 
 /// Settings of the PostgreSQL backend.
@@ -158,7 +167,8 @@ pub struct PostgresStore {
 /// The schema, one entry per version. Never edit an applied migration: add
 /// one. Each runs in the single migrating transaction, so no
 /// `CREATE INDEX CONCURRENTLY` here.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     username      TEXT COLLATE "C" PRIMARY KEY,
     name          TEXT NOT NULL,
@@ -197,7 +207,16 @@ CREATE TABLE messages (
     PRIMARY KEY (conversation_id, seq),
     UNIQUE (sender, client_msg_id)
 );
-"#];
+"#,
+    // Groups: a member's standing, what a message is (text or a membership
+    // event), and a group's name (NULL for a direct conversation).
+    r#"
+ALTER TABLE members ADD COLUMN role TEXT NOT NULL DEFAULT 'member'
+    CHECK (role IN ('member', 'admin', 'owner'));
+ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'text';
+ALTER TABLE conversations ADD COLUMN name TEXT;
+"#,
+];
 
 /// The key of the advisory lock held while migrating ("chat-mig").
 const MIGRATION_LOCK: i64 = 0x6368_6174_2d6d_6967;
@@ -448,9 +467,10 @@ async fn execute<C: GenericClient>(
     Ok(c.execute(&stmt, params).await?)
 }
 
-/// A message from seven columns starting at `at`: id, conversation_id, seq,
-/// sender, body, client_msg_id, sent_at_ms.
+/// A message from eight columns starting at `at`: id, conversation_id, seq,
+/// sender, body, client_msg_id, sent_at_ms, kind.
 fn message_from_row(row: &Row, at: usize) -> Result<StoredMessage> {
+    let kind: String = row.try_get(at + 7)?;
     Ok(StoredMessage {
         id: row.try_get(at)?,
         conversation_id: row.try_get(at + 1)?,
@@ -459,6 +479,7 @@ fn message_from_row(row: &Row, at: usize) -> Result<StoredMessage> {
         body: row.try_get(at + 4)?,
         client_msg_id: row.try_get(at + 5)?,
         sent_at_unix_ms: row.try_get(at + 6)?,
+        kind: MessageKind::parse(&kind),
     })
 }
 
@@ -487,7 +508,8 @@ async fn message_by_client_id<C: GenericClient>(
     sender: &str,
     client_msg_id: &str,
 ) -> Result<Option<StoredMessage>> {
-    const SQL: &str = "SELECT id, conversation_id, seq, sender, body, client_msg_id, sent_at_ms
+    const SQL: &str =
+        "SELECT id, conversation_id, seq, sender, body, client_msg_id, sent_at_ms, kind
          FROM messages WHERE sender = $1 AND client_msg_id = $2";
     query_opt(c, SQL, &[&sender, &client_msg_id])
         .await?
@@ -542,17 +564,27 @@ async fn history(
     // One more row than asked tells whether there is more.
     let fetch = i64::from(limit) + 1;
     let forward = q.after_seq.is_some();
+    // A member reads from the seq they joined at on (0 in a direct
+    // conversation, the event that added them in a group).
     let sql = if forward {
-        "SELECT id, conversation_id, seq, sender, body, client_msg_id, sent_at_ms
-         FROM messages WHERE conversation_id = $1 AND seq > $2 AND seq < $3
-         ORDER BY seq ASC LIMIT $4"
+        "SELECT g.id, g.conversation_id, g.seq, g.sender, g.body, g.client_msg_id,
+                g.sent_at_ms, g.kind
+         FROM members m
+         JOIN messages g ON g.conversation_id = m.conversation_id
+         WHERE m.conversation_id = $1 AND m.username = $5
+           AND g.seq > $2 AND g.seq < $3 AND g.seq >= m.joined_seq
+         ORDER BY g.seq ASC LIMIT $4"
     } else {
-        "SELECT id, conversation_id, seq, sender, body, client_msg_id, sent_at_ms
-         FROM messages WHERE conversation_id = $1 AND seq > $2 AND seq < $3
-         ORDER BY seq DESC LIMIT $4"
+        "SELECT g.id, g.conversation_id, g.seq, g.sender, g.body, g.client_msg_id,
+                g.sent_at_ms, g.kind
+         FROM members m
+         JOIN messages g ON g.conversation_id = m.conversation_id
+         WHERE m.conversation_id = $1 AND m.username = $5
+           AND g.seq > $2 AND g.seq < $3 AND g.seq >= m.joined_seq
+         ORDER BY g.seq DESC LIMIT $4"
     };
     // Both statements go out in one round trip.
-    let params: [&(dyn ToSql + Sync); 4] = [&conversation_id, &after, &before, &fetch];
+    let params: [&(dyn ToSql + Sync); 5] = [&conversation_id, &after, &before, &fetch, &username];
     let (member, rows) = tokio::join!(
         is_member(c, username, conversation_id),
         query(c, sql, &params),
@@ -583,13 +615,17 @@ async fn conversations(c: &Object, username: &str) -> Result<Vec<ConversationSum
     // unread count always agree.
     const SQL: &str = "
         SELECT c.id, c.kind, c.last_seq, m.read_seq, m.delivered_seq,
-               (SELECT o.username FROM members o
-                 WHERE o.conversation_id = c.id AND o.username <> m.username
-                 ORDER BY o.username LIMIT 1),
+               CASE WHEN c.kind = 'direct' THEN
+                   (SELECT o.username FROM members o
+                     WHERE o.conversation_id = c.id AND o.username <> m.username
+                     ORDER BY o.username LIMIT 1)
+               END,
                (SELECT COUNT(*) FROM messages u
                  WHERE u.conversation_id = c.id AND u.seq > m.read_seq
-                   AND u.sender <> m.username),
-               l.id, l.conversation_id, l.seq, l.sender, l.body, l.client_msg_id, l.sent_at_ms
+                   AND u.sender <> m.username AND u.kind = 'text'),
+               c.name,
+               l.id, l.conversation_id, l.seq, l.sender, l.body, l.client_msg_id, l.sent_at_ms,
+               l.kind
         FROM members m
         JOIN conversations c ON c.id = m.conversation_id
         LEFT JOIN messages l ON l.conversation_id = c.id AND l.seq = c.last_seq
@@ -604,10 +640,12 @@ async fn conversations(c: &Object, username: &str) -> Result<Vec<ConversationSum
             ConversationKind::Direct
         };
         let other: Option<String> = r.try_get(5)?;
-        let last_id: Option<String> = r.try_get(7)?;
+        let name: Option<String> = r.try_get(7)?;
+        let last_id: Option<String> = r.try_get(8)?;
         out.push(ConversationSummary {
             id: r.try_get(0)?,
             kind,
+            name: (kind == ConversationKind::Group).then_some(name).flatten(),
             peer: (kind == ConversationKind::Direct)
                 .then_some(other)
                 .flatten(),
@@ -616,7 +654,7 @@ async fn conversations(c: &Object, username: &str) -> Result<Vec<ConversationSum
             delivered_seq: seq_value(r.try_get(4)?),
             unread_count: seq_value(r.try_get(6)?),
             last_message: match last_id {
-                Some(_) => Some(message_from_row(r, 7)?),
+                Some(_) => Some(message_from_row(r, 8)?),
                 None => None,
             },
         });
@@ -743,32 +781,26 @@ async fn append(client: &mut Object, msg: NewMessage) -> Result<Appended> {
         ));
     }
 
-    // The UPDATE's row lock serialises every sender of this conversation
-    // until the commit; the message goes in with the seq it returned.
-    const INSERT: &str = "
-        WITH next AS (
-            UPDATE conversations SET last_seq = last_seq + 1
-            WHERE id = $1 RETURNING last_seq
-        )
-        INSERT INTO messages
-            (conversation_id, seq, id, sender, body, client_msg_id, sent_at_ms)
-        SELECT $1, next.last_seq, $2, $3, $4, $5, $6 FROM next
-        RETURNING seq";
     let id = new_id('m');
-    let params: [&(dyn ToSql + Sync); 6] = [
+    let kind = MessageKind::Text.as_str();
+    let params: [&(dyn ToSql + Sync); 7] = [
         &conversation_id,
         &id,
         &msg.sender,
         &msg.body,
         &msg.client_msg_id,
         &now,
+        &kind,
     ];
     // The member list goes out right behind the insert, in one round trip
     // (one less while the row lock is held). Both statements are prepared
     // first so that polling sends them in this order and the server reads
     // the members after the insert, under the lock. The list counts only if
     // the insert succeeded.
-    let (insert, list) = tokio::try_join!(tx.prepare_cached(INSERT), tx.prepare_cached(MEMBERS))?;
+    let (insert, list) = tokio::try_join!(
+        tx.prepare_cached(INSERT_MESSAGE),
+        tx.prepare_cached(MEMBERS)
+    )?;
     let list_params: [&(dyn ToSql + Sync); 1] = [&conversation_id];
     let (inserted, member_list) = tokio::join!(
         tx.query_opt(&insert, &params),
@@ -803,6 +835,12 @@ async fn append(client: &mut Object, msg: NewMessage) -> Result<Appended> {
         Err(e) => return Err(e),
     };
     let members = usernames(member_list?)?;
+    // The membership check above ran before the lock: a member removed from
+    // the group meanwhile (on any server) is not in the list read under it.
+    if !members.contains(&msg.sender) {
+        tx.rollback().await?;
+        return Err(StoreError::NotFound);
+    }
     tx.commit().await?;
     Ok(Appended {
         message: StoredMessage {
@@ -813,11 +851,27 @@ async fn append(client: &mut Object, msg: NewMessage) -> Result<Appended> {
             body: msg.body,
             client_msg_id: msg.client_msg_id,
             sent_at_unix_ms: now,
+            kind: MessageKind::Text,
         },
         members,
         duplicate: false,
     })
 }
+
+/// Takes the next seq of conversation `$1` and inserts the message with it.
+/// The UPDATE's row lock serialises every writer of the conversation (sends
+/// and membership changes) until the commit, and a rollback undoes the
+/// increment with the message, so seqs stay gap-free. No row: no such
+/// conversation.
+const INSERT_MESSAGE: &str = "
+    WITH next AS (
+        UPDATE conversations SET last_seq = last_seq + 1
+        WHERE id = $1 RETURNING last_seq
+    )
+    INSERT INTO messages
+        (conversation_id, seq, id, sender, body, client_msg_id, sent_at_ms, kind)
+    SELECT $1, next.last_seq, $2, $3, $4, $5, $6, $7 FROM next
+    RETURNING seq";
 
 fn invalid_self() -> StoreError {
     StoreError::Invalid("a direct conversation needs two users".into())
@@ -899,7 +953,7 @@ async fn mark_read(
         RETURNING m.read_seq,
                   (SELECT COUNT(*) FROM messages u
                     WHERE u.conversation_id = m.conversation_id AND u.seq > m.read_seq
-                      AND u.sender <> m.username)";
+                      AND u.sender <> m.username AND u.kind = 'text')";
     let row = query_opt(c, SQL, &[&conversation_id, &username, &seq_param(seq)])
         .await?
         .ok_or(StoreError::NotFound)?;
@@ -925,6 +979,530 @@ async fn mark_delivered(
         .await?
         .ok_or(StoreError::NotFound)?;
     Ok(seq_value(row.try_get(0)?))
+}
+
+// ------------------------------------------------------------------ groups
+
+/// Locks group `$1` if `$2` is a member of it (a non-member locks nothing).
+/// Every membership change of a group takes this lock first (the row lock
+/// of a send conflicts with it too), so membership changes of one group are
+/// serialised across servers, and statements that follow see the members
+/// as they are.
+const LOCK_GROUP: &str = "
+    SELECT c.name, c.last_seq FROM conversations c
+     WHERE c.id = $1 AND c.kind = 'group'
+       AND EXISTS (SELECT 1 FROM members m WHERE m.conversation_id = c.id AND m.username = $2)
+    FOR NO KEY UPDATE OF c";
+
+const GROUP_MEMBERS: &str = "
+    SELECT username, role, joined_seq FROM members
+     WHERE conversation_id = $1 ORDER BY username";
+
+/// Locks the users `$1` in username order (so two changes never wait on
+/// each other in a cycle). Membership changes that add users take these
+/// locks before counting their groups, so two of them cannot both let a
+/// user past the limit. `NO KEY UPDATE` does not block the key-share locks
+/// of the foreign keys of `members`, so sends are never held up by it.
+const LOCK_USERS: &str = "
+    SELECT username FROM users WHERE username = ANY($1)
+    ORDER BY username FOR NO KEY UPDATE";
+
+/// The first of the users `$1` who is already in `$2` groups or more.
+const FULL_USER: &str = "
+    SELECT m.username FROM members m JOIN conversations c ON c.id = m.conversation_id
+     WHERE m.username = ANY($1) AND c.kind = 'group'
+     GROUP BY m.username HAVING COUNT(*) >= $2
+     ORDER BY m.username LIMIT 1";
+
+/// A group as locked by [`lock_group`].
+struct LockedGroup {
+    name: String,
+    last_seq: u64,
+    /// Sorted by username.
+    members: Vec<GroupMember>,
+}
+
+impl LockedGroup {
+    fn role_of(&self, username: &str) -> Option<GroupRole> {
+        self.members
+            .iter()
+            .find(|m| m.username == username)
+            .map(|m| m.role)
+    }
+
+    fn info(self, id: String) -> GroupInfo {
+        GroupInfo {
+            id,
+            name: self.name,
+            members: self.members,
+            last_seq: self.last_seq,
+        }
+    }
+
+    fn usernames(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.username.clone()).collect()
+    }
+}
+
+fn group_member_from_row(row: &Row, at: usize) -> Result<GroupMember> {
+    let role: String = row.try_get(at + 1)?;
+    Ok(GroupMember {
+        username: row.try_get(at)?,
+        role: GroupRole::parse(&role),
+        joined_seq: seq_value(row.try_get(at + 2)?),
+    })
+}
+
+/// Locks `group_id` for a change by `actor` and reads its members under the
+/// lock, in one round trip. A group that does not exist, or that `actor` is
+/// not a member of, is not found.
+async fn lock_group<C: GenericClient>(tx: &C, actor: &str, group_id: &str) -> Result<LockedGroup> {
+    let (lock, list) = tokio::try_join!(
+        tx.prepare_cached(LOCK_GROUP),
+        tx.prepare_cached(GROUP_MEMBERS)
+    )?;
+    let lock_params: [&(dyn ToSql + Sync); 2] = [&group_id, &actor];
+    let list_params: [&(dyn ToSql + Sync); 1] = [&group_id];
+    let (locked, rows) = tokio::join!(
+        tx.query_opt(&lock, &lock_params),
+        tx.query(&list, &list_params),
+    );
+    let Some(row) = locked? else {
+        return Err(StoreError::NotFound);
+    };
+    let name: Option<String> = row.try_get(0)?;
+    let group = LockedGroup {
+        name: name.unwrap_or_default(),
+        last_seq: seq_value(row.try_get(1)?),
+        members: rows?
+            .iter()
+            .map(|r| group_member_from_row(r, 0))
+            .collect::<Result<_>>()?,
+    };
+    // The lock waited for any change that was under way: the list read
+    // after it is what counts.
+    if group.role_of(actor).is_none() {
+        return Err(StoreError::NotFound);
+    }
+    Ok(group)
+}
+
+/// Locks `users` (sorted, distinct) and checks that they exist (else
+/// `NotFound`), that a group of `group_size` members is allowed, and that
+/// none of them is already in as many groups as allowed (else `Limit`).
+async fn admit_users<C: GenericClient>(
+    tx: &C,
+    users: &[String],
+    group_size: usize,
+    limits: GroupLimits,
+) -> Result<()> {
+    let max_groups = i64::try_from(limits.max_groups_per_user).unwrap_or(i64::MAX);
+    // The count is read after the locks, in a statement of its own, so it
+    // sees every change committed by whoever held them before.
+    let (lock, full) =
+        tokio::try_join!(tx.prepare_cached(LOCK_USERS), tx.prepare_cached(FULL_USER))?;
+    let lock_params: [&(dyn ToSql + Sync); 1] = [&users];
+    let full_params: [&(dyn ToSql + Sync); 2] = [&users, &max_groups];
+    let (found, full) = tokio::join!(
+        tx.query(&lock, &lock_params),
+        tx.query_opt(&full, &full_params),
+    );
+    if found?.len() != users.len() {
+        return Err(StoreError::NotFound);
+    }
+    let full = full?;
+    if group_size > limits.max_members {
+        return Err(StoreError::Limit(format!(
+            "a group has at most {} members",
+            limits.max_members
+        )));
+    }
+    if limits.max_groups_per_user == 0 {
+        return Err(StoreError::Limit("no user may be in a group".into()));
+    }
+    if let Some(row) = full {
+        let username: String = row.try_get(0)?;
+        return Err(StoreError::Limit(format!(
+            "{username} is already in {} groups",
+            limits.max_groups_per_user
+        )));
+    }
+    Ok(())
+}
+
+/// Commits nothing yet: inserts the membership event with the next seq of
+/// `group_id` (see [`INSERT_MESSAGE`]).
+async fn insert_event<C: GenericClient>(
+    tx: &C,
+    group_id: &str,
+    sender: &str,
+    kind: MessageKind,
+    usernames: &[String],
+    now: i64,
+) -> Result<StoredMessage> {
+    let id = new_id('m');
+    // Unique per sender because the message id is.
+    let client_msg_id = format!("event-{id}");
+    let body = usernames.join(" ");
+    let kind_name = kind.as_str();
+    let row = query_opt(
+        tx,
+        INSERT_MESSAGE,
+        &[
+            &group_id,
+            &id,
+            &sender,
+            &body,
+            &client_msg_id,
+            &now,
+            &kind_name,
+        ],
+    )
+    .await?
+    .ok_or_else(|| StoreError::Internal(format!("group {group_id} vanished")))?;
+    Ok(StoredMessage {
+        id,
+        conversation_id: group_id.to_owned(),
+        seq: seq_value(row.try_get(0)?),
+        sender: sender.to_owned(),
+        body,
+        client_msg_id,
+        sent_at_unix_ms: now,
+        kind,
+    })
+}
+
+fn may_manage(role: Option<GroupRole>) -> Result<()> {
+    match role {
+        Some(GroupRole::Owner | GroupRole::Admin) => Ok(()),
+        _ => Err(StoreError::Forbidden(
+            "only the owner or an admin of the group may do this".into(),
+        )),
+    }
+}
+
+async fn change_group(
+    client: &mut Object,
+    change: GroupChange,
+    limits: GroupLimits,
+) -> Result<GroupChanged> {
+    match change {
+        GroupChange::Create {
+            owner,
+            name,
+            members,
+        } => create_group(client, owner, name, members, limits).await,
+        GroupChange::Add {
+            actor,
+            group_id,
+            usernames,
+        } => add_members(client, actor, group_id, usernames, limits).await,
+        GroupChange::Remove {
+            actor,
+            group_id,
+            username,
+        } if actor == username => leave_group(client, actor, group_id).await,
+        GroupChange::Remove {
+            actor,
+            group_id,
+            username,
+        } => remove_member(client, actor, group_id, username).await,
+    }
+}
+
+async fn create_group(
+    client: &mut Object,
+    owner: String,
+    name: String,
+    members: Vec<String>,
+    limits: GroupLimits,
+) -> Result<GroupChanged> {
+    if has_nul(&owner) || members.iter().any(|m| has_nul(m)) {
+        return Err(StoreError::NotFound);
+    }
+    if has_nul(&name) {
+        return Err(StoreError::Invalid(
+            "a group name must not contain NUL characters".into(),
+        ));
+    }
+    let mut others: Vec<String> = members.into_iter().filter(|m| *m != owner).collect();
+    others.sort();
+    others.dedup();
+    let mut everyone = others.clone();
+    everyone.push(owner.clone());
+    everyone.sort();
+    let now = now_ms();
+    let id = new_id('g');
+
+    let tx = client.transaction().await?;
+    admit_users(&tx, &everyone, everyone.len(), limits).await?;
+    const CONVERSATION: &str = "
+        INSERT INTO conversations (id, kind, name, last_seq, created_at_ms)
+        VALUES ($1, 'group', $2, 1, $3)";
+    const MEMBERS_OF_NEW: &str = "
+        INSERT INTO members (conversation_id, username, role, joined_seq)
+        SELECT $1::TEXT, u, CASE WHEN u = $3::TEXT THEN 'owner' ELSE 'member' END, 1
+          FROM unnest($2::TEXT[]) AS u";
+    const EVENT: &str = "
+        INSERT INTO messages
+            (conversation_id, seq, id, sender, body, client_msg_id, sent_at_ms, kind)
+        VALUES ($1, 1, $2, $3, $4, $5, $6, $7)";
+    let event = StoredMessage {
+        id: new_id('m'),
+        conversation_id: id.clone(),
+        seq: 1,
+        sender: owner.clone(),
+        body: others.join(" "),
+        client_msg_id: String::new(),
+        sent_at_unix_ms: now,
+        kind: MessageKind::GroupCreated,
+    };
+    let event = StoredMessage {
+        client_msg_id: format!("event-{}", event.id),
+        ..event
+    };
+    let kind = event.kind.as_str();
+    // The three inserts go out in one round trip, in this order.
+    let (conversation, member_rows, event_row) = tokio::try_join!(
+        tx.prepare_cached(CONVERSATION),
+        tx.prepare_cached(MEMBERS_OF_NEW),
+        tx.prepare_cached(EVENT),
+    )?;
+    let conversation_params: [&(dyn ToSql + Sync); 3] = [&id, &name, &now];
+    let member_params: [&(dyn ToSql + Sync); 3] = [&id, &everyone, &owner];
+    let event_params: [&(dyn ToSql + Sync); 7] = [
+        &id,
+        &event.id,
+        &event.sender,
+        &event.body,
+        &event.client_msg_id,
+        &now,
+        &kind,
+    ];
+    let (a, b, c) = tokio::join!(
+        tx.execute(&conversation, &conversation_params),
+        tx.execute(&member_rows, &member_params),
+        tx.execute(&event_row, &event_params),
+    );
+    a?;
+    b?;
+    c?;
+    tx.commit().await?;
+
+    let members = everyone
+        .iter()
+        .map(|username| GroupMember {
+            username: username.clone(),
+            role: if *username == owner {
+                GroupRole::Owner
+            } else {
+                GroupRole::Member
+            },
+            joined_seq: 1,
+        })
+        .collect();
+    Ok(GroupChanged {
+        group: GroupInfo {
+            id,
+            name,
+            members,
+            last_seq: 1,
+        },
+        event: Some(event),
+        notify: everyone,
+    })
+}
+
+async fn add_members(
+    client: &mut Object,
+    actor: String,
+    group_id: String,
+    usernames: Vec<String>,
+    limits: GroupLimits,
+) -> Result<GroupChanged> {
+    if has_nul(&actor) || has_nul(&group_id) {
+        return Err(StoreError::NotFound);
+    }
+    let now = now_ms();
+    let tx = client.transaction().await?;
+    let mut group = lock_group(&tx, &actor, &group_id).await?;
+    may_manage(group.role_of(&actor))?;
+    if usernames.iter().any(|u| has_nul(u)) {
+        return Err(StoreError::NotFound);
+    }
+    let mut new: Vec<String> = usernames
+        .into_iter()
+        .filter(|u| group.role_of(u).is_none())
+        .collect();
+    new.sort();
+    new.dedup();
+    if new.is_empty() {
+        // Everyone listed is a member already: nothing changes.
+        tx.commit().await?;
+        let notify = group.usernames();
+        return Ok(GroupChanged {
+            group: group.info(group_id),
+            event: None,
+            notify,
+        });
+    }
+    admit_users(&tx, &new, group.members.len() + new.len(), limits).await?;
+    let event = insert_event(&tx, &group_id, &actor, MessageKind::MembersAdded, &new, now).await?;
+    // New members read from the event on; nothing before it is theirs to
+    // read or to be told about.
+    const ADD: &str = "
+        INSERT INTO members
+            (conversation_id, username, role, joined_seq, read_seq, delivered_seq)
+        SELECT $1::TEXT, u, 'member', $3::BIGINT, $3::BIGINT - 1, $3::BIGINT - 1
+          FROM unnest($2::TEXT[]) AS u";
+    let seq = seq_param(event.seq);
+    execute(&tx, ADD, &[&group_id, &new, &seq]).await?;
+    tx.commit().await?;
+
+    group
+        .members
+        .extend(new.into_iter().map(|username| GroupMember {
+            username,
+            role: GroupRole::Member,
+            joined_seq: event.seq,
+        }));
+    group.members.sort_by(|a, b| a.username.cmp(&b.username));
+    group.last_seq = event.seq;
+    let notify = group.usernames();
+    Ok(GroupChanged {
+        group: group.info(group_id),
+        event: Some(event),
+        notify,
+    })
+}
+
+const DELETE_MEMBER: &str = "DELETE FROM members WHERE conversation_id = $1 AND username = $2";
+
+async fn remove_member(
+    client: &mut Object,
+    actor: String,
+    group_id: String,
+    username: String,
+) -> Result<GroupChanged> {
+    if has_nul(&actor) || has_nul(&group_id) {
+        return Err(StoreError::NotFound);
+    }
+    let now = now_ms();
+    let tx = client.transaction().await?;
+    let mut group = lock_group(&tx, &actor, &group_id).await?;
+    may_manage(group.role_of(&actor))?;
+    match group.role_of(&username) {
+        None => return Err(StoreError::NotFound),
+        Some(GroupRole::Owner) => {
+            return Err(StoreError::Forbidden(
+                "the owner of a group cannot be removed".into(),
+            ))
+        }
+        Some(_) => {}
+    }
+    execute(&tx, DELETE_MEMBER, &[&group_id, &username]).await?;
+    let concerned = [username];
+    let event = insert_event(
+        &tx,
+        &group_id,
+        &actor,
+        MessageKind::MemberRemoved,
+        &concerned,
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+
+    let [username] = concerned;
+    group.members.retain(|m| m.username != username);
+    group.last_seq = event.seq;
+    let mut notify = group.usernames();
+    notify.push(username);
+    notify.sort();
+    Ok(GroupChanged {
+        group: group.info(group_id),
+        event: Some(event),
+        notify,
+    })
+}
+
+async fn leave_group(client: &mut Object, actor: String, group_id: String) -> Result<GroupChanged> {
+    if has_nul(&actor) || has_nul(&group_id) {
+        return Err(StoreError::NotFound);
+    }
+    let now = now_ms();
+    let tx = client.transaction().await?;
+    let mut group = lock_group(&tx, &actor, &group_id).await?;
+    let was_owner = group.role_of(&actor) == Some(GroupRole::Owner);
+    execute(&tx, DELETE_MEMBER, &[&group_id, &actor]).await?;
+    let concerned = [actor];
+    let event = insert_event(
+        &tx,
+        &group_id,
+        &concerned[0],
+        MessageKind::MemberLeft,
+        &concerned,
+        now,
+    )
+    .await?;
+    let [actor] = concerned;
+    group.members.retain(|m| m.username != actor);
+    if was_owner {
+        // The longest-standing member (then the first by name) takes over.
+        let heir = group.members.iter_mut().min_by(|a, b| {
+            a.joined_seq
+                .cmp(&b.joined_seq)
+                .then_with(|| a.username.cmp(&b.username))
+        });
+        if let Some(heir) = heir {
+            execute(
+                &tx,
+                "UPDATE members SET role = 'owner' WHERE conversation_id = $1 AND username = $2",
+                &[&group_id, &heir.username],
+            )
+            .await?;
+            heir.role = GroupRole::Owner;
+        }
+    }
+    tx.commit().await?;
+
+    group.last_seq = event.seq;
+    let mut notify = group.usernames();
+    notify.push(actor);
+    notify.sort();
+    Ok(GroupChanged {
+        group: group.info(group_id),
+        event: Some(event),
+        notify,
+    })
+}
+
+async fn group_info(c: &Object, username: &str, group_id: &str) -> Result<GroupInfo> {
+    // One statement, one snapshot: the members agree with last_seq.
+    const SQL: &str = "
+        SELECT c.name, c.last_seq, m.username, m.role, m.joined_seq
+          FROM conversations c JOIN members m ON m.conversation_id = c.id
+         WHERE c.id = $1 AND c.kind = 'group'
+         ORDER BY m.username";
+    let rows = query(c, SQL, &[&group_id]).await?;
+    let Some(first) = rows.first() else {
+        return Err(StoreError::NotFound);
+    };
+    let name: Option<String> = first.try_get(0)?;
+    let last_seq = seq_value(first.try_get(1)?);
+    let members = rows
+        .iter()
+        .map(|r| group_member_from_row(r, 2))
+        .collect::<Result<Vec<_>>>()?;
+    if !members.iter().any(|m| m.username == username) {
+        return Err(StoreError::NotFound);
+    }
+    Ok(GroupInfo {
+        id: group_id.to_owned(),
+        name: name.unwrap_or_default(),
+        members,
+        last_seq,
+    })
 }
 
 // ------------------------------------------------------------- the traits
@@ -1035,6 +1613,32 @@ impl MessageStore for PostgresStore {
         let outcome = tokio::time::timeout(
             self.operation_timeout,
             members_of(&client, username, conversation_id),
+        )
+        .await;
+        self.settle(client, outcome)
+    }
+}
+
+#[async_trait]
+impl GroupStore for PostgresStore {
+    async fn change_group(&self, change: GroupChange, limits: GroupLimits) -> Result<GroupChanged> {
+        let mut client = self.client().await?;
+        let outcome = tokio::time::timeout(
+            self.operation_timeout,
+            change_group(&mut client, change, limits),
+        )
+        .await;
+        self.settle(client, outcome)
+    }
+
+    async fn group(&self, username: &str, group_id: &str) -> Result<GroupInfo> {
+        if has_nul(username) || has_nul(group_id) {
+            return Err(StoreError::NotFound);
+        }
+        let client = self.client().await?;
+        let outcome = tokio::time::timeout(
+            self.operation_timeout,
+            group_info(&client, username, group_id),
         )
         .await;
         self.settle(client, outcome)

@@ -20,9 +20,10 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBeha
 use tokio::sync::oneshot;
 
 use crate::{
-    Appended, ConversationKind, ConversationSummary, HistoryPage, HistoryQuery, MessageStore,
-    NewMessage, NewUser, ReadCursor, Result, StoreError, StoredMessage, Target, UserProfile,
-    UserStore, MAX_PAGE,
+    Appended, ConversationKind, ConversationSummary, GroupChange, GroupChanged, GroupInfo,
+    GroupLimits, GroupMember, GroupRole, GroupStore, HistoryPage, HistoryQuery, MessageKind,
+    MessageStore, NewMessage, NewUser, ReadCursor, Result, StoreError, StoredMessage, Target,
+    UserProfile, UserStore, MAX_PAGE,
 };
 
 /// How hard a commit tries to reach the disk before it is acknowledged.
@@ -70,7 +71,8 @@ pub struct SqliteStore {
     readers: Arc<ReadPool>,
 }
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     username      TEXT PRIMARY KEY,
     name          TEXT NOT NULL,
@@ -109,7 +111,13 @@ CREATE TABLE messages (
     PRIMARY KEY (conversation_id, seq),
     UNIQUE (sender, client_msg_id)
 ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+ALTER TABLE members ADD COLUMN role TEXT NOT NULL DEFAULT 'member';
+ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'text';
+ALTER TABLE conversations ADD COLUMN name TEXT;
+"#,
+];
 
 impl SqliteStore {
     /// Opens (creating if needed) the database, runs the migrations and
@@ -274,7 +282,8 @@ impl ReadPool {
     }
 }
 
-const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, sender, body, client_msg_id, sent_at_ms";
+const MESSAGE_COLUMNS: &str =
+    "id, conversation_id, seq, sender, body, client_msg_id, sent_at_ms, kind";
 
 fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
     Ok(StoredMessage {
@@ -285,13 +294,23 @@ fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> 
         body: row.get(4)?,
         client_msg_id: row.get(5)?,
         sent_at_unix_ms: row.get(6)?,
+        kind: MessageKind::parse(&row.get::<_, String>(7)?),
     })
 }
 
 fn is_member(conn: &Connection, username: &str, conversation_id: &str) -> Result<bool> {
+    Ok(joined_seq(conn, username, conversation_id)?.is_some())
+}
+
+/// The seq from which `username` reads the conversation, if a member.
+fn joined_seq(conn: &Connection, username: &str, conversation_id: &str) -> Result<Option<u64>> {
     Ok(conn
-        .prepare_cached("SELECT 1 FROM members WHERE conversation_id = ?1 AND username = ?2")?
-        .exists(params![conversation_id, username])?)
+        .prepare_cached(
+            "SELECT joined_seq FROM members WHERE conversation_id = ?1 AND username = ?2",
+        )?
+        .query_row(params![conversation_id, username], |r| r.get::<_, i64>(0))
+        .optional()?
+        .map(|seq| seq as u64))
 }
 
 fn unread_count(
@@ -303,7 +322,7 @@ fn unread_count(
     let n: i64 = conn
         .prepare_cached(
             "SELECT COUNT(*) FROM messages
-             WHERE conversation_id = ?1 AND seq > ?2 AND sender <> ?3",
+             WHERE conversation_id = ?1 AND seq > ?2 AND sender <> ?3 AND kind = 'text'",
         )?
         .query_row(params![conversation_id, after as i64, username], |r| {
             r.get(0)
@@ -317,16 +336,17 @@ fn history(
     conversation_id: &str,
     query: HistoryQuery,
 ) -> Result<HistoryPage> {
-    if !is_member(conn, username, conversation_id)? {
+    // A member reads from the event that added them on.
+    let Some(joined) = joined_seq(conn, username, conversation_id)? else {
         return Err(StoreError::NotFound);
-    }
+    };
     let limit = match query.limit {
         0 => 50,
         n => n.min(MAX_PAGE),
     };
     // Seqs are stored as i64: larger bounds mean "no bound".
     let clamp = |seq: u64| i64::try_from(seq).unwrap_or(i64::MAX);
-    let after = clamp(query.after_seq.unwrap_or(0));
+    let after = clamp(query.after_seq.unwrap_or(0).max(joined.saturating_sub(1)));
     let before = query.before_seq.map_or(i64::MAX, clamp);
     // One more row than asked tells whether there is more.
     let fetch = i64::from(limit) + 1;
@@ -370,7 +390,8 @@ fn conversations(conn: &Connection, username: &str) -> Result<Vec<ConversationSu
     let mut stmt = conn.prepare_cached(
         "SELECT c.id, c.kind, c.last_seq, m.read_seq, m.delivered_seq,
                 (SELECT o.username FROM members o
-                  WHERE o.conversation_id = c.id AND o.username <> m.username LIMIT 1)
+                  WHERE o.conversation_id = c.id AND o.username <> m.username LIMIT 1),
+                c.name
          FROM members m JOIN conversations c ON c.id = m.conversation_id
          WHERE m.username = ?1",
     )?;
@@ -382,11 +403,12 @@ fn conversations(conn: &Connection, username: &str) -> Result<Vec<ConversationSu
             r.get::<_, i64>(3)? as u64,
             r.get::<_, i64>(4)? as u64,
             r.get::<_, Option<String>>(5)?,
+            r.get::<_, Option<String>>(6)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, kind, last_seq, read_seq, delivered_seq, other) = row?;
+        let (id, kind, last_seq, read_seq, delivered_seq, other, name) = row?;
         let kind = if kind == "group" {
             ConversationKind::Group
         } else {
@@ -400,6 +422,7 @@ fn conversations(conn: &Connection, username: &str) -> Result<Vec<ConversationSu
             .optional()?;
         let unread_count = unread_count(conn, username, &id, read_seq)?;
         out.push(ConversationSummary {
+            name,
             peer: (kind == ConversationKind::Direct)
                 .then_some(other)
                 .flatten(),
@@ -444,6 +467,11 @@ enum WriteOp {
         seq: u64,
         reply: oneshot::Sender<Result<u64>>,
     },
+    ChangeGroup(
+        GroupChange,
+        GroupLimits,
+        oneshot::Sender<Result<GroupChanged>>,
+    ),
 }
 
 /// An answer computed inside the batch, sent only after the commit.
@@ -452,6 +480,7 @@ enum Answer {
     Appended(oneshot::Sender<Result<Appended>>, Result<Appended>),
     Read(oneshot::Sender<Result<ReadCursor>>, Result<ReadCursor>),
     Delivered(oneshot::Sender<Result<u64>>, Result<u64>),
+    Group(oneshot::Sender<Result<GroupChanged>>, Result<GroupChanged>),
 }
 
 impl Answer {
@@ -465,6 +494,7 @@ impl Answer {
             Answer::Appended(tx, r) => Answer::Appended(tx, e(r, error)),
             Answer::Read(tx, r) => Answer::Read(tx, e(r, error)),
             Answer::Delivered(tx, r) => Answer::Delivered(tx, e(r, error)),
+            Answer::Group(tx, r) => Answer::Group(tx, e(r, error)),
         }
     }
 
@@ -475,6 +505,7 @@ impl Answer {
             Answer::Appended(tx, r) => tx.send(r).is_ok(),
             Answer::Read(tx, r) => tx.send(r).is_ok(),
             Answer::Delivered(tx, r) => tx.send(r).is_ok(),
+            Answer::Group(tx, r) => tx.send(r).is_ok(),
         };
     }
 }
@@ -528,6 +559,7 @@ fn unapplied(op: WriteOp, e: &StoreError) -> Answer {
         WriteOp::Append(_, tx) => Answer::Appended(tx, err(e)),
         WriteOp::MarkRead { reply, .. } => Answer::Read(reply, err(e)),
         WriteOp::MarkDelivered { reply, .. } => Answer::Delivered(reply, err(e)),
+        WriteOp::ChangeGroup(_, _, reply) => Answer::Group(reply, err(e)),
     }
 }
 
@@ -573,6 +605,10 @@ fn apply_one(conn: &Connection, op: WriteOp, now: i64) -> Answer {
             in_savepoint(conn, |c| {
                 mark_delivered(c, &username, &conversation_id, seq)
             }),
+        ),
+        WriteOp::ChangeGroup(change, limits, reply) => Answer::Group(
+            reply,
+            in_savepoint(conn, |c| change_group(c, change, limits, now)),
         ),
     }
 }
@@ -635,6 +671,7 @@ fn append(conn: &Connection, msg: NewMessage, now: i64) -> Result<Appended> {
         body: msg.body,
         client_msg_id: msg.client_msg_id,
         sent_at_unix_ms: now,
+        kind: MessageKind::Text,
     };
     conn.prepare_cached(
         "INSERT INTO messages (conversation_id, seq, id, sender, body, client_msg_id, sent_at_ms)
@@ -744,6 +781,302 @@ fn mark_delivered(
     Ok(delivered as u64)
 }
 
+// ----------------------------------------------------------------- groups
+
+fn role_of(conn: &Connection, username: &str, group_id: &str) -> Result<Option<GroupRole>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT m.role FROM members m JOIN conversations c ON c.id = m.conversation_id
+             WHERE m.conversation_id = ?1 AND m.username = ?2 AND c.kind = 'group'",
+        )?
+        .query_row(params![group_id, username], |r| r.get::<_, String>(0))
+        .optional()?
+        .map(|role| GroupRole::parse(&role)))
+}
+
+fn group_info(conn: &Connection, group_id: &str) -> Result<GroupInfo> {
+    let (name, last_seq): (Option<String>, i64) = conn
+        .prepare_cached("SELECT name, last_seq FROM conversations WHERE id = ?1")?
+        .query_row(params![group_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT username, role, joined_seq FROM members WHERE conversation_id = ?1 ORDER BY username",
+    )?;
+    let members = stmt
+        .query_map(params![group_id], |r| {
+            Ok(GroupMember {
+                username: r.get(0)?,
+                role: GroupRole::parse(&r.get::<_, String>(1)?),
+                joined_seq: r.get::<_, i64>(2)? as u64,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(GroupInfo {
+        id: group_id.to_owned(),
+        name: name.unwrap_or_default(),
+        members,
+        last_seq: last_seq as u64,
+    })
+}
+
+fn user_exists(conn: &Connection, username: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM users WHERE username = ?1")?
+        .exists(params![username])?)
+}
+
+fn groups_of(conn: &Connection, username: &str) -> Result<usize> {
+    let n: i64 = conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM members m JOIN conversations c ON c.id = m.conversation_id
+             WHERE m.username = ?1 AND c.kind = 'group'",
+        )?
+        .query_row(params![username], |r| r.get(0))?;
+    Ok(n as usize)
+}
+
+/// Every one of `users` exists and may join one more group.
+fn check_joiners(conn: &Connection, users: &[String], limits: GroupLimits) -> Result<()> {
+    for user in users {
+        if !user_exists(conn, user)? {
+            return Err(StoreError::NotFound);
+        }
+    }
+    for user in users {
+        if groups_of(conn, user)? >= limits.max_groups_per_user {
+            return Err(StoreError::Limit(format!(
+                "{user} is in {} groups already, the most allowed",
+                limits.max_groups_per_user
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn member_limit(limits: GroupLimits) -> StoreError {
+    StoreError::Limit(format!(
+        "a group has at most {} members",
+        limits.max_members
+    ))
+}
+
+/// Commits a membership event with the group's next seq.
+fn append_event(
+    conn: &Connection,
+    group_id: &str,
+    actor: &str,
+    kind: MessageKind,
+    concerned: &[String],
+    now: i64,
+) -> Result<StoredMessage> {
+    let seq: i64 = conn
+        .prepare_cached(
+            "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq",
+        )?
+        .query_row(params![group_id], |r| r.get(0))?;
+    let id = new_id('m');
+    let message = StoredMessage {
+        client_msg_id: format!("event-{id}"),
+        id,
+        conversation_id: group_id.to_owned(),
+        seq: seq as u64,
+        sender: actor.to_owned(),
+        body: concerned.join(" "),
+        sent_at_unix_ms: now,
+        kind,
+    };
+    conn.prepare_cached(
+        "INSERT INTO messages (conversation_id, seq, id, sender, body, client_msg_id, sent_at_ms, kind)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        message.conversation_id,
+        seq,
+        message.id,
+        message.sender,
+        message.body,
+        message.client_msg_id,
+        now,
+        kind.as_str()
+    ])?;
+    Ok(message)
+}
+
+/// Adds a member who reads from `joined_seq` on (nothing before is unread).
+fn add_member(
+    conn: &Connection,
+    group_id: &str,
+    username: &str,
+    role: GroupRole,
+    joined_seq: u64,
+) -> Result<()> {
+    let cursor = joined_seq.saturating_sub(1) as i64;
+    conn.prepare_cached(
+        "INSERT INTO members (conversation_id, username, role, joined_seq, read_seq, delivered_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+    )?
+    .execute(params![
+        group_id,
+        username,
+        role.as_str(),
+        joined_seq as i64,
+        cursor
+    ])?;
+    Ok(())
+}
+
+fn member_names(group: &GroupInfo) -> Vec<String> {
+    group.members.iter().map(|m| m.username.clone()).collect()
+}
+
+fn change_group(
+    conn: &Connection,
+    change: GroupChange,
+    limits: GroupLimits,
+    now: i64,
+) -> Result<GroupChanged> {
+    match change {
+        GroupChange::Create {
+            owner,
+            name,
+            members,
+        } => {
+            let mut others: Vec<String> = members.into_iter().filter(|m| *m != owner).collect();
+            others.sort();
+            others.dedup();
+            if others.len() + 1 > limits.max_members {
+                return Err(member_limit(limits));
+            }
+            let everyone: Vec<String> = std::iter::once(owner.clone())
+                .chain(others.iter().cloned())
+                .collect();
+            check_joiners(conn, &everyone, limits)?;
+            let id = new_id('g');
+            conn.prepare_cached(
+                "INSERT INTO conversations (id, kind, name, created_at_ms) VALUES (?1, 'group', ?2, ?3)",
+            )?
+            .execute(params![id, name, now])?;
+            add_member(conn, &id, &owner, GroupRole::Owner, 1)?;
+            for member in &others {
+                add_member(conn, &id, member, GroupRole::Member, 1)?;
+            }
+            let event = append_event(conn, &id, &owner, MessageKind::GroupCreated, &others, now)?;
+            let group = group_info(conn, &id)?;
+            let notify = member_names(&group);
+            Ok(GroupChanged {
+                group,
+                event: Some(event),
+                notify,
+            })
+        }
+        GroupChange::Add {
+            actor,
+            group_id,
+            usernames,
+        } => {
+            let role = role_of(conn, &actor, &group_id)?.ok_or(StoreError::NotFound)?;
+            if role < GroupRole::Admin {
+                return Err(StoreError::Forbidden(
+                    "only the owner and admins add members".into(),
+                ));
+            }
+            let mut new: Vec<String> = Vec::new();
+            for user in usernames {
+                if !is_member(conn, &user, &group_id)? && !new.contains(&user) {
+                    new.push(user);
+                }
+            }
+            new.sort();
+            check_joiners(conn, &new, limits)?;
+            let before = group_info(conn, &group_id)?;
+            if new.is_empty() {
+                let notify = member_names(&before);
+                return Ok(GroupChanged {
+                    group: before,
+                    event: None,
+                    notify,
+                });
+            }
+            if before.members.len() + new.len() > limits.max_members {
+                return Err(member_limit(limits));
+            }
+            let event = append_event(
+                conn,
+                &group_id,
+                &actor,
+                MessageKind::MembersAdded,
+                &new,
+                now,
+            )?;
+            for user in &new {
+                add_member(conn, &group_id, user, GroupRole::Member, event.seq)?;
+            }
+            let group = group_info(conn, &group_id)?;
+            let notify = member_names(&group);
+            Ok(GroupChanged {
+                group,
+                event: Some(event),
+                notify,
+            })
+        }
+        GroupChange::Remove {
+            actor,
+            group_id,
+            username,
+        } => {
+            let actor_role = role_of(conn, &actor, &group_id)?.ok_or(StoreError::NotFound)?;
+            let leaving = actor == username;
+            if !leaving {
+                if actor_role < GroupRole::Admin {
+                    return Err(StoreError::Forbidden(
+                        "only the owner and admins remove members".into(),
+                    ));
+                }
+                match role_of(conn, &username, &group_id)? {
+                    None => return Err(StoreError::NotFound),
+                    Some(GroupRole::Owner) => {
+                        return Err(StoreError::Forbidden("the owner cannot be removed".into()))
+                    }
+                    Some(_) => {}
+                }
+            }
+            conn.prepare_cached(
+                "DELETE FROM members WHERE conversation_id = ?1 AND username = ?2",
+            )?
+            .execute(params![group_id, username])?;
+            let kind = if leaving {
+                MessageKind::MemberLeft
+            } else {
+                MessageKind::MemberRemoved
+            };
+            let event = append_event(
+                conn,
+                &group_id,
+                &actor,
+                kind,
+                std::slice::from_ref(&username),
+                now,
+            )?;
+            if leaving && actor_role == GroupRole::Owner {
+                // The longest-standing member takes over.
+                conn.prepare_cached(
+                    "UPDATE members SET role = 'owner' WHERE conversation_id = ?1 AND username =
+                       (SELECT username FROM members WHERE conversation_id = ?1
+                        ORDER BY joined_seq, username LIMIT 1)",
+                )?
+                .execute(params![group_id])?;
+            }
+            let group = group_info(conn, &group_id)?;
+            let mut notify = member_names(&group);
+            notify.push(username);
+            Ok(GroupChanged {
+                group,
+                event: Some(event),
+                notify,
+            })
+        }
+    }
+}
+
 // ------------------------------------------------------------ the traits
 
 #[async_trait]
@@ -840,6 +1173,25 @@ impl MessageStore for SqliteStore {
                 return Err(StoreError::NotFound);
             }
             members(conn, &conversation_id)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl GroupStore for SqliteStore {
+    async fn change_group(&self, change: GroupChange, limits: GroupLimits) -> Result<GroupChanged> {
+        self.write(|reply| WriteOp::ChangeGroup(change, limits, reply))
+            .await
+    }
+
+    async fn group(&self, username: &str, group_id: &str) -> Result<GroupInfo> {
+        let (username, group_id) = (username.to_owned(), group_id.to_owned());
+        self.read(move |conn| {
+            if role_of(conn, &username, &group_id)?.is_none() {
+                return Err(StoreError::NotFound);
+            }
+            group_info(conn, &group_id)
         })
         .await
     }

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use chat_store::postgres::{PostgresConfig, PostgresStore};
 use chat_store::{
-    HistoryQuery, MessageStore, NewMessage, NewUser, Store, StoreError, Target, UserStore,
+    ConversationKind, GroupChange, GroupLimits, GroupStore, HistoryQuery, MessageKind,
+    MessageStore, NewMessage, NewUser, Store, StoreError, Target, UserStore,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Barrier;
@@ -157,6 +158,8 @@ conformance!(
     retries_return_the_original,
     history_is_for_members_only_and_pages,
     cursors_move_forward_only_and_unread_is_exact,
+    groups_change_membership_with_ordered_events,
+    group_limits_are_enforced,
 );
 
 // ------------------------------------------------------------ helpers
@@ -364,6 +367,159 @@ async fn direct_conversation_is_created_once_under_a_race() {
     assert_eq!(n, 1);
 }
 
+// --------------------------------------------- groups, several servers
+
+fn group_of(owner: &str, members: &[&str]) -> GroupChange {
+    GroupChange::Create {
+        owner: owner.into(),
+        name: format!("{owner}'s"),
+        members: members.iter().map(|m| m.to_string()).collect(),
+    }
+}
+
+/// Limits are checked by the database's locks, not by one server: many
+/// changes racing from two servers never let a group or a user past them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_limits_hold_under_races_across_servers() {
+    let db = TestDb::create().await;
+    let servers = [db.store().await, db.store().await];
+    let names: Vec<String> = (0..8).map(|i| format!("user{i}")).collect();
+    for name in names.iter().map(String::as_str).chain(["zed", "alice"]) {
+        servers[0].create_user(user(name)).await.unwrap();
+    }
+
+    // Eight owners each create a group with zed, who may be in one.
+    let one_group = GroupLimits {
+        max_members: 10,
+        max_groups_per_user: 1,
+    };
+    let start = Arc::new(Barrier::new(8));
+    let mut tasks = JoinSet::new();
+    for (t, owner) in names.iter().cloned().enumerate() {
+        let store = servers[t % 2].clone();
+        let start = start.clone();
+        tasks.spawn(async move {
+            start.wait().await;
+            store
+                .change_group(group_of(&owner, &["zed"]), one_group)
+                .await
+        });
+    }
+    let mut created = 0;
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            Ok(_) => created += 1,
+            Err(StoreError::Limit(_)) => {}
+            Err(e) => panic!("expected Limit, got {e:?}"),
+        }
+    }
+    assert_eq!(created, 1, "zed is in exactly one group");
+    let zeds = servers[1].conversations("zed").await.unwrap();
+    assert_eq!(zeds.len(), 1);
+
+    // Eight adders race to fill a group of at most three.
+    let three = GroupLimits {
+        max_members: 3,
+        max_groups_per_user: 100,
+    };
+    let g = servers[0]
+        .change_group(group_of("alice", &[]), three)
+        .await
+        .unwrap()
+        .group
+        .id;
+    let start = Arc::new(Barrier::new(8));
+    let mut tasks = JoinSet::new();
+    for (t, name) in names.iter().cloned().enumerate() {
+        let store = servers[t % 2].clone();
+        let start = start.clone();
+        let g = g.clone();
+        tasks.spawn(async move {
+            start.wait().await;
+            let add = GroupChange::Add {
+                actor: "alice".into(),
+                group_id: g,
+                usernames: vec![name],
+            };
+            store.change_group(add, three).await
+        });
+    }
+    let mut added = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            Ok(changed) => added.push(changed.event.unwrap().seq),
+            Err(StoreError::Limit(_)) => {}
+            Err(e) => panic!("expected Limit, got {e:?}"),
+        }
+    }
+    added.sort_unstable();
+    assert_eq!(added, [2, 3], "two adds fit, with consecutive seqs");
+    let group = servers[1].group("alice", &g).await.unwrap();
+    assert_eq!((group.members.len(), group.last_seq), (3, 3));
+    assert_eq!(all_seqs(&servers[0], "alice", &g).await, [1, 2, 3]);
+}
+
+/// A member removed on one server while sending on another: every send
+/// acknowledged is before the removal, and the first one after it fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_posts_nothing_after_the_removal() {
+    let db = TestDb::create().await;
+    let servers = [db.store().await, db.store().await];
+    for name in ["alice", "carol"] {
+        servers[0].create_user(user(name)).await.unwrap();
+    }
+    let limits = GroupLimits {
+        max_members: 10,
+        max_groups_per_user: 10,
+    };
+    let g = servers[0]
+        .change_group(group_of("alice", &["carol"]), limits)
+        .await
+        .unwrap()
+        .group
+        .id;
+    let sender = {
+        let store = servers[1].clone();
+        let g = g.clone();
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            for i in 0.. {
+                let msg = NewMessage {
+                    sender: "carol".into(),
+                    target: Target::Group(g.clone()),
+                    body: "x".into(),
+                    client_msg_id: format!("c{i}"),
+                };
+                match store.append_message(msg).await {
+                    Ok(a) => sent.push(a.message.seq),
+                    Err(StoreError::NotFound) => return sent,
+                    Err(e) => panic!("expected NotFound, got {e:?}"),
+                }
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let removal = servers[0]
+        .change_group(
+            GroupChange::Remove {
+                actor: "alice".into(),
+                group_id: g.clone(),
+                username: "carol".into(),
+            },
+            limits,
+        )
+        .await
+        .unwrap()
+        .event
+        .unwrap();
+    let sent = sender.await.unwrap();
+    assert!(!sent.is_empty());
+    assert!(sent.iter().all(|&seq| seq < removal.seq), "{sent:?}");
+    let seqs = all_seqs(&servers[0], "alice", &g).await;
+    assert_eq!(seqs, (1..=removal.seq).collect::<Vec<_>>(), "gap-free");
+}
+
 // -------------------------------------------------------------- migrations
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,6 +564,99 @@ async fn migrations_run_once_when_servers_start_together_or_again() {
         (1..=versions.len() as i64).collect::<Vec<_>>(),
         "each migration recorded exactly once"
     );
+}
+
+/// A database made by the first schema version, with a conversation in it,
+/// is upgraded in place: its rows read as text messages of a direct
+/// conversation, and new ones follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_database_keeps_its_rows() {
+    let db = TestDb::create().await;
+    let sql = db.sql().await;
+    // Version 1 as it was shipped.
+    sql.batch_execute(
+        r#"
+        CREATE TABLE schema_migrations (
+            version       BIGINT PRIMARY KEY,
+            applied_at_ms BIGINT NOT NULL
+        );
+        INSERT INTO schema_migrations VALUES (1, 0);
+        CREATE TABLE users (
+            username      TEXT COLLATE "C" PRIMARY KEY,
+            name          TEXT NOT NULL,
+            phone         TEXT NOT NULL,
+            token_hash    BYTEA NOT NULL UNIQUE,
+            created_at_ms BIGINT NOT NULL
+        );
+        CREATE TABLE conversations (
+            id            TEXT COLLATE "C" PRIMARY KEY,
+            kind          TEXT NOT NULL CHECK (kind IN ('direct', 'group')),
+            direct_key    TEXT COLLATE "C" UNIQUE,
+            last_seq      BIGINT NOT NULL DEFAULT 0,
+            created_at_ms BIGINT NOT NULL
+        );
+        CREATE TABLE members (
+            conversation_id TEXT COLLATE "C" NOT NULL REFERENCES conversations(id),
+            username        TEXT COLLATE "C" NOT NULL REFERENCES users(username),
+            read_seq        BIGINT NOT NULL DEFAULT 0,
+            delivered_seq   BIGINT NOT NULL DEFAULT 0,
+            joined_seq      BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (conversation_id, username)
+        );
+        CREATE INDEX members_by_user ON members (username, conversation_id);
+        CREATE TABLE messages (
+            conversation_id TEXT COLLATE "C" NOT NULL REFERENCES conversations(id),
+            seq             BIGINT NOT NULL,
+            id              TEXT COLLATE "C" NOT NULL UNIQUE,
+            sender          TEXT COLLATE "C" NOT NULL,
+            body            TEXT NOT NULL,
+            client_msg_id   TEXT COLLATE "C" NOT NULL,
+            sent_at_ms      BIGINT NOT NULL,
+            PRIMARY KEY (conversation_id, seq),
+            UNIQUE (sender, client_msg_id)
+        );
+        INSERT INTO users VALUES ('alice', 'A', '1', '\x01', 1), ('bob', 'B', '2', '\x02', 1);
+        INSERT INTO conversations VALUES ('c1', 'direct', 'alice|bob', 2, 1);
+        INSERT INTO members (conversation_id, username) VALUES ('c1', 'alice'), ('c1', 'bob');
+        INSERT INTO messages VALUES
+            ('c1', 1, 'm1', 'alice', 'hi', 'k1', 10),
+            ('c1', 2, 'm2', 'alice', 'there', 'k2', 11);
+        "#,
+    )
+    .await
+    .unwrap();
+
+    let store = db.store().await;
+    let page = store
+        .history("bob", "c1", HistoryQuery::default())
+        .await
+        .unwrap();
+    let read: Vec<(u64, MessageKind)> = page.messages.iter().map(|m| (m.seq, m.kind)).collect();
+    assert_eq!(read, [(1, MessageKind::Text), (2, MessageKind::Text)]);
+    let bob = store.conversations("bob").await.unwrap().remove(0);
+    assert_eq!(
+        (bob.kind, bob.name, bob.peer.as_deref(), bob.unread_count),
+        (ConversationKind::Direct, None, Some("alice"), 2)
+    );
+    let next = store
+        .append_message(direct("bob", "alice", "k3"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (next.message.conversation_id.as_str(), next.message.seq),
+        ("c1", 3)
+    );
+    let versions: Vec<i64> = sql
+        .query(
+            "SELECT version FROM schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, [1, 2]);
 }
 
 // ------------------------------------------------------ an absent database

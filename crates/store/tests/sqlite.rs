@@ -31,6 +31,8 @@ conformance!(
     retries_return_the_original,
     history_is_for_members_only_and_pages,
     cursors_move_forward_only_and_unread_is_exact,
+    groups_change_membership_with_ordered_events,
+    group_limits_are_enforced,
 );
 
 #[tokio::test]

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 
 use chat_proto as pb;
-use chat_store::HistoryQuery;
+use chat_store::{GroupChange, HistoryQuery};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{convert, session};
-use crate::{ApiError, AppState};
+use crate::{chat, ApiError, AppState};
 
 pub(super) struct ChatApi {
     pub state: Arc<AppState>,
@@ -94,5 +94,80 @@ impl pb::chat_service_server::ChatService for ChatApi {
             read_seq: cursor.read_seq,
             unread_count: cursor.unread_count,
         }))
+    }
+
+    async fn create_group(
+        &self,
+        request: Request<pb::CreateGroupRequest>,
+    ) -> Result<Response<pb::CreateGroupResponse>, Status> {
+        let user = self.state.authenticate(request.metadata()).await?;
+        let req = request.into_inner();
+        let change = GroupChange::Create {
+            owner: user,
+            name: chat::group_name(&req.name)?,
+            members: chat::usernames(&req.members)?,
+        };
+        let changed = self.state.change_group(change).await?;
+        Ok(Response::new(pb::CreateGroupResponse {
+            event: changed.event.as_ref().map(convert::message),
+            group: Some(convert::group(changed.group)),
+        }))
+    }
+
+    async fn add_members(
+        &self,
+        request: Request<pb::AddMembersRequest>,
+    ) -> Result<Response<pb::AddMembersResponse>, Status> {
+        let user = self.state.authenticate(request.metadata()).await?;
+        let req = request.into_inner();
+        let change = GroupChange::Add {
+            actor: user,
+            group_id: req.group_id,
+            usernames: chat::usernames(&req.usernames)?,
+        };
+        let changed = self.state.change_group(change).await?;
+        Ok(Response::new(pb::AddMembersResponse {
+            event: changed.event.as_ref().map(convert::message),
+            group: Some(convert::group(changed.group)),
+        }))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        let user = self.state.authenticate(request.metadata()).await?;
+        let req = request.into_inner();
+        let username = chat::usernames(std::slice::from_ref(&req.username))?.remove(0);
+        let change = GroupChange::Remove { actor: user, group_id: req.group_id, username };
+        let changed = self.state.change_group(change).await?;
+        Ok(Response::new(pb::RemoveMemberResponse {
+            event: changed.event.as_ref().map(convert::message),
+            group: Some(convert::group(changed.group)),
+        }))
+    }
+
+    async fn leave_group(
+        &self,
+        request: Request<pb::LeaveGroupRequest>,
+    ) -> Result<Response<pb::LeaveGroupResponse>, Status> {
+        let user = self.state.authenticate(request.metadata()).await?;
+        let req = request.into_inner();
+        let change = GroupChange::Remove { actor: user.clone(), group_id: req.group_id, username: user };
+        let changed = self.state.change_group(change).await?;
+        Ok(Response::new(pb::LeaveGroupResponse { event: changed.event.as_ref().map(convert::message) }))
+    }
+
+    async fn get_group(
+        &self,
+        request: Request<pb::GetGroupRequest>,
+    ) -> Result<Response<pb::GetGroupResponse>, Status> {
+        let user = self.state.authenticate(request.metadata()).await?;
+        let req = request.into_inner();
+        let group = self.state.store.group(&user, &req.group_id).await.map_err(|e| match e {
+            chat_store::StoreError::NotFound => ApiError::NotFound("group"),
+            other => other.into(),
+        })?;
+        Ok(Response::new(pb::GetGroupResponse { group: Some(convert::group(group)) }))
     }
 }

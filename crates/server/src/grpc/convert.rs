@@ -16,6 +16,41 @@ pub fn message(m: &StoredMessage) -> pb::Message {
         body: m.body.clone(),
         client_msg_id: m.client_msg_id.clone(),
         sent_at_unix_ms: m.sent_at_unix_ms,
+        kind: message_kind(m.kind) as i32,
+        members: m.event_members(),
+    }
+}
+
+fn message_kind(kind: chat_store::MessageKind) -> pb::MessageKind {
+    use chat_store::MessageKind as K;
+    match kind {
+        K::Text => pb::MessageKind::Text,
+        K::GroupCreated => pb::MessageKind::GroupCreated,
+        K::MembersAdded => pb::MessageKind::MembersAdded,
+        K::MemberRemoved => pb::MessageKind::MemberRemoved,
+        K::MemberLeft => pb::MessageKind::MemberLeft,
+    }
+}
+
+pub fn group(g: chat_store::GroupInfo) -> pb::Group {
+    use chat_store::GroupRole as R;
+    pb::Group {
+        group_id: g.id,
+        name: g.name,
+        members: g
+            .members
+            .into_iter()
+            .map(|m| pb::GroupMember {
+                username: m.username,
+                role: match m.role {
+                    R::Member => pb::GroupRole::Member,
+                    R::Admin => pb::GroupRole::Admin,
+                    R::Owner => pb::GroupRole::Owner,
+                } as i32,
+                joined_seq: m.joined_seq,
+            })
+            .collect(),
+        last_seq: g.last_seq,
     }
 }
 
@@ -46,6 +81,7 @@ pub fn conversation(c: ConversationSummary) -> pb::Conversation {
         unread_count: c.unread_count,
         last_message: c.last_message.as_ref().map(message),
         delivered_seq: c.delivered_seq,
+        name: c.name.unwrap_or_default(),
     }
 }
 

@@ -306,3 +306,306 @@ pub async fn cursors_move_forward_only_and_unread_is_exact(store: Arc<dyn Store>
     let alice = store.conversations("alice").await.unwrap().remove(0);
     assert_eq!((alice.unread_count, alice.delivered_seq), (1, 3));
 }
+
+fn limits() -> chat_store::GroupLimits {
+    chat_store::GroupLimits {
+        max_members: 100,
+        max_groups_per_user: 100,
+    }
+}
+
+fn to_group(from: &str, group: &str, body: &str, id: &str) -> NewMessage {
+    NewMessage {
+        target: Target::Group(group.into()),
+        ..direct(from, "-", body, id)
+    }
+}
+
+pub async fn groups_change_membership_with_ordered_events(store: Arc<dyn Store>) {
+    use chat_store::{GroupChange, GroupRole, MessageKind};
+    users(&*store, &["alice", "bob", "carol", "dave"]).await;
+    let created = store
+        .change_group(
+            GroupChange::Create {
+                owner: "alice".into(),
+                name: "Team".into(),
+                members: vec!["bob".into(), "carol".into(), "alice".into()],
+            },
+            limits(),
+        )
+        .await
+        .unwrap();
+    let g = created.group.id.clone();
+    let roles: Vec<(String, GroupRole, u64)> = created
+        .group
+        .members
+        .iter()
+        .map(|m| (m.username.clone(), m.role, m.joined_seq))
+        .collect();
+    assert_eq!(
+        roles,
+        vec![
+            ("alice".into(), GroupRole::Owner, 1),
+            ("bob".into(), GroupRole::Member, 1),
+            ("carol".into(), GroupRole::Member, 1)
+        ]
+    );
+    assert_eq!(created.group.name, "Team");
+    let event = created.event.unwrap();
+    assert_eq!(
+        (event.seq, event.kind, event.sender.as_str()),
+        (1, MessageKind::GroupCreated, "alice")
+    );
+    assert_eq!(
+        event.event_members(),
+        vec!["bob".to_string(), "carol".to_string()]
+    );
+    assert_eq!(
+        created.notify,
+        vec!["alice".to_string(), "bob".to_string(), "carol".to_string()]
+    );
+
+    let hello = store
+        .append_message(to_group("alice", &g, "hello", "g1"))
+        .await
+        .unwrap();
+    assert_eq!(hello.message.seq, 2);
+    assert_eq!(hello.members.len(), 3);
+
+    // Only the owner and admins add; outsiders see no group at all.
+    let add_dave = |actor: &str| GroupChange::Add {
+        actor: actor.into(),
+        group_id: g.clone(),
+        usernames: vec!["dave".into(), "bob".into()],
+    };
+    assert!(matches!(
+        store.change_group(add_dave("bob"), limits()).await,
+        Err(StoreError::Forbidden(_))
+    ));
+    assert!(matches!(
+        store.change_group(add_dave("dave"), limits()).await,
+        Err(StoreError::NotFound)
+    ));
+    let added = store
+        .change_group(add_dave("alice"), limits())
+        .await
+        .unwrap();
+    let event = added.event.unwrap();
+    assert_eq!((event.seq, event.kind), (3, MessageKind::MembersAdded));
+    assert_eq!(event.event_members(), vec!["dave".to_string()]);
+    assert_eq!(added.group.members.len(), 4);
+    assert_eq!(
+        added
+            .group
+            .members
+            .iter()
+            .find(|m| m.username == "dave")
+            .unwrap()
+            .joined_seq,
+        3
+    );
+    // Adding only existing members changes nothing.
+    let again = store
+        .change_group(
+            GroupChange::Add {
+                actor: "alice".into(),
+                group_id: g.clone(),
+                usernames: vec!["bob".into()],
+            },
+            limits(),
+        )
+        .await
+        .unwrap();
+    assert!(again.event.is_none());
+    assert!(matches!(
+        store
+            .change_group(
+                GroupChange::Add {
+                    actor: "alice".into(),
+                    group_id: g.clone(),
+                    usernames: vec!["nobody".into()]
+                },
+                limits()
+            )
+            .await,
+        Err(StoreError::NotFound)
+    ));
+
+    // A new member reads from the event that added them on.
+    let all = HistoryQuery {
+        before_seq: None,
+        after_seq: None,
+        limit: 50,
+    };
+    let seqs = |p: chat_store::HistoryPage| p.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(store.history("dave", &g, all).await.unwrap()), vec![3]);
+    assert_eq!(
+        seqs(store.history("bob", &g, all).await.unwrap()),
+        vec![1, 2, 3]
+    );
+    let after_zero = HistoryQuery {
+        before_seq: None,
+        after_seq: Some(0),
+        limit: 50,
+    };
+    assert_eq!(
+        seqs(store.history("dave", &g, after_zero).await.unwrap()),
+        vec![3]
+    );
+
+    store
+        .append_message(to_group("alice", &g, "welcome dave", "g2"))
+        .await
+        .unwrap();
+    let summary = |user: &'static str| {
+        let store = store.clone();
+        let g = g.clone();
+        async move {
+            store
+                .conversations(user)
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|c| c.id == g)
+                .unwrap()
+        }
+    };
+    let dave = summary("dave").await;
+    assert_eq!(
+        (
+            dave.kind,
+            dave.name.as_deref(),
+            dave.last_seq,
+            dave.unread_count
+        ),
+        (chat_store::ConversationKind::Group, Some("Team"), 4, 1)
+    );
+    // Membership events never count as unread.
+    assert_eq!(summary("bob").await.unread_count, 2);
+
+    // Removal: the removed member is told, then sees nothing and cannot post.
+    assert!(matches!(
+        store
+            .change_group(
+                GroupChange::Remove {
+                    actor: "bob".into(),
+                    group_id: g.clone(),
+                    username: "carol".into()
+                },
+                limits()
+            )
+            .await,
+        Err(StoreError::Forbidden(_))
+    ));
+    let removed = store
+        .change_group(
+            GroupChange::Remove {
+                actor: "alice".into(),
+                group_id: g.clone(),
+                username: "carol".into(),
+            },
+            limits(),
+        )
+        .await
+        .unwrap();
+    let event = removed.event.unwrap();
+    assert_eq!((event.seq, event.kind), (5, MessageKind::MemberRemoved));
+    assert!(removed.notify.contains(&"carol".to_string()));
+    assert!(!removed.group.members.iter().any(|m| m.username == "carol"));
+    assert!(matches!(
+        store.history("carol", &g, all).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.group("carol", &g).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store
+            .append_message(to_group("carol", &g, "let me back", "c1"))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(!store
+        .conversations("carol")
+        .await
+        .unwrap()
+        .iter()
+        .any(|c| c.id == g));
+    // Removing oneself is leaving, which the owner may do too ...
+    assert!(matches!(
+        store
+            .change_group(
+                GroupChange::Remove {
+                    actor: "alice".into(),
+                    group_id: g.clone(),
+                    username: "alice".into()
+                },
+                limits()
+            )
+            .await
+            .map(|c| c.event.map(|e| e.kind)),
+        Ok(Some(MessageKind::MemberLeft))
+    ));
+    // ... but may leave; the longest-standing member becomes owner.
+    let group = store.group("bob", &g).await.unwrap();
+    let owner = group
+        .members
+        .iter()
+        .find(|m| m.role == GroupRole::Owner)
+        .unwrap();
+    assert_eq!(owner.username, "bob");
+    assert_eq!(group.last_seq, 6);
+    assert!(matches!(
+        store.group("alice", &g).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.group("bob", "nope").await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+pub async fn group_limits_are_enforced(store: Arc<dyn Store>) {
+    use chat_store::{GroupChange, GroupLimits};
+    users(&*store, &["alice", "bob", "carol", "dave"]).await;
+    let small = GroupLimits {
+        max_members: 3,
+        max_groups_per_user: 2,
+    };
+    let create = |members: &[&str]| GroupChange::Create {
+        owner: "alice".into(),
+        name: "g".into(),
+        members: members.iter().map(|m| m.to_string()).collect(),
+    };
+    assert!(matches!(
+        store
+            .change_group(create(&["bob", "carol", "dave"]), small)
+            .await,
+        Err(StoreError::Limit(_))
+    ));
+    let g = store
+        .change_group(create(&["bob", "carol"]), small)
+        .await
+        .unwrap()
+        .group
+        .id;
+    let add = GroupChange::Add {
+        actor: "alice".into(),
+        group_id: g.clone(),
+        usernames: vec!["dave".into()],
+    };
+    assert!(matches!(
+        store.change_group(add, small).await,
+        Err(StoreError::Limit(_))
+    ));
+    store.change_group(create(&["bob"]), small).await.unwrap();
+    assert!(matches!(
+        store.change_group(create(&[]), small).await,
+        Err(StoreError::Limit(_))
+    ));
+    assert!(matches!(
+        store.change_group(create(&["nobody"]), limits()).await,
+        Err(StoreError::NotFound)
+    ));
+}
