@@ -12,6 +12,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
 use tonic::Status;
 
+use crate::cli::Target;
 use crate::connection::CALL_TIMEOUT;
 
 /// The largest page the server returns.
@@ -56,14 +57,22 @@ pub async fn get_user(channel: Channel, username: &str) -> Result<pb::User, Stat
         .ok_or_else(|| Status::internal("the server answered without a user"))
 }
 
+/// The `target` of a send.
+pub fn send_target(to: &Target) -> pb::send_message_request::Target {
+    match to {
+        Target::User(user) => pb::send_message_request::Target::ToUser(user.clone()),
+        Target::Group(id) => pb::send_message_request::Target::GroupId(id.clone()),
+    }
+}
+
 pub async fn send(
     chat: &mut AuthedChatClient,
-    to: &str,
+    to: &Target,
     body: &str,
     client_msg_id: &str,
 ) -> Result<pb::Message, Status> {
     let request = pb::SendMessageRequest {
-        target: Some(pb::send_message_request::Target::ToUser(to.to_owned())),
+        target: Some(send_target(to)),
         body: body.to_owned(),
         client_msg_id: client_msg_id.to_owned(),
     };
@@ -89,6 +98,88 @@ pub async fn find_direct(
     Ok(conversations(chat).await?.into_iter().find(|c| {
         c.kind == pb::ConversationKind::Direct as i32 && c.peer.eq_ignore_ascii_case(peer)
     }))
+}
+
+/// The groups the caller is in, as conversations.
+pub async fn groups(chat: &mut AuthedChatClient) -> Result<Vec<pb::Conversation>, Status> {
+    let mut list = conversations(chat).await?;
+    list.retain(|c| c.kind == pb::ConversationKind::Group as i32);
+    Ok(list)
+}
+
+/// Creates a group; returns it and its `GROUP_CREATED` event.
+pub async fn create_group(
+    chat: &mut AuthedChatClient,
+    name: &str,
+    members: &[String],
+) -> Result<(pb::Group, Option<pb::Message>), Status> {
+    let request = pb::CreateGroupRequest {
+        name: name.to_owned(),
+        members: members.to_vec(),
+    };
+    let response = timed(chat.create_group(request)).await?;
+    let group = response
+        .group
+        .ok_or_else(|| Status::internal("the server answered without a group"))?;
+    Ok((group, response.event))
+}
+
+/// Adds members; the event is `None` when all of them were members.
+pub async fn add_members(
+    chat: &mut AuthedChatClient,
+    group_id: &str,
+    usernames: &[String],
+) -> Result<Option<pb::Message>, Status> {
+    let request = pb::AddMembersRequest {
+        group_id: group_id.to_owned(),
+        usernames: usernames.to_vec(),
+    };
+    Ok(timed(chat.add_members(request)).await?.event)
+}
+
+pub async fn remove_member(
+    chat: &mut AuthedChatClient,
+    group_id: &str,
+    username: &str,
+) -> Result<Option<pb::Message>, Status> {
+    let request = pb::RemoveMemberRequest {
+        group_id: group_id.to_owned(),
+        username: username.to_owned(),
+    };
+    Ok(timed(chat.remove_member(request)).await?.event)
+}
+
+pub async fn leave_group(
+    chat: &mut AuthedChatClient,
+    group_id: &str,
+) -> Result<Option<pb::Message>, Status> {
+    let request = pb::LeaveGroupRequest {
+        group_id: group_id.to_owned(),
+    };
+    Ok(timed(chat.leave_group(request)).await?.event)
+}
+
+pub async fn get_group(chat: &mut AuthedChatClient, group_id: &str) -> Result<pb::Group, Status> {
+    let request = pb::GetGroupRequest {
+        group_id: group_id.to_owned(),
+    };
+    timed(chat.get_group(request))
+        .await?
+        .group
+        .ok_or_else(|| Status::internal("the server answered without a group"))
+}
+
+/// The first of `users` the server does not know, if any (to say which
+/// one a NOT_FOUND was about).
+pub async fn first_unknown_user(channel: Channel, users: &[String]) -> Option<String> {
+    for user in users {
+        if let Err(status) = get_user(channel.clone(), user).await {
+            if status.code() == tonic::Code::NotFound {
+                return Some(user.clone());
+            }
+        }
+    }
+    None
 }
 
 /// The newest `limit` messages (0: all) below `before_seq` (0: no bound),

@@ -20,28 +20,51 @@ with the saved credentials (or asks for a username and registers it), shows
 your messages as they arrive and sends what you type. Type /help there for
 its commands:
 
-  /to <user>     choose who to talk to: the lines you type are sent to them
-  /history [n]   the last n messages with them (default 20)
-  /unread        the conversations with unread messages
-  /help, /quit   (ctrl-d and ctrl-c quit too)
+  /to <user>         choose who to talk to: the lines you type go to them
+  /to #<group>       talk in a group (its id, or its name)
+  /history [n]       the last n messages there (default 20)
+  /unread            the conversations with unread messages
+  /group create <name> [members...]   create a group and talk in it
+  /group add <users...>, /group remove <user>, /group leave, /group info
+                     manage the current group (adding and removing is for
+                     its owner and admins)
+  /group list        your groups
+  /help, /quit       (ctrl-d and ctrl-c quit too)
 
 The subcommands are for scripts: stdout carries results only, one item per
 line in a stable format; errors go to stderr as `error: <message>`.";
 
 const EXIT_CODES_SHORT: &str = "\
 Exit codes: 0 ok, 1 server unreachable or other failure, 2 usage, 3 no or \
-rejected credentials, 4 not found, 5 already exists. See --help.";
+rejected credentials, 4 not found, 5 already exists, 6 not allowed, 7 limit \
+reached. See --help.";
 
 const EXIT_CODES_LONG: &str = "\
 Output formats (one item per line, fields separated by a tab where noted):
   register, login   <username>
   send              <conversation_id> <seq>          (space separated)
   history           <seq>\\t<sent_at>\\t<sender>\\t<body>
-                    sent_at is RFC 3339 in UTC with milliseconds; in the body
-                    a backslash, tab, newline and carriage return are written
-                    as \\\\, \\t, \\n and \\r
+                    sent_at is RFC 3339 in UTC with milliseconds; in a text
+                    field (a body, a group name) a backslash, tab, newline
+                    and carriage return are written as \\\\, \\t, \\n and \\r.
+                    In a group, a membership event has a fifth field, its
+                    kind:
+                    <seq>\\t<sent_at>\\t<actor>\\t<members>\\t<kind>
+                    with the usernames it concerns separated by spaces and
+                    kind one of group_created, members_added, member_removed,
+                    member_left
   unread            <peer>\\t<unread_count>\\t<last_seq>
-                    a group conversation shows as #<group_id>
+                    a group shows as #<group_id>, with its name appended:
+                    #<group_id>\\t<unread_count>\\t<last_seq>\\t<name>
+  group create      <group_id>
+  group info        <group_id>\\t<name>, then <username>\\t<role> per member
+                    (role: owner, admin or member)
+  group list        <group_id>\\t<name>\\t<unread_count>
+  group add, group remove, group leave    nothing
+
+A group is written #<group_id> where a user could be (send, history); the
+group commands take the id with or without the #. Quote it in a shell: '#' at
+the start of a word begins a comment.
 
 Credentials are saved in <home>/credentials.json (mode 0600): the secret of
 each user, and the last used user, who is the default.
@@ -51,8 +74,10 @@ Exit codes:
   1  the server is unreachable or unavailable, or another failure
   2  usage error or invalid argument (e.g. a malformed username)
   3  no saved credentials, or the server rejected them (UNAUTHENTICATED)
-  4  not found (e.g. an unknown user)
-  5  already exists (e.g. the username is taken)";
+  4  not found (e.g. an unknown user, or a group you are not in)
+  5  already exists (e.g. the username is taken)
+  6  not allowed (PERMISSION_DENIED: e.g. adding to a group as a plain member)
+  7  a limit was reached (RESOURCE_EXHAUSTED: e.g. a full group)";
 
 /// `chat-client [OPTIONS] [COMMAND]`.
 #[derive(Debug, Parser)]
@@ -118,26 +143,28 @@ pub enum Command {
         #[arg(value_parser = username_arg)]
         username: String,
     },
-    /// Send a direct message.
+    /// Send a message to a user or a group.
     ///
     /// The body is the remaining arguments joined by spaces, or stdin when
     /// there are none (put `--` before a body that starts with `-`). Prints
     /// `<conversation_id> <seq>`.
     Send {
-        /// The recipient's username.
-        #[arg(value_parser = username_arg)]
-        to: String,
+        /// The recipient's username, or #<group_id> for a group.
+        #[arg(value_parser = target_arg, value_name = "TO")]
+        to: Target,
         /// The message text.
         body: Vec<String>,
     },
-    /// Print the messages exchanged with a user.
+    /// Print the messages exchanged with a user, or of a group.
     ///
     /// One line per message, oldest first: `<seq>\t<sent_at>\t<sender>\t<body>`.
-    /// Prints nothing when there is no conversation with PEER yet.
+    /// Prints nothing when there is no conversation with PEER yet. In a
+    /// group, membership events are included with a fifth field, their
+    /// kind: `<seq>\t<sent_at>\t<actor>\t<members>\t<kind>`.
     History {
-        /// The other user of the direct conversation.
-        #[arg(value_parser = username_arg)]
-        peer: String,
+        /// The other user of the direct conversation, or #<group_id>.
+        #[arg(value_parser = target_arg, value_name = "PEER")]
+        peer: Target,
         /// The newest N messages (0: all of them).
         #[arg(long, default_value_t = 50, value_name = "N")]
         limit: u32,
@@ -148,12 +175,127 @@ pub enum Command {
     /// Print the conversations with unread messages.
     ///
     /// One line per conversation, sorted by peer:
-    /// `<peer>\t<unread_count>\t<last_seq>`.
+    /// `<peer>\t<unread_count>\t<last_seq>`. A group shows as
+    /// `#<group_id>\t<unread_count>\t<last_seq>\t<name>`.
     Unread {
         /// List every conversation, read or not.
         #[arg(long)]
         all: bool,
     },
+    /// Create and manage groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
+}
+
+/// `chat-client group ...`. A GROUP is its id, with or without a leading #.
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Create a group, with you as its owner.
+    ///
+    /// Prints `<group_id>`.
+    Create {
+        /// The group's name: 1 to 64 characters.
+        name: String,
+        /// Users to add besides you.
+        #[arg(value_parser = username_arg)]
+        members: Vec<String>,
+    },
+    /// Add users to a group (owner and admins only).
+    ///
+    /// Prints nothing; users already in the group are left as they are.
+    Add {
+        /// The group's id, with or without a leading #.
+        #[arg(value_parser = group_id_arg)]
+        group: String,
+        /// The users to add.
+        #[arg(value_parser = username_arg, required = true)]
+        users: Vec<String>,
+    },
+    /// Remove a member from a group (owner and admins only).
+    ///
+    /// Prints nothing. The owner cannot be removed.
+    Remove {
+        /// The group's id, with or without a leading #.
+        #[arg(value_parser = group_id_arg)]
+        group: String,
+        /// The member to remove.
+        // Not `user`: that id is the global `--user`.
+        #[arg(value_parser = username_arg, value_name = "USER")]
+        member: String,
+    },
+    /// Leave a group.
+    ///
+    /// Prints nothing. When the owner leaves, the longest-standing member
+    /// becomes owner.
+    Leave {
+        /// The group's id, with or without a leading #.
+        #[arg(value_parser = group_id_arg)]
+        group: String,
+    },
+    /// Print a group and its members.
+    ///
+    /// `<group_id>\t<name>`, then one line per member: `<username>\t<role>`,
+    /// with role owner, admin or member.
+    Info {
+        /// The group's id, with or without a leading #.
+        #[arg(value_parser = group_id_arg)]
+        group: String,
+    },
+    /// Print your groups.
+    ///
+    /// One line per group, sorted by name: `<group_id>\t<name>\t<unread_count>`.
+    List,
+}
+
+/// Who a message goes to, or whose history to print: a user, or a group
+/// (written `#<group_id>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    User(String),
+    Group(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::User(name) => f.write_str(name),
+            Target::Group(id) => write!(f, "#{id}"),
+        }
+    }
+}
+
+fn target_arg(raw: &str) -> Result<Target, String> {
+    parse_target(raw).map_err(|f| f.message)
+}
+
+fn group_id_arg(raw: &str) -> Result<String, String> {
+    parse_group_id(raw).map_err(|f| f.message)
+}
+
+/// `#<group_id>` is a group; anything else a username.
+pub fn parse_target(raw: &str) -> Result<Target, Failure> {
+    if raw.trim_start().starts_with('#') {
+        parse_group_id(raw).map(Target::Group)
+    } else {
+        parse_username(raw).map(Target::User)
+    }
+}
+
+/// A group id, with or without a leading `#`: 1 to 64 characters of
+/// `A-Z a-z 0-9 _ -` (the server's are `g` and 32 hex digits).
+pub fn parse_group_id(raw: &str) -> Result<String, Failure> {
+    let trimmed = raw.trim();
+    let id = trimmed.strip_prefix('#').unwrap_or(trimmed);
+    let valid = (1..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
+    if !valid {
+        return Err(Failure::usage(format!(
+            "invalid group id {raw:?}: a group is written #<group_id>, e.g. #g0123abcd…"
+        )));
+    }
+    Ok(id.to_owned())
 }
 
 fn username_arg(raw: &str) -> Result<String, String> {
@@ -209,5 +351,47 @@ mod tests {
         assert_eq!(cli.user.as_deref(), Some("alice"));
         assert_eq!(cli.server, ":1");
         assert!(matches!(cli.command, Some(Command::Unread { all: false })));
+    }
+
+    #[test]
+    fn a_target_is_a_user_or_a_group() {
+        assert_eq!(parse_target("@Bob").unwrap(), Target::User("bob".into()));
+        assert_eq!(
+            parse_target("#g12ab").unwrap(),
+            Target::Group("g12ab".into())
+        );
+        assert_eq!(Target::Group("g1".into()).to_string(), "#g1");
+        for bad in ["#", "# g1", "#a/b", "#x y"] {
+            assert!(parse_target(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(parse_group_id("g1").unwrap(), "g1");
+        assert_eq!(parse_group_id("#g1").unwrap(), "g1");
+        let cli = Cli::try_parse_from(["chat-client", "send", "#g1", "hi"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Send { to: Target::Group(ref id), .. }) if id == "g1"
+        ));
+        let cli = Cli::try_parse_from(["chat-client", "group", "add", "#g1", "Dave"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Group(GroupCommand::Add { ref group, ref users }))
+                if group == "g1" && users == &["dave"]
+        ));
+        assert!(Cli::try_parse_from(["chat-client", "group", "add", "g1"]).is_err());
+        let cli = Cli::try_parse_from([
+            "chat-client",
+            "--user",
+            "alice",
+            "group",
+            "remove",
+            "g1",
+            "carol",
+        ])
+        .unwrap();
+        assert_eq!(cli.user.as_deref(), Some("alice"));
+        assert!(matches!(
+            cli.command,
+            Some(Command::Group(GroupCommand::Remove { ref member, .. })) if member == "carol"
+        ));
     }
 }

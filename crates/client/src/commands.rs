@@ -1,7 +1,7 @@
 //! The one-shot subcommands for scripts: `register`, `login`, `send`,
-//! `history`, `unread`. Each prints its results on stdout, one per line,
-//! in the formats documented in `--help`, and returns a [`Failure`] (with
-//! its exit code) for `main` to report.
+//! `history`, `unread`, `group ...`. Each prints its results on stdout,
+//! one per line, in the formats documented in `--help`, and returns a
+//! [`Failure`] (with its exit code) for `main` to report.
 
 use std::io::{IsTerminal, Read};
 use std::time::Duration;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use chat_proto::AuthedChatClient;
 use tonic::Code;
 
+use crate::cli::{GroupCommand, Target};
 use crate::error::{describe_error, Exit, Failure};
 use crate::{api, connection, view, Context};
 
@@ -116,8 +117,17 @@ fn read_stdin_secret() -> Result<String, Failure> {
     Ok(secret.to_owned())
 }
 
-/// `send <to_user> <body...>` (the body from stdin when not given).
-pub async fn send(ctx: &Context, to: &str, words: &[String]) -> Result<(), Failure> {
+/// NOT_FOUND for a group: it does not exist, or the caller is not in it
+/// (the server does not say which).
+pub fn no_such_group(id: &str) -> Failure {
+    Failure::new(
+        Exit::NotFound,
+        format!("no such group: #{id} (or you are not in it)"),
+    )
+}
+
+/// `send <to> <body...>` (the body from stdin when not given).
+pub async fn send(ctx: &Context, to: &Target, words: &[String]) -> Result<(), Failure> {
     let body = if words.is_empty() {
         if std::io::stdin().is_terminal() {
             view::err("type the message, then ctrl-d on a line of its own");
@@ -139,8 +149,8 @@ pub async fn send(ctx: &Context, to: &str, words: &[String]) -> Result<(), Failu
             "nothing to send: give a body, or pipe one on stdin",
         ));
     }
-    let (user, mut chat) = authed(ctx).await?;
-    if to == user {
+    let (user, mut chat, _) = authed(ctx).await?;
+    if *to == Target::User(user.clone()) {
         return Err(Failure::usage("you cannot send a message to yourself"));
     }
     let client_msg_id = connection::new_client_msg_id();
@@ -153,7 +163,12 @@ pub async fn send(ctx: &Context, to: &str, words: &[String]) -> Result<(), Failu
                 attempt += 1;
             }
             Err(status) if status.code() == Code::NotFound => {
-                return Err(Failure::new(Exit::NotFound, format!("no such user: {to}")));
+                return Err(match to {
+                    Target::User(name) => {
+                        Failure::new(Exit::NotFound, format!("no such user: {name}"))
+                    }
+                    Target::Group(id) => no_such_group(id),
+                });
             }
             Err(status) => return Err(Failure::from_status_as(&status, &user)),
         }
@@ -165,23 +180,28 @@ pub async fn send(ctx: &Context, to: &str, words: &[String]) -> Result<(), Failu
 /// `history <peer> [--limit N] [--before SEQ]`.
 pub async fn history(
     ctx: &Context,
-    peer: &str,
+    peer: &Target,
     limit: u32,
     before: Option<u64>,
 ) -> Result<(), Failure> {
-    let (user, mut chat) = authed(ctx).await?;
+    let (user, mut chat, _) = authed(ctx).await?;
     let fail = |status: tonic::Status| Failure::from_status_as(&status, &user);
-    let Some(conversation) = api::find_direct(&mut chat, peer).await.map_err(fail)? else {
-        return Ok(());
+    let conversation_id = match peer {
+        Target::User(peer) => {
+            let Some(conversation) = api::find_direct(&mut chat, peer).await.map_err(fail)? else {
+                return Ok(());
+            };
+            conversation.conversation_id
+        }
+        // A group's conversation id is its group id.
+        Target::Group(id) => id.clone(),
     };
-    let messages = api::latest(
-        &mut chat,
-        &conversation.conversation_id,
-        before.unwrap_or(0),
-        limit,
-    )
-    .await
-    .map_err(fail)?;
+    let messages = api::latest(&mut chat, &conversation_id, before.unwrap_or(0), limit)
+        .await
+        .map_err(|status| match peer {
+            Target::Group(id) if status.code() == Code::NotFound => no_such_group(id),
+            _ => fail(status),
+        })?;
     for message in &messages {
         view::out(view::history_record(message));
     }
@@ -190,7 +210,7 @@ pub async fn history(
 
 /// `unread [--all]`.
 pub async fn unread(ctx: &Context, all: bool) -> Result<(), Failure> {
-    let (user, mut chat) = authed(ctx).await?;
+    let (user, mut chat, _) = authed(ctx).await?;
     let mut conversations = api::conversations(&mut chat)
         .await
         .map_err(|status| Failure::from_status_as(&status, &user))?;
@@ -202,9 +222,108 @@ pub async fn unread(ctx: &Context, all: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `group <create|add|remove|leave|info|list>`.
+pub async fn group(ctx: &Context, command: &GroupCommand) -> Result<(), Failure> {
+    let (user, mut chat, channel) = authed(ctx).await?;
+    let fail = |status: tonic::Status| Failure::from_status_as(&status, &user);
+    match command {
+        GroupCommand::Create { name, members } => {
+            let (group, _) = match api::create_group(&mut chat, name, members).await {
+                Ok(created) => created,
+                Err(status) if status.code() == Code::NotFound => {
+                    return Err(unknown_member(channel, members).await);
+                }
+                Err(status) => return Err(fail(status)),
+            };
+            view::out(group.group_id);
+        }
+        GroupCommand::Add { group, users } => {
+            if let Err(status) = api::add_members(&mut chat, group, users).await {
+                return Err(if status.code() == Code::NotFound {
+                    group_or_user_not_found(&mut chat, channel, group, users).await
+                } else {
+                    fail(status)
+                });
+            }
+        }
+        GroupCommand::Remove { group, member } => {
+            match api::remove_member(&mut chat, group, member).await {
+                Ok(_) => {}
+                Err(status) if status.code() == Code::NotFound => {
+                    return Err(match api::get_group(&mut chat, group).await {
+                        Ok(_) => Failure::new(
+                            Exit::NotFound,
+                            format!("{member} is not a member of #{group}"),
+                        ),
+                        Err(_) => no_such_group(group),
+                    });
+                }
+                Err(status) => return Err(fail(status)),
+            }
+        }
+        GroupCommand::Leave { group } => {
+            api::leave_group(&mut chat, group)
+                .await
+                .map_err(|status| group_failure(status, group, &user))?;
+        }
+        GroupCommand::Info { group } => {
+            let info = api::get_group(&mut chat, group)
+                .await
+                .map_err(|status| group_failure(status, group, &user))?;
+            for line in view::group_info_records(&info) {
+                view::out(line);
+            }
+        }
+        GroupCommand::List => {
+            let mut groups = api::groups(&mut chat).await.map_err(fail)?;
+            groups.sort_by(|a, b| (&a.name, &a.group_id).cmp(&(&b.name, &b.group_id)));
+            for group in &groups {
+                view::out(view::group_record(group));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A status about one group, NOT_FOUND said as such.
+fn group_failure(status: tonic::Status, group: &str, user: &str) -> Failure {
+    if status.code() == Code::NotFound {
+        no_such_group(group)
+    } else {
+        Failure::from_status_as(&status, user)
+    }
+}
+
+/// NOT_FOUND when creating: one of the members does not exist.
+pub(crate) async fn unknown_member(
+    channel: tonic::transport::Channel,
+    members: &[String],
+) -> Failure {
+    match api::first_unknown_user(channel, members).await {
+        Some(name) => Failure::new(Exit::NotFound, format!("no such user: {name}")),
+        None => Failure::new(Exit::NotFound, "one of the members does not exist"),
+    }
+}
+
+/// NOT_FOUND when adding: the group (or our membership), or a user.
+pub(crate) async fn group_or_user_not_found(
+    chat: &mut AuthedChatClient,
+    channel: tonic::transport::Channel,
+    group: &str,
+    users: &[String],
+) -> Failure {
+    if api::get_group(chat, group).await.is_err() {
+        return no_such_group(group);
+    }
+    unknown_member(channel, users).await
+}
+
 /// The saved user (made the default: it is the last used one) and a client
-/// of the first reachable server that authenticates as that user.
-async fn authed(ctx: &Context) -> Result<(String, AuthedChatClient), Failure> {
+/// of the first reachable server that authenticates as that user, with its
+/// channel (for the user service).
+async fn authed(
+    ctx: &Context,
+) -> Result<(String, AuthedChatClient, tonic::transport::Channel), Failure> {
     let store = ctx.credentials();
     let (user, secret) = store.select(ctx.user.as_deref())?;
     let bearer = connection::bearer(&secret)?;
@@ -212,7 +331,9 @@ async fn authed(ctx: &Context) -> Result<(String, AuthedChatClient), Failure> {
     if let Err(f) = store.make_default(&user) {
         view::err(format!("warning: {f}"));
     }
-    let chat =
-        chat_proto::chat_service_client::ChatServiceClient::with_interceptor(channel, bearer);
-    Ok((user, chat))
+    let chat = chat_proto::chat_service_client::ChatServiceClient::with_interceptor(
+        channel.clone(),
+        bearer,
+    );
+    Ok((user, chat, channel))
 }

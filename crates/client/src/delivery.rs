@@ -11,6 +11,13 @@
 //! messages in between must be fetched first. The server is told
 //! `delivered = shown`, never more, so a reconnect replays whatever this
 //! client has not shown.
+//!
+//! Groups add two things. A member reads a group only from the event that
+//! added them: joining moves `shown` to just before that event, and a gap
+//! fetched successfully counts as shown whole (what the server did not
+//! return is not ours to see). A member who leaves or is removed is
+//! `gone`: the server would refuse its cursors, so none are reported, and
+//! nothing more of the group is shown until an event adds them again.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -31,6 +38,20 @@ struct Cursor {
     shown: u64,
     ahead: BTreeSet<u64>,
     reported: u64,
+    /// No longer a member of this group.
+    gone: bool,
+}
+
+impl Cursor {
+    /// Everything up to `seq` is handled.
+    fn advance_to(&mut self, seq: u64) {
+        self.shown = self.shown.max(seq);
+        let shown = self.shown;
+        self.ahead.retain(|&s| s > shown);
+        while self.ahead.remove(&(self.shown + 1)) {
+            self.shown += 1;
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -53,15 +74,61 @@ impl Tracker {
                 shown: delivered,
                 ahead: BTreeSet::new(),
                 reported: delivered,
+                gone: false,
             });
     }
 
     /// The server's delivered cursor after a reconnect: what it knows, so
-    /// a `delivered` frame lost with the old connection is sent again.
+    /// a `delivered` frame lost with the old connection is sent again. The
+    /// server lists the conversation: we are in it.
     pub fn server_delivered(&mut self, conversation: &str, delivered: u64) {
         if let Some(cursor) = self.conversations.get_mut(conversation) {
             cursor.reported = delivered;
+            cursor.gone = false;
         }
+    }
+
+    /// The conversations known here, gone ones included.
+    pub fn known(&self) -> impl Iterator<Item = &str> {
+        self.conversations.keys().map(String::as_str)
+    }
+
+    pub fn is_gone(&self, conversation: &str) -> bool {
+        self.conversations.get(conversation).is_some_and(|c| c.gone)
+    }
+
+    /// The event at `seq` made us a member: nothing before it is ours to
+    /// see, and the server's delivered cursor starts just before it. A
+    /// duplicate of an event already handled changes nothing.
+    pub fn join(&mut self, conversation: &str, seq: u64) {
+        let cursor = self
+            .conversations
+            .entry(conversation.to_owned())
+            .or_default();
+        if seq <= cursor.shown || cursor.ahead.contains(&seq) {
+            return;
+        }
+        let before = seq.saturating_sub(1);
+        cursor.gone = false;
+        cursor.advance_to(before);
+        cursor.reported = cursor.reported.max(before);
+    }
+
+    /// We left the group, or were removed from it.
+    pub fn leave(&mut self, conversation: &str) {
+        if let Some(cursor) = self.conversations.get_mut(conversation) {
+            cursor.gone = true;
+        }
+    }
+
+    /// Every message up to `seq` the server would give us has been shown:
+    /// after a gap was fetched, the seqs it did not return are not ours to
+    /// see (before we joined).
+    pub fn cover(&mut self, conversation: &str, seq: u64) {
+        self.conversations
+            .entry(conversation.to_owned())
+            .or_default()
+            .advance_to(seq);
     }
 
     /// Every seq up to this one has been shown.
@@ -69,10 +136,12 @@ impl Tracker {
         self.conversations.get(conversation).map_or(0, |c| c.shown)
     }
 
+    /// Already shown, or of a group we are gone from (only an event that
+    /// adds us again, see [`Tracker::join`], brings it back).
     pub fn is_seen(&self, conversation: &str, seq: u64) -> bool {
         self.conversations
             .get(conversation)
-            .is_some_and(|c| seq <= c.shown || c.ahead.contains(&seq))
+            .is_some_and(|c| c.gone || seq <= c.shown || c.ahead.contains(&seq))
     }
 
     pub fn classify(&self, conversation: &str, seq: u64) -> Verdict {
@@ -97,9 +166,7 @@ impl Tracker {
             return;
         }
         cursor.ahead.insert(seq);
-        while cursor.ahead.remove(&(cursor.shown + 1)) {
-            cursor.shown += 1;
-        }
+        cursor.advance_to(cursor.shown);
     }
 
     /// The `delivered` frames to send: conversations whose `shown` moved
@@ -108,7 +175,7 @@ impl Tracker {
         let mut frames: Vec<(String, u64)> = self
             .conversations
             .iter_mut()
-            .filter(|(_, c)| c.shown > c.reported)
+            .filter(|(_, c)| !c.gone && c.shown > c.reported)
             .map(|(id, c)| {
                 c.reported = c.shown;
                 (id.clone(), c.shown)
@@ -185,5 +252,49 @@ mod tests {
         assert_eq!(t.unreported(), [("c".to_owned(), 1)]);
         t.seed("c", 0); // a reconnect's ready does not move a known cursor back
         assert_eq!(t.shown("c"), 1);
+    }
+
+    #[test]
+    fn joining_a_group_starts_at_the_event_that_adds_us() {
+        let mut t = Tracker::default();
+        // Added live at seq 7 of a group never seen: no gap before it.
+        t.join("g", 7);
+        assert_eq!(t.classify("g", 7), Verdict::Next);
+        t.record("g", 7);
+        // The server's cursor started at 6: only 7 is news to it.
+        assert_eq!(t.unreported(), [("g".to_owned(), 7)]);
+        // A replayed copy of the event changes nothing.
+        t.join("g", 7);
+        assert_eq!(t.shown("g"), 7);
+    }
+
+    #[test]
+    fn a_group_we_left_reports_nothing_until_we_are_added_again() {
+        let mut t = Tracker::default();
+        t.seed("g", 3);
+        t.record("g", 4); // the event that removes us
+        t.leave("g");
+        assert!(t.unreported().is_empty(), "the server would refuse it");
+        assert_eq!(t.classify("g", 5), Verdict::Seen, "not ours any more");
+        // Added again at 9: 5 to 8 are not ours to see.
+        t.join("g", 9);
+        assert!(!t.is_gone("g"));
+        assert_eq!(t.classify("g", 9), Verdict::Next);
+        t.record("g", 9);
+        assert_eq!(t.unreported(), [("g".to_owned(), 9)]);
+    }
+
+    #[test]
+    fn a_fetched_gap_counts_as_shown_whole() {
+        let mut t = Tracker::default();
+        t.seed("g", 2);
+        // Reconnected after being added again while offline: the server's
+        // cursor is 8, history before 9 has nothing for us.
+        assert_eq!(t.classify("g", 9), Verdict::Gap { after: 2 });
+        t.cover("g", 8);
+        assert_eq!(t.classify("g", 9), Verdict::Next);
+        t.record("g", 10); // ahead of 9
+        t.cover("g", 9);
+        assert_eq!(t.shown("g"), 10);
     }
 }

@@ -23,6 +23,12 @@ pub enum Exit {
     NotFound = 4,
     /// Already exists, e.g. a taken username.
     Exists = 5,
+    /// Not allowed (PERMISSION_DENIED), e.g. a member who is not an admin
+    /// adding to a group.
+    NotAllowed = 6,
+    /// A limit of the server was reached (RESOURCE_EXHAUSTED), e.g. a full
+    /// group or too many groups.
+    Limit = 7,
 }
 
 impl Exit {
@@ -84,9 +90,11 @@ pub fn exit_for(code: Code) -> Exit {
     match code {
         Code::Ok => Exit::Ok,
         Code::InvalidArgument | Code::OutOfRange => Exit::Usage,
-        Code::Unauthenticated | Code::PermissionDenied => Exit::Auth,
+        Code::Unauthenticated => Exit::Auth,
         Code::NotFound => Exit::NotFound,
         Code::AlreadyExists => Exit::Exists,
+        Code::PermissionDenied => Exit::NotAllowed,
+        Code::ResourceExhausted => Exit::Limit,
         _ => Exit::Failure,
     }
 }
@@ -119,7 +127,12 @@ pub fn describe_error(error: &dyn std::error::Error) -> String {
 
 impl From<&Status> for Failure {
     fn from(status: &Status) -> Self {
-        Self::new(exit_for(status.code()), describe_status(status))
+        let message = match status.code() {
+            Code::PermissionDenied => format!("not allowed: {}", describe_status(status)),
+            Code::ResourceExhausted => format!("limit reached: {}", describe_status(status)),
+            _ => describe_status(status),
+        };
+        Self::new(exit_for(status.code()), message)
     }
 }
 
@@ -142,6 +155,8 @@ mod tests {
             (Code::Unauthenticated, 3),
             (Code::NotFound, 4),
             (Code::AlreadyExists, 5),
+            (Code::PermissionDenied, 6),
+            (Code::ResourceExhausted, 7),
         ];
         for (code, exit) in cases {
             assert_eq!(
@@ -150,6 +165,23 @@ mod tests {
                 "{code:?}"
             );
         }
+    }
+
+    #[test]
+    fn refusals_and_limits_say_so() {
+        let denied = Failure::from(Status::permission_denied(
+            "only the owner and admins add members",
+        ));
+        assert_eq!(denied.exit, Exit::NotAllowed);
+        assert_eq!(
+            denied.message,
+            "not allowed: only the owner and admins add members"
+        );
+        let full = Failure::from(Status::resource_exhausted("a group has at most 3 members"));
+        assert_eq!(
+            (full.exit, full.message.as_str()),
+            (Exit::Limit, "limit reached: a group has at most 3 members")
+        );
     }
 
     #[test]

@@ -15,8 +15,15 @@
 //!
 //! A conversation is marked read up to what was printed while it is the
 //! one chosen with `/to`, and when it is chosen.
+//!
+//! Groups: `/to #<group>` (its id or its name) makes plain lines go to a
+//! group, and `/group ...` creates one or manages the current one. A
+//! membership change is a message of the group: it goes through the same
+//! delivery rules and prints as `* alice added dave to #Team`. An event
+//! that adds us is where the group starts for us; one that removes us ends
+//! it (see [`crate::delivery`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -33,7 +40,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::cli::{parse_username, DEFAULT_SERVER};
+use crate::cli::{parse_username, Target, DEFAULT_SERVER};
 use crate::connection::{self, Backoff, CALL_TIMEOUT};
 use crate::delivery::{Tracker, Verdict};
 use crate::error::{describe_error, describe_status, Exit, Failure};
@@ -50,12 +57,24 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 const HELP: &str = "\
 commands:
-  /to <user>     choose who to talk to: the lines you type are sent to them
-  /history [n]   the last n messages with them (default 20)
-  /unread        the conversations with unread messages
-  /help          this help
-  /quit          leave (ctrl-d and ctrl-c too)
+  /to <user>       choose who to talk to: the lines you type are sent to them
+  /to #<group>     talk in a group, named by its id or its name
+  /history [n]     the last n messages there (default 20)
+  /unread          the conversations with unread messages
+  /group create <name> [members...]
+                   create a group (quote a name with spaces) and talk in it
+  /group add <users...>   add to the current group (owner and admins)
+  /group remove <user>    remove from the current group (owner and admins)
+  /group leave     leave the current group
+  /group info      the current group's id and members
+  /group list      your groups
+  /help            this help
+  /quit            leave (ctrl-d and ctrl-c too)
 a line starting with // is sent with one slash less";
+
+const GROUP_USAGE: &str = "\
+usage: /group create <name> [members...] | /group add <users...> | \
+/group remove <user> | /group leave | /group info | /group list";
 
 /// Runs the interactive mode until `/quit` or the end of input.
 pub async fn run(ctx: &Context) -> Result<(), Failure> {
@@ -173,8 +192,44 @@ struct Live {
 /// A send waiting for its ack.
 struct Pending {
     id: String,
-    to: String,
+    to: Target,
+    /// How the recipient is shown: the user, or `#name`.
+    label: String,
     body: String,
+}
+
+/// Where plain lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Chosen {
+    User(String),
+    /// A group by id, and how it is shown (`#name`).
+    Group {
+        id: String,
+        label: String,
+    },
+}
+
+impl Chosen {
+    fn target(&self) -> Target {
+        match self {
+            Chosen::User(user) => Target::User(user.clone()),
+            Chosen::Group { id, .. } => Target::Group(id.clone()),
+        }
+    }
+
+    fn label(&self) -> &str {
+        match self {
+            Chosen::User(user) => user,
+            Chosen::Group { label, .. } => label,
+        }
+    }
+
+    fn talking(&self) -> String {
+        match self {
+            Chosen::User(user) => format!("talking to {user}"),
+            Chosen::Group { id, label } => format!("talking in {label} (group {id})"),
+        }
+    }
 }
 
 type Connecting = Pin<Box<dyn Future<Output = Result<(Live, pb::Ready), Status>> + Send>>;
@@ -192,14 +247,17 @@ struct App {
     server: usize,
     live: Option<Live>,
     tracker: Tracker,
-    /// How each conversation is shown: the peer, or `#group`.
+    /// How each conversation is shown: the peer, or `#name` for a group.
     labels: HashMap<String, String>,
     /// Direct conversations by peer.
     direct: HashMap<String, String>,
+    /// The groups we are in, as last heard: name by group id (which is
+    /// also the group's conversation id).
+    groups: HashMap<String, String>,
     /// The read cursor the server was last told, by conversation.
     read_sent: HashMap<String, u64>,
     /// Who plain lines are sent to.
-    peer: Option<String>,
+    target: Option<Chosen>,
     /// Sends without an ack yet, oldest first.
     pending: Vec<Pending>,
     /// The id of the pending send out on the current stream, if any.
@@ -220,8 +278,9 @@ impl App {
             tracker: Tracker::default(),
             labels: HashMap::new(),
             direct: HashMap::new(),
+            groups: HashMap::new(),
             read_sent: HashMap::new(),
-            peer: None,
+            target: None,
             pending: Vec::new(),
             in_flight: None,
             backoff: Backoff::new(),
@@ -256,6 +315,8 @@ impl App {
                         Some(line) => self.on_line(&line).await,
                         None => Flow::Quit,
                     };
+                    // A group command may have shown events.
+                    self.flush_cursors();
                     if let Flow::Quit = flow {
                         if !self.pending.is_empty() {
                             view::out(format!(
@@ -318,7 +379,7 @@ impl App {
                 }
                 () = sleep_opt(quit_by), if quit_by.is_some() => {
                     for p in &self.pending {
-                        view::err(format!("error: not sent to {}: {}", p.to, preview(&p.body)));
+                        view::err(format!("error: not sent to {}: {}", p.label, preview(&p.body)));
                     }
                     return Err(Failure::other(format!(
                         "{} message(s) could not be sent",
@@ -355,6 +416,25 @@ impl App {
         self.live = Some(live);
         self.backoff.reset();
         let mut gaps = Vec::new();
+        self.groups.clear();
+        let listed: HashSet<&str> = ready
+            .conversations
+            .iter()
+            .map(|c| c.conversation_id.as_str())
+            .collect();
+        // A group we were in but that the server no longer lists: we were
+        // removed (or left from another device) while disconnected.
+        let dropped: Vec<String> = self
+            .tracker
+            .known()
+            .filter(|id| !listed.contains(id) && !self.tracker.is_gone(id))
+            .filter(|id| self.labels.get(*id).is_some_and(|l| l.starts_with('#')))
+            .map(str::to_owned)
+            .collect();
+        for id in dropped {
+            view::out(format!("you are no longer in {}", self.labels[&id]));
+            self.gone_from(&id);
+        }
         for c in &ready.conversations {
             self.learn(c);
             let id = &c.conversation_id;
@@ -373,7 +453,9 @@ impl App {
         let via = (self.servers.len() > 1).then_some(url.as_str());
         view::out(view::ready_summary(&ready, via));
         if self.sessions == 0 {
-            view::out("type /to <user> to choose who to talk to, /help for the commands");
+            view::out(
+                "type /to <user> (or /to #<group>) to choose who to talk to, /help for the commands",
+            );
         }
         self.sessions += 1;
         for (id, after, before) in gaps {
@@ -411,6 +493,10 @@ impl App {
         match frame.frame {
             Some(Down::Message(m)) => self.on_message(m).await,
             Some(Down::Ack(ack)) => self.on_ack(ack),
+            // Besides sends (answered by acks), this client sends only
+            // `delivered` and `mark_read` frames; NOT_FOUND for those means
+            // a group we just left or were removed from: nothing to say.
+            Some(Down::Error(e)) if e.kind == "not_found" => {}
             Some(Down::Error(e)) => view::err(format!("error: {}", e.message)),
             Some(Down::Ready(_) | Down::ReadUpdate(_) | Down::Typing(_) | Down::Pong(_)) | None => {
             }
@@ -422,12 +508,52 @@ impl App {
         if self.take_own(&m) {
             return;
         }
-        match self.tracker.classify(&m.conversation_id, m.seq) {
+        let conversation = m.conversation_id.clone();
+        if self.adds_me(&m) {
+            self.tracker.join(&conversation, m.seq);
+        }
+        match self.tracker.classify(&conversation, m.seq) {
             Verdict::Seen => return,
             Verdict::Next => {}
-            Verdict::Gap { after } => self.fill_gap(&m.conversation_id, after, m.seq).await,
+            Verdict::Gap { after } => self.fill_gap(&conversation, after, m.seq).await,
         }
         self.show(&m).await;
+        if self.removes_me(&m) {
+            self.gone_from(&conversation);
+        }
+    }
+
+    /// A membership event that makes us a member of its group.
+    fn adds_me(&self, m: &pb::Message) -> bool {
+        use pb::MessageKind as K;
+        let concerns_me = m.members.contains(&self.me);
+        match K::try_from(m.kind) {
+            Ok(K::GroupCreated) => concerns_me || m.sender == self.me,
+            Ok(K::MembersAdded) => concerns_me,
+            _ => false,
+        }
+    }
+
+    /// A membership event that ends our membership of its group.
+    fn removes_me(&self, m: &pb::Message) -> bool {
+        use pb::MessageKind as K;
+        let concerns_me = m.members.contains(&self.me);
+        match K::try_from(m.kind) {
+            Ok(K::MemberRemoved) => concerns_me,
+            Ok(K::MemberLeft) => concerns_me || m.sender == self.me,
+            _ => false,
+        }
+    }
+
+    /// We are no longer in the group `id`: its cursors are not reported
+    /// any more, and plain lines no longer go there.
+    fn gone_from(&mut self, id: &str) {
+        self.tracker.leave(id);
+        self.groups.remove(id);
+        self.read_sent.remove(id);
+        if matches!(&self.target, Some(Chosen::Group { id: current, .. }) if current == id) {
+            self.target = None;
+        }
     }
 
     fn on_ack(&mut self, ack: pb::SendAck) {
@@ -436,14 +562,21 @@ impl App {
         };
         match (ack.message, ack.error) {
             (Some(m), _) => {
-                self.learn_direct(&m.conversation_id, &sent.to);
+                self.learn_sent(&m.conversation_id, &sent);
                 self.tracker.record(&m.conversation_id, m.seq);
             }
             (None, error) => {
-                let why = error.map_or_else(|| "no reason given".to_owned(), |e| e.message);
+                let why = match error {
+                    Some(e) if e.kind == "not_found" => match &sent.to {
+                        Target::User(_) => "no such user".to_owned(),
+                        Target::Group(_) => "no such group (or you are not in it)".to_owned(),
+                    },
+                    Some(e) => e.message,
+                    None => "no reason given".to_owned(),
+                };
                 view::err(format!(
                     "error: not sent to {} ({}): {why}",
-                    sent.to,
+                    sent.label,
                     preview(&sent.body)
                 ));
             }
@@ -459,9 +592,15 @@ impl App {
         let Some(sent) = self.settle(&m.client_msg_id) else {
             return false;
         };
-        self.learn_direct(&m.conversation_id, &sent.to);
+        self.learn_sent(&m.conversation_id, &sent);
         self.tracker.record(&m.conversation_id, m.seq);
         true
+    }
+
+    fn learn_sent(&mut self, conversation: &str, sent: &Pending) {
+        if let Target::User(peer) = &sent.to {
+            self.learn_direct(conversation, peer);
+        }
     }
 
     /// Fetches and prints the messages with `after < seq < before`.
@@ -475,7 +614,13 @@ impl App {
                         self.show(&m).await;
                     }
                 }
+                // What the server did not return is not ours to see
+                // (messages of a group from before we joined it).
+                self.tracker.cover(conversation, before - 1);
             }
+            // A group we are no longer in (the event that says so is
+            // being shown): nothing to fetch.
+            Err(status) if status.code() == Code::NotFound => {}
             Err(status) => {
                 // Printed anyway; the next message (or reconnect) retries.
                 view::err(format!(
@@ -487,13 +632,15 @@ impl App {
     }
 
     async fn show(&mut self, m: &pb::Message) {
-        let label = self.label(&m.conversation_id, &m.sender).await;
+        let label = self.label(m).await;
         view::out(view::message_line(m, &self.me, &label, Local::now()));
         self.tracker.record(&m.conversation_id, m.seq);
     }
 
-    /// How a conversation is shown; asks the server about one not seen yet.
-    async fn label(&mut self, conversation: &str, sender: &str) -> String {
+    /// How the conversation of `m` is shown; asks the server about one not
+    /// seen yet.
+    async fn label(&mut self, m: &pb::Message) -> String {
+        let conversation = m.conversation_id.as_str();
         if let Some(label) = self.labels.get(conversation) {
             return label.clone();
         }
@@ -505,18 +652,27 @@ impl App {
                 }
             }
         }
-        let fallback = if sender == self.me { "?" } else { sender };
+        let fallback = if view::is_event(m) {
+            format!("#{conversation}")
+        } else if m.sender == self.me {
+            "?".to_owned()
+        } else {
+            m.sender.clone()
+        };
         self.labels
             .entry(conversation.to_owned())
-            .or_insert_with(|| fallback.to_owned())
+            .or_insert(fallback)
             .clone()
     }
 
     fn learn(&mut self, c: &pb::Conversation) {
         let id = c.conversation_id.clone();
-        self.labels.insert(id.clone(), view::conversation_label(c));
+        self.labels.insert(id.clone(), view::display_label(c));
         if c.kind == pb::ConversationKind::Direct as i32 && !c.peer.is_empty() {
             self.direct.insert(c.peer.clone(), id.clone());
+        }
+        if c.kind == pb::ConversationKind::Group as i32 {
+            self.groups.insert(id.clone(), c.name.clone());
         }
         let read = self.read_sent.entry(id).or_default();
         *read = (*read).max(c.read_seq);
@@ -529,6 +685,22 @@ impl App {
         self.direct.insert(peer.to_owned(), conversation.to_owned());
     }
 
+    /// A group the server just told us about (its creation).
+    fn learn_group(&mut self, group: &pb::Group) {
+        let label = group_label(&group.group_id, &group.name);
+        self.labels.insert(group.group_id.clone(), label);
+        self.groups
+            .insert(group.group_id.clone(), group.name.clone());
+    }
+
+    /// The conversation plain lines go to, if it exists yet.
+    fn chosen_conversation(&self) -> Option<String> {
+        match self.target.as_ref()? {
+            Chosen::User(peer) => self.direct.get(peer).cloned(),
+            Chosen::Group { id, .. } => Some(id.clone()),
+        }
+    }
+
     /// Tells the server what was printed: `delivered` for every
     /// conversation, `mark_read` for the chosen one.
     fn flush_cursors(&mut self) {
@@ -539,15 +711,15 @@ impl App {
                 seq,
             })));
         }
-        let Some(conversation) = self.peer.as_ref().and_then(|p| self.direct.get(p)) else {
+        let Some(conversation) = self.chosen_conversation() else {
             return;
         };
-        let shown = self.tracker.shown(conversation);
+        let shown = self.tracker.shown(&conversation);
         let read = self.read_sent.entry(conversation.clone()).or_default();
         if shown > *read {
             *read = shown;
             let mark = pb::MarkReadRequest {
-                conversation_id: conversation.clone(),
+                conversation_id: conversation,
                 seq: shown,
             };
             let _ = live.frames_out.send(frame(Up::MarkRead(mark)));
@@ -572,17 +744,20 @@ impl App {
     }
 
     async fn command(&mut self, command: &str) -> Flow {
-        let mut words = command.split_whitespace();
-        let name = words.next().unwrap_or_default().to_ascii_lowercase();
-        let arg = words.next();
+        let (name, rest) = first_word(command);
+        let name = name.to_ascii_lowercase();
+        let arg = rest.split_whitespace().next();
         match name.as_str() {
             "to" => match arg {
+                // A group name may have spaces: all of the rest.
+                Some(_) if rest.starts_with('#') => self.choose_group(&rest[1..]).await,
                 Some(user) => self.choose_peer(user).await,
-                None => match &self.peer {
-                    Some(peer) => view::out(format!("talking to {peer}")),
-                    None => view::out("usage: /to <user>"),
+                None => match &self.target {
+                    Some(chosen) => view::out(chosen.talking()),
+                    None => view::out("usage: /to <user> or /to #<group>"),
                 },
             },
+            "group" => self.group_command(rest).await,
             "history" => {
                 let count = match arg.map(str::parse::<u32>) {
                     None => DEFAULT_HISTORY,
@@ -622,15 +797,85 @@ impl App {
                 )),
             }
         }
-        view::out(format!("talking to {user}"));
-        self.peer = Some(user.clone());
-        self.mark_read_now(&user).await;
+        self.choose(Chosen::User(user)).await;
     }
 
-    /// Marks the conversation with `peer` read up to what was printed, with
-    /// the unary call, so that a `/unread` right after agrees.
-    async fn mark_read_now(&mut self, peer: &str) {
-        let Some(conversation) = self.direct.get(peer).cloned() else {
+    /// Makes `chosen` where plain lines go, and marks it read.
+    async fn choose(&mut self, chosen: Chosen) {
+        view::out(chosen.talking());
+        self.target = Some(chosen);
+        self.mark_read_now().await;
+    }
+
+    /// `/to #<group>`: `query` is a group id or a group name (exact, else
+    /// ignoring case); several groups of that name are listed to choose
+    /// from by id.
+    async fn choose_group(&mut self, query: &str) {
+        let query = query.trim();
+        if query.is_empty() {
+            return view::out("usage: /to #<group>, with the group's id or name");
+        }
+        if let Some(live) = &self.live {
+            let mut chat = live.chat.clone();
+            match api::groups(&mut chat).await {
+                Ok(list) => {
+                    self.groups.clear();
+                    for c in &list {
+                        self.learn(c);
+                    }
+                }
+                Err(status) => view::err(format!(
+                    "warning: cannot list your groups: {}",
+                    describe_status(&status)
+                )),
+            }
+        }
+        let mut found = self.find_groups(query);
+        match found.len() {
+            0 => view::out(format!("no such group: #{query}")),
+            1 => {
+                let (id, name) = found.remove(0);
+                let label = group_label(&id, &name);
+                self.choose(Chosen::Group { id, label }).await;
+            }
+            _ => {
+                view::out(format!(
+                    "{} groups are called {query}; choose one by id:",
+                    found.len()
+                ));
+                for (id, name) in found {
+                    view::out(format!("  /to #{id}   ({})", view::terminal_text(&name)));
+                }
+            }
+        }
+    }
+
+    /// The groups `query` names, as (id, name), sorted by id.
+    fn find_groups(&self, query: &str) -> Vec<(String, String)> {
+        if let Some(name) = self.groups.get(query) {
+            return vec![(query.to_owned(), name.clone())];
+        }
+        let matching = |same: &dyn Fn(&str) -> bool| {
+            let mut found: Vec<(String, String)> = self
+                .groups
+                .iter()
+                .filter(|(_, name)| same(name))
+                .map(|(id, name)| (id.clone(), name.clone()))
+                .collect();
+            found.sort();
+            found
+        };
+        let exact = matching(&|name| name == query);
+        if !exact.is_empty() {
+            return exact;
+        }
+        matching(&|name| name.to_lowercase() == query.to_lowercase())
+    }
+
+    /// Marks the chosen conversation read up to what was printed, with the
+    /// unary call, so that a `/unread` right after agrees.
+    async fn mark_read_now(&mut self) {
+        let Some(conversation) = self.chosen_conversation() else {
             return;
         };
         let shown = self.tracker.shown(&conversation);
@@ -655,15 +900,16 @@ impl App {
     }
 
     fn send_text(&mut self, body: String) {
-        let Some(to) = self.peer.clone() else {
-            return view::out("choose who to talk to first: /to <user>");
+        let Some(chosen) = self.target.clone() else {
+            return view::out("choose who to talk to first: /to <user> or /to #<group>");
         };
         if self.live.is_none() {
             view::out("not connected: the message will be sent once reconnected");
         }
         self.pending.push(Pending {
             id: connection::new_client_msg_id(),
-            to,
+            to: chosen.target(),
+            label: chosen.label().to_owned(),
             body,
         });
         self.pump_sends();
@@ -679,37 +925,48 @@ impl App {
     }
 
     async fn show_history(&mut self, count: u32) {
-        let Some(peer) = self.peer.clone() else {
-            return view::out("choose who to talk to first: /to <user>");
+        let Some(chosen) = self.target.clone() else {
+            return view::out("choose who to talk to first: /to <user> or /to #<group>");
         };
         let Some(mut chat) = self.chat() else { return };
-        let conversation = match self.direct.get(&peer) {
-            Some(id) => Some(id.clone()),
-            None => match api::find_direct(&mut chat, &peer).await {
-                Ok(found) => found.map(|c| {
-                    self.learn(&c);
-                    c.conversation_id
-                }),
-                Err(status) => return view::err(format!("error: {}", describe_status(&status))),
+        let label = chosen.label().to_owned();
+        let place = match &chosen {
+            Chosen::User(peer) => format!("with {peer}"),
+            Chosen::Group { label, .. } => format!("in {label}"),
+        };
+        let conversation = match &chosen {
+            Chosen::Group { id, .. } => Some(id.clone()),
+            Chosen::User(peer) => match self.direct.get(peer) {
+                Some(id) => Some(id.clone()),
+                None => match api::find_direct(&mut chat, peer).await {
+                    Ok(found) => found.map(|c| {
+                        self.learn(&c);
+                        c.conversation_id
+                    }),
+                    Err(status) => {
+                        return view::err(format!("error: {}", describe_status(&status)))
+                    }
+                },
             },
         };
         let Some(conversation) = conversation else {
-            return view::out(format!("no messages with {peer} yet"));
+            return view::out(format!("no messages {place} yet"));
         };
         match api::latest(&mut chat, &conversation, 0, count).await {
-            Ok(messages) if messages.is_empty() => {
-                view::out(format!("no messages with {peer} yet"))
-            }
+            Ok(messages) if messages.is_empty() => view::out(format!("no messages {place} yet")),
             Ok(messages) => {
                 let now = Local::now();
                 view::out(format!(
-                    "--- the last {} message(s) with {peer} ---",
+                    "--- the last {} message(s) {place} ---",
                     messages.len()
                 ));
                 for m in &messages {
-                    view::out(view::message_line(m, &self.me, &peer, now));
+                    view::out(view::message_line(m, &self.me, &label, now));
                 }
             }
+            Err(status) if status.code() == Code::NotFound => view::err(format!(
+                "error: no such group: {label} (or you are not in it)"
+            )),
             Err(status) => view::err(format!("error: {}", describe_status(&status))),
         }
     }
@@ -727,15 +984,243 @@ impl App {
         if unread.is_empty() {
             return view::out("no unread messages");
         }
-        unread.sort_by_key(|c| view::conversation_label(c));
+        unread.sort_by_key(|c| view::display_label(c));
         for c in unread {
             view::out(format!(
                 "{}: {} unread",
-                view::conversation_label(c),
+                view::display_label(c),
                 c.unread_count
             ));
         }
     }
+
+    /// `/group ...`.
+    async fn group_command(&mut self, args: &str) {
+        let (sub, rest) = first_word(args);
+        match sub.to_ascii_lowercase().as_str() {
+            "create" | "new" => self.create_group(rest).await,
+            "add" => self.add_members(rest).await,
+            "remove" | "kick" => self.remove_member(rest).await,
+            "leave" => self.leave_group().await,
+            "info" => self.group_info().await,
+            "list" => self.list_groups().await,
+            _ => view::out(GROUP_USAGE),
+        }
+    }
+
+    /// The current group, as (id, label); says how to choose one if none.
+    fn current_group(&self) -> Option<(String, String)> {
+        match &self.target {
+            Some(Chosen::Group { id, label }) => Some((id.clone(), label.clone())),
+            _ => {
+                view::out("choose a group first: /to #<group>");
+                None
+            }
+        }
+    }
+
+    /// Shows the event of a membership change made here (the stream brings
+    /// it too, and is deduplicated).
+    async fn show_event(&mut self, event: Option<pb::Message>) {
+        if let Some(event) = event {
+            self.on_message(event).await;
+        }
+    }
+
+    async fn create_group(&mut self, args: &str) {
+        let Some((name, rest)) = group_name(args) else {
+            return view::out(
+                "usage: /group create <name> [members...] (quote a name with spaces)",
+            );
+        };
+        let Some(members) = usernames(rest) else {
+            return;
+        };
+        let Some(mut chat) = self.chat() else { return };
+        match api::create_group(&mut chat, &name, &members).await {
+            Ok((group, event)) => {
+                self.learn_group(&group);
+                self.show_event(event).await;
+                let label = group_label(&group.group_id, &group.name);
+                self.choose(Chosen::Group {
+                    id: group.group_id,
+                    label,
+                })
+                .await;
+            }
+            Err(status) if status.code() == Code::NotFound => {
+                let channel = self.live.as_ref().map(|live| live.channel.clone());
+                let failure = match channel {
+                    Some(channel) => commands::unknown_member(channel, &members).await,
+                    None => Failure::from(status),
+                };
+                view::err(format!("error: {failure}"));
+            }
+            Err(status) => view::err(format!("error: {}", Failure::from(status))),
+        }
+    }
+
+    async fn add_members(&mut self, args: &str) {
+        let Some(users) = usernames(args) else { return };
+        if users.is_empty() {
+            return view::out("usage: /group add <users...>");
+        }
+        let Some((id, label)) = self.current_group() else {
+            return;
+        };
+        let Some(mut chat) = self.chat() else { return };
+        match api::add_members(&mut chat, &id, &users).await {
+            Ok(Some(event)) => self.show_event(Some(event)).await,
+            Ok(None) => view::out(format!("already in {label}: {}", users.join(", "))),
+            Err(status) if status.code() == Code::NotFound => {
+                let channel = self.live.as_ref().map(|live| live.channel.clone());
+                let failure = match channel {
+                    Some(channel) => {
+                        commands::group_or_user_not_found(&mut chat, channel, &id, &users).await
+                    }
+                    None => Failure::from(status),
+                };
+                view::err(format!("error: {failure}"));
+            }
+            Err(status) => view::err(format!("error: {}", Failure::from(status))),
+        }
+    }
+
+    async fn remove_member(&mut self, args: &str) {
+        let user = match usernames(args) {
+            Some(users) if users.len() == 1 => users[0].clone(),
+            Some(_) => return view::out("usage: /group remove <user>"),
+            None => return,
+        };
+        let Some((id, label)) = self.current_group() else {
+            return;
+        };
+        let Some(mut chat) = self.chat() else { return };
+        match api::remove_member(&mut chat, &id, &user).await {
+            Ok(event) => self.show_event(event).await,
+            Err(status) if status.code() == Code::NotFound => {
+                view::err(format!("error: {user} is not a member of {label}"));
+            }
+            Err(status) => view::err(format!("error: {}", Failure::from(status))),
+        }
+    }
+
+    async fn leave_group(&mut self) {
+        let Some((id, label)) = self.current_group() else {
+            return;
+        };
+        let Some(mut chat) = self.chat() else { return };
+        match api::leave_group(&mut chat, &id).await {
+            Ok(event) => {
+                self.show_event(event).await;
+                self.gone_from(&id);
+            }
+            Err(status) if status.code() == Code::NotFound => {
+                view::err(format!("error: you are not in {label} any more"));
+                self.gone_from(&id);
+            }
+            Err(status) => view::err(format!("error: {}", Failure::from(status))),
+        }
+    }
+
+    async fn group_info(&mut self) {
+        let Some((id, label)) = self.current_group() else {
+            return;
+        };
+        let Some(mut chat) = self.chat() else { return };
+        match api::get_group(&mut chat, &id).await {
+            Ok(group) => {
+                let n = group.members.len();
+                let s = if n == 1 { "" } else { "s" };
+                view::out(format!(
+                    "{} (group {}), {n} member{s}:",
+                    group_label(&group.group_id, &group.name),
+                    group.group_id
+                ));
+                for member in &group.members {
+                    view::out(format!(
+                        "  {} ({})",
+                        member.username,
+                        view::role_name(member.role)
+                    ));
+                }
+            }
+            Err(status) if status.code() == Code::NotFound => {
+                view::err(format!("error: you are not in {label} any more"));
+                self.gone_from(&id);
+            }
+            Err(status) => view::err(format!("error: {}", describe_status(&status))),
+        }
+    }
+
+    async fn list_groups(&mut self) {
+        let Some(mut chat) = self.chat() else { return };
+        let mut list = match api::groups(&mut chat).await {
+            Ok(list) => list,
+            Err(status) => return view::err(format!("error: {}", describe_status(&status))),
+        };
+        self.groups.clear();
+        for c in &list {
+            self.learn(c);
+        }
+        if list.is_empty() {
+            return view::out("you are in no group: /group create <name> [members...]");
+        }
+        list.sort_by(|a, b| (&a.name, &a.group_id).cmp(&(&b.name, &b.group_id)));
+        for c in &list {
+            view::out(format!(
+                "{} (group {}): {} unread",
+                view::display_label(c),
+                c.group_id,
+                c.unread_count
+            ));
+        }
+    }
+}
+
+/// How a group is shown: `#name`, or `#<group_id>` without a name.
+fn group_label(id: &str, name: &str) -> String {
+    if name.is_empty() {
+        format!("#{id}")
+    } else {
+        format!("#{}", view::terminal_text(name))
+    }
+}
+
+/// The first word of `text` and the rest, trimmed.
+fn first_word(text: &str) -> (&str, &str) {
+    let text = text.trim();
+    match text.split_once(char::is_whitespace) {
+        Some((word, rest)) => (word, rest.trim()),
+        None => (text, ""),
+    }
+}
+
+/// The name of `/group create`: a word, or "a quoted name"; and the rest.
+fn group_name(args: &str) -> Option<(String, &str)> {
+    let args = args.trim();
+    if let Some(quoted) = args.strip_prefix('"') {
+        let (name, rest) = quoted.split_once('"')?;
+        let name = name.trim();
+        return (!name.is_empty()).then(|| (name.to_owned(), rest.trim()));
+    }
+    let (name, rest) = first_word(args);
+    (!name.is_empty()).then(|| (name.to_owned(), rest))
+}
+
+/// The usernames in `text`; says what is wrong with a bad one.
+fn usernames(text: &str) -> Option<Vec<String>> {
+    let mut users = Vec::new();
+    for raw in text.split_whitespace() {
+        match parse_username(raw) {
+            Ok(user) => users.push(user),
+            Err(f) => {
+                view::out(f.message);
+                return None;
+            }
+        }
+    }
+    Some(users)
 }
 
 /// Connects to `url`, opens the stream and waits for `ready`.
@@ -777,7 +1262,7 @@ fn frame(frame: Up) -> pb::ClientFrame {
 
 fn send_frame(p: &Pending) -> pb::ClientFrame {
     frame(Up::Send(pb::SendMessageRequest {
-        target: Some(pb::send_message_request::Target::ToUser(p.to.clone())),
+        target: Some(api::send_target(&p.to)),
         body: p.body.clone(),
         client_msg_id: p.id.clone(),
     }))
@@ -811,5 +1296,26 @@ async fn sleep_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_names_may_be_quoted() {
+        assert_eq!(
+            group_name("Team bob carol"),
+            Some(("Team".to_owned(), "bob carol"))
+        );
+        assert_eq!(
+            group_name(r#" "My Team"  bob "#),
+            Some(("My Team".to_owned(), "bob"))
+        );
+        assert_eq!(group_name(r#""unclosed bob"#), None);
+        assert_eq!(group_name("   "), None);
+        assert_eq!(first_word("  add  dave erin "), ("add", "dave erin"));
+        assert_eq!(first_word("leave"), ("leave", ""));
     }
 }

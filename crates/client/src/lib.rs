@@ -15,9 +15,21 @@
 //! |---|---|
 //! | `register <username> [--name N] [--phone P]` | `<username>` |
 //! | `login <username>` (secret on stdin) | `<username>` |
-//! | `send <to_user> [body...]` (body from stdin if none) | `<conversation_id> <seq>` |
+//! | `send <to> [body...]` (body from stdin if none) | `<conversation_id> <seq>` |
 //! | `history <peer> [--limit N] [--before SEQ]` | `<seq>\t<sent_at>\t<sender>\t<body>` per message, oldest first |
-//! | `unread [--all]` | `<peer>\t<unread_count>\t<last_seq>` per conversation |
+//! | `unread [--all]` | `<peer>\t<unread_count>\t<last_seq>` per conversation; a group: `#<group_id>\t<unread_count>\t<last_seq>\t<name>` |
+//! | `group create <name> [members...]` | `<group_id>` |
+//! | `group add <group> <users...>`, `group remove <group> <user>`, `group leave <group>` | nothing |
+//! | `group info <group>` | `<group_id>\t<name>`, then `<username>\t<role>` per member (owner, admin, member) |
+//! | `group list` | `<group_id>\t<name>\t<unread_count>` per group, sorted by name |
+//!
+//! `send` and `history` take a user or a group written `#<group_id>`; the
+//! group commands take the id with or without the `#`. In a group's
+//! history a membership event has a fifth field, its kind:
+//! `<seq>\t<sent_at>\t<actor>\t<members>\t<kind>` (members separated by
+//! spaces; kind `group_created`, `members_added`, `member_removed` or
+//! `member_left`). Text fields (bodies, group names) escape backslash, tab,
+//! newline and carriage return as `\\`, `\t`, `\n`, `\r`.
 //!
 //! `--server` (env `CHAT_SERVER`, default `http://127.0.0.1:50050`) takes a
 //! URL, `host:port` or `:port`, or a comma-separated list of them. `--user`
@@ -33,8 +45,10 @@
 //! | 1 | the server is unreachable or unavailable, or another failure |
 //! | 2 | usage error or invalid argument |
 //! | 3 | no saved credentials, or the server rejected them (UNAUTHENTICATED) |
-//! | 4 | not found (an unknown user) |
+//! | 4 | not found (an unknown user, a group that does not exist or that you are not in) |
 //! | 5 | already exists (a taken username) |
+//! | 6 | not allowed (PERMISSION_DENIED: e.g. adding to a group without being its owner or an admin) |
+//! | 7 | a limit was reached (RESOURCE_EXHAUSTED: e.g. a full group, too many groups) |
 //!
 //! # Layout
 //!
@@ -121,6 +135,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             before,
         }) => commands::history(&ctx, &peer, limit, before).await,
         Some(Command::Unread { all }) => commands::unread(&ctx, all).await,
+        Some(Command::Group(group)) => commands::group(&ctx, &group).await,
     }
 }
 

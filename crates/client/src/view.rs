@@ -49,6 +49,52 @@ pub fn conversation_label(c: &pb::Conversation) -> String {
     }
 }
 
+fn is_group(c: &pb::Conversation) -> bool {
+    c.peer.is_empty() && !c.group_id.is_empty()
+}
+
+/// How a conversation is shown to people: the peer of a direct one,
+/// `#<name>` for a group.
+pub fn display_label(c: &pb::Conversation) -> String {
+    if is_group(c) && !c.name.is_empty() {
+        format!("#{}", terminal_text(&c.name))
+    } else {
+        conversation_label(c)
+    }
+}
+
+/// A message kind in lower snake case, as in the `history` records:
+/// `text`, `group_created`, `members_added`, ...
+pub fn kind_name(kind: i32) -> String {
+    match pb::MessageKind::try_from(kind) {
+        Ok(kind) => kind
+            .as_str_name()
+            .trim_start_matches("MESSAGE_KIND_")
+            .to_ascii_lowercase(),
+        Err(_) => format!("kind_{kind}"),
+    }
+}
+
+/// A group role in lower case, as in the `group info` records.
+pub fn role_name(role: i32) -> &'static str {
+    use pb::GroupRole as R;
+    match R::try_from(role) {
+        Ok(R::Owner) => "owner",
+        Ok(R::Admin) => "admin",
+        Ok(R::Member) => "member",
+        Ok(R::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+/// A membership event of a group (not text).
+pub fn is_event(m: &pb::Message) -> bool {
+    use pb::MessageKind as K;
+    matches!(
+        K::try_from(m.kind),
+        Ok(K::GroupCreated | K::MembersAdded | K::MemberRemoved | K::MemberLeft)
+    )
+}
+
 /// `[HH:MM:SS]` in local time for a message of today, with the date in
 /// front for older ones.
 pub fn clock(sent_at_unix_ms: i64, now: DateTime<Local>) -> String {
@@ -61,8 +107,12 @@ pub fn clock(sent_at_unix_ms: i64, now: DateTime<Local>) -> String {
 
 /// A message for people: `[HH:MM:SS] sender: body`; one of yours (sent
 /// from another device) is `[HH:MM:SS] you → peer: body`; in a group,
-/// `[HH:MM:SS] sender in #group: body`.
+/// `[HH:MM:SS] sender in #group: body`. A membership event is an
+/// [`event_line`].
 pub fn message_line(m: &pb::Message, me: &str, label: &str, now: DateTime<Local>) -> String {
+    if is_event(m) {
+        return event_line(m, me, label, now);
+    }
     let time = clock(m.sent_at_unix_ms, now);
     let body = terminal_text(&m.body);
     if m.sender == me {
@@ -72,6 +122,35 @@ pub fn message_line(m: &pb::Message, me: &str, label: &str, now: DateTime<Local>
     } else {
         format!("{time} {}: {body}", m.sender)
     }
+}
+
+/// A membership event for people, e.g. `[HH:MM:SS] * alice added dave to
+/// #Team`; you are "you".
+pub fn event_line(m: &pb::Message, me: &str, label: &str, now: DateTime<Local>) -> String {
+    use pb::MessageKind as K;
+    let who = |name: &str| {
+        if name == me {
+            "you".to_owned()
+        } else {
+            terminal_text(name)
+        }
+    };
+    let actor = who(&m.sender);
+    let members = m
+        .members
+        .iter()
+        .map(|name| who(name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let what = match K::try_from(m.kind) {
+        Ok(K::GroupCreated) if members.is_empty() => format!("{actor} created {label}"),
+        Ok(K::GroupCreated) => format!("{actor} created {label} with {members}"),
+        Ok(K::MembersAdded) => format!("{actor} added {members} to {label}"),
+        Ok(K::MemberRemoved) => format!("{actor} removed {members} from {label}"),
+        Ok(K::MemberLeft) => format!("{actor} left {label}"),
+        _ => format!("{actor} changed {label}: {}", terminal_text(&m.body)),
+    };
+    format!("{} * {what}", clock(m.sent_at_unix_ms, now))
 }
 
 /// Text that is safe to show on a terminal: control characters (escape
@@ -114,25 +193,70 @@ pub fn rfc3339(unix_ms: i64) -> String {
     }
 }
 
-/// `history` output: `<seq>\t<sent_at>\t<sender>\t<body>`.
+/// `history` output: `<seq>\t<sent_at>\t<sender>\t<body>`; a membership
+/// event is `<seq>\t<sent_at>\t<actor>\t<members>\t<kind>`, the members
+/// separated by spaces (any message that is not text has its kind as a
+/// fifth field).
 pub fn history_record(m: &pb::Message) -> String {
-    format!(
+    let text = if is_event(m) {
+        m.members.join(" ")
+    } else {
+        m.body.clone()
+    };
+    let mut record = format!(
         "{}\t{}\t{}\t{}",
         m.seq,
         rfc3339(m.sent_at_unix_ms),
         escape_field(&m.sender),
-        escape_field(&m.body)
-    )
+        escape_field(&text)
+    );
+    if m.kind != pb::MessageKind::Text as i32 {
+        record.push('\t');
+        record.push_str(&kind_name(m.kind));
+    }
+    record
 }
 
-/// `unread` output: `<peer>\t<unread_count>\t<last_seq>`.
+/// `unread` output: `<peer>\t<unread_count>\t<last_seq>`; a group is
+/// `#<group_id>\t<unread_count>\t<last_seq>\t<name>`.
 pub fn unread_record(c: &pb::Conversation) -> String {
-    format!(
+    let mut record = format!(
         "{}\t{}\t{}",
         escape_field(&conversation_label(c)),
         c.unread_count,
         c.last_seq
+    );
+    if is_group(c) {
+        record.push('\t');
+        record.push_str(&escape_field(&c.name));
+    }
+    record
+}
+
+/// `group list` output: `<group_id>\t<name>\t<unread_count>`.
+pub fn group_record(c: &pb::Conversation) -> String {
+    format!(
+        "{}\t{}\t{}",
+        escape_field(&c.group_id),
+        escape_field(&c.name),
+        c.unread_count
     )
+}
+
+/// `group info` output: `<group_id>\t<name>`, then `<username>\t<role>`
+/// per member.
+pub fn group_info_records(g: &pb::Group) -> Vec<String> {
+    std::iter::once(format!(
+        "{}\t{}",
+        escape_field(&g.group_id),
+        escape_field(&g.name)
+    ))
+    .chain(
+        g.members
+            .iter()
+            .map(|m| format!("{}\t{}", escape_field(&m.username), role_name(m.role))),
+    )
+    .collect()
 }
 
 /// The line printed when a session starts, e.g.
@@ -196,6 +320,107 @@ mod tests {
         assert!(mine.ends_with("] you → alice: yo"), "{mine}");
         let later = sent + chrono::Duration::days(2);
         assert!(message_line(&message("alice", "hi"), "bob", "alice", later).starts_with("[2023-"));
+    }
+
+    fn event(kind: pb::MessageKind, sender: &str, members: &[&str]) -> pb::Message {
+        pb::Message {
+            kind: kind as i32,
+            members: members.iter().map(|m| m.to_string()).collect(),
+            body: members.join(" "),
+            ..message(sender, "")
+        }
+    }
+
+    #[test]
+    fn group_lines() {
+        use pb::MessageKind as K;
+        let now = Local.timestamp_millis_opt(1_700_000_000_123).unwrap();
+        let line = |m: &pb::Message, me: &str| {
+            let line = message_line(m, me, "#Team", now);
+            line.split_once("] ").expect("a clock").1.to_owned()
+        };
+        assert_eq!(line(&message("alice", "hi"), "bob"), "alice in #Team: hi");
+        assert_eq!(line(&message("bob", "hi"), "bob"), "you → #Team: hi");
+        let created = event(K::GroupCreated, "alice", &["bob", "carol"]);
+        assert_eq!(
+            line(&created, "dave"),
+            "* alice created #Team with bob, carol"
+        );
+        assert_eq!(
+            line(&created, "bob"),
+            "* alice created #Team with you, carol"
+        );
+        assert_eq!(
+            line(&created, "alice"),
+            "* you created #Team with bob, carol"
+        );
+        assert_eq!(
+            line(&event(K::GroupCreated, "alice", &[]), "bob"),
+            "* alice created #Team"
+        );
+        assert_eq!(
+            line(&event(K::MembersAdded, "alice", &["dave", "erin"]), "bob"),
+            "* alice added dave, erin to #Team"
+        );
+        assert_eq!(
+            line(&event(K::MemberRemoved, "alice", &["carol"]), "carol"),
+            "* alice removed you from #Team"
+        );
+        assert_eq!(
+            line(&event(K::MemberLeft, "carol", &["carol"]), "bob"),
+            "* carol left #Team"
+        );
+    }
+
+    #[test]
+    fn group_records() {
+        let added = event(pb::MessageKind::MembersAdded, "alice", &["dave", "erin"]);
+        assert_eq!(
+            history_record(&added),
+            "7\t2023-11-14T22:13:20.123Z\talice\tdave erin\tmembers_added"
+        );
+        let group = pb::Conversation {
+            conversation_id: "g1".into(),
+            kind: pb::ConversationKind::Group as i32,
+            group_id: "g1".into(),
+            name: "My\tTeam".into(),
+            unread_count: 2,
+            last_seq: 9,
+            ..Default::default()
+        };
+        assert_eq!(unread_record(&group), "#g1\t2\t9\tMy\\tTeam");
+        assert_eq!(group_record(&group), "g1\tMy\\tTeam\t2");
+        assert_eq!(display_label(&group), "#My Team");
+        let direct = pb::Conversation {
+            kind: pb::ConversationKind::Direct as i32,
+            peer: "bob".into(),
+            unread_count: 1,
+            last_seq: 3,
+            ..Default::default()
+        };
+        assert_eq!(unread_record(&direct), "bob\t1\t3");
+        assert_eq!(display_label(&direct), "bob");
+        let info = pb::Group {
+            group_id: "g1".into(),
+            name: "Team".into(),
+            members: vec![
+                pb::GroupMember {
+                    username: "alice".into(),
+                    role: pb::GroupRole::Owner as i32,
+                    joined_seq: 1,
+                },
+                pb::GroupMember {
+                    username: "bob".into(),
+                    role: pb::GroupRole::Member as i32,
+                    joined_seq: 1,
+                },
+            ],
+            last_seq: 1,
+        };
+        assert_eq!(
+            group_info_records(&info),
+            ["g1\tTeam", "alice\towner", "bob\tmember"]
+        );
     }
 
     #[test]

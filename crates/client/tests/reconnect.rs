@@ -269,3 +269,104 @@ async fn messages_another_device_got_meanwhile_are_fetched_after_a_reconnect() {
     .await;
     restarted.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_that_changed_while_disconnected_is_caught_up_from_the_rejoin() {
+    let mut server = TestServer::start().await;
+    let grpc_addr = server.grpc_addr;
+    let client = Client::new(server.grpc_url());
+    client.run(&["register", "alice"]).await.ok();
+    client.run(&["register", "bob"]).await.ok();
+    let created = client
+        .run(&["--user", "alice", "group", "create", "Team", "bob"])
+        .await;
+    let group = created.ok().trim_end().to_owned();
+    let to_group = format!("#{group}");
+    client
+        .run(&["--user", "alice", "send", &to_group, "g1"])
+        .await
+        .ok();
+
+    let mut session = client.interactive(&["--user", "bob"]);
+    let session = blocking(move || {
+        expect(&mut session, "alice in #Team: g1");
+        session
+    })
+    .await;
+
+    // The server moves to an address this client does not know; there bob
+    // is removed from the group and added again.
+    let data_dir = std::mem::replace(&mut server.data_dir, tempfile::tempdir().unwrap());
+    server.stop().await;
+    let mut session = session;
+    let session = blocking(move || {
+        expect(&mut session, "disconnected: ");
+        session
+    })
+    .await;
+    let elsewhere =
+        TestServer::start_with(|config| config.data_dir = data_dir.path().to_owned()).await;
+    let there = elsewhere.grpc_url();
+    let alice = |args: &[&str]| {
+        let mut all = vec!["--server", there.as_str(), "--user", "alice"];
+        all.extend_from_slice(args);
+        all.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    for args in [
+        alice(&["send", &to_group, "g2 before the removal"]),
+        alice(&["group", "remove", &group, "bob"]),
+        alice(&["send", &to_group, "g3 while bob is out"]),
+        alice(&["group", "add", &group, "bob"]),
+        alice(&["send", &to_group, "g4 after the rejoin"]),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        client.run(&args).await.ok();
+    }
+    elsewhere.stop().await;
+
+    // Back at the known address: bob sees the group from his rejoin on.
+    let restarted = Restarted::start(grpc_addr, data_dir.path()).await;
+    let mut session = session;
+    let (session, shown) = blocking(move || {
+        expect(&mut session, "connected as bob");
+        let before = expect(&mut session, "alice in #Team: g4 after the rejoin");
+        (session, before)
+    })
+    .await;
+    assert_eq!(count(&shown, "* alice added you to #Team"), 1, "{shown:?}");
+    for unseen in ["g2", "g3", "removed"] {
+        assert!(!shown.contains(unseen), "{unseen} is not bob's: {shown:?}");
+    }
+    assert!(!shown.contains("warning"), "{shown:?}");
+
+    // Live again: nothing repeated, and the delivered cursor follows (a
+    // new session replays nothing it has shown).
+    client
+        .run(&["--user", "alice", "send", &to_group, "g5 live"])
+        .await
+        .ok();
+    let mut session = session;
+    blocking(move || {
+        let between = expect(&mut session, "alice in #Team: g5 live");
+        assert!(!between.contains("in #Team"), "{between:?}");
+        session.send_line("/quit").unwrap();
+        assert_eq!(exit_code(&mut session), 0);
+    })
+    .await;
+    client
+        .run(&["--user", "alice", "send", &to_group, "g6 marker"])
+        .await
+        .ok();
+    let mut again = client.interactive(&["--user", "bob"]);
+    blocking(move || {
+        let replayed = expect(&mut again, "alice in #Team: g6 marker");
+        assert!(
+            !replayed.contains("g4") && !replayed.contains("g5"),
+            "{replayed:?}"
+        );
+        again.send_line("/quit").unwrap();
+        assert_eq!(exit_code(&mut again), 0);
+    })
+    .await;
+    restarted.stop().await;
+}

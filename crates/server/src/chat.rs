@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use chat_store::{Appended, NewMessage, ReadCursor, Target};
+use chat_store::{Appended, NewMessage, ReadCursor, StoredMessage, Target};
 
 use crate::sessions::{Event, SessionId};
 use crate::{names, ApiError, AppState};
@@ -54,27 +54,8 @@ impl AppState {
                 ))
             }
         };
-        let limit = self.config.limits.max_body_bytes;
-        if input.body.trim().is_empty() {
-            return Err(ApiError::InvalidArgument("body must not be empty".into()));
-        }
-        if input.body.len() > limit {
-            return Err(ApiError::InvalidArgument(format!(
-                "body is {} bytes; the limit is {limit}",
-                input.body.len()
-            )));
-        }
-        if input.body.contains('\0') || input.client_msg_id.contains('\0') {
-            return Err(ApiError::InvalidArgument(
-                "body and client_msg_id must not contain NUL characters".into(),
-            ));
-        }
-        let id_len = input.client_msg_id.chars().count();
-        if id_len == 0 || id_len > MAX_CLIENT_MSG_ID {
-            return Err(ApiError::InvalidArgument(format!(
-                "client_msg_id must be 1 to {MAX_CLIENT_MSG_ID} characters"
-            )));
-        }
+        self.check_body(&input.body)?;
+        check_client_msg_id(&input.client_msg_id)?;
 
         let is_direct = matches!(target, Target::Direct(_));
         let appended = self
@@ -104,6 +85,52 @@ impl AppState {
         Ok(appended)
     }
 
+    /// Edits or deletes a message `change.editor` sent, and delivers the
+    /// change (an event of the conversation) to every member.
+    pub async fn change_message(
+        self: &Arc<Self>,
+        mut change: chat_store::MessageChange,
+    ) -> Result<StoredMessage, ApiError> {
+        if let Some(body) = &change.body {
+            self.check_body(body)?;
+        }
+        check_client_msg_id(&change.client_msg_id)?;
+        change.conversation_id = change.conversation_id.trim().to_owned();
+        let appended = self
+            .store
+            .change_message(change)
+            .await
+            .map_err(|e| match e {
+                chat_store::StoreError::NotFound => ApiError::NotFound("message"),
+                other => other.into(),
+            })?;
+        if !appended.duplicate {
+            let event = Event::Message(Arc::new(appended.message.clone()));
+            self.deliver(appended.members, event, None);
+        }
+        Ok(appended.message)
+    }
+
+    /// A message body: not blank, within the size limit, no NUL.
+    fn check_body(&self, body: &str) -> Result<(), ApiError> {
+        let limit = self.config.limits.max_body_bytes;
+        if body.trim().is_empty() {
+            return Err(ApiError::InvalidArgument("body must not be empty".into()));
+        }
+        if body.len() > limit {
+            return Err(ApiError::InvalidArgument(format!(
+                "body is {} bytes; the limit is {limit}",
+                body.len()
+            )));
+        }
+        if body.contains('\0') {
+            return Err(ApiError::InvalidArgument(
+                "body must not contain NUL characters".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Moves `username`'s read cursor forward and tells the user's sessions.
     pub async fn mark_read(
         self: &Arc<Self>,
@@ -119,6 +146,19 @@ impl AppState {
             unread_count: cursor.unread_count,
         };
         self.deliver(vec![username.to_owned()], event, None);
+        // The read receipt: the other members learn how far this member
+        // has read (their own unread counts are not part of it).
+        let members = self.store.members(username, conversation_id).await?;
+        let others: Vec<String> = members.into_iter().filter(|m| m != username).collect();
+        if !others.is_empty() {
+            let receipt = Event::ReadUpdate {
+                conversation_id: conversation_id.to_owned(),
+                username: username.to_owned(),
+                read_seq: cursor.read_seq,
+                unread_count: 0,
+            };
+            self.deliver(others, receipt, None);
+        }
         Ok(cursor)
     }
 
@@ -139,6 +179,20 @@ impl AppState {
         Ok(())
     }
 }
+
+/// A client_msg_id: 1 to 64 characters, no NUL.
+fn check_client_msg_id(id: &str) -> Result<(), ApiError> {
+    let len = id.chars().count();
+    if len == 0 || len > MAX_CLIENT_MSG_ID || id.contains('\0') {
+        return Err(ApiError::InvalidArgument(format!(
+            "client_msg_id must be 1 to {MAX_CLIENT_MSG_ID} characters, without NUL"
+        )));
+    }
+    Ok(())
+}
+
+/// How long a typing indicator shows unless repeated, in milliseconds.
+pub const TYPING_EXPIRES_MS: u32 = 5000;
 
 /// The longest group name accepted, in characters.
 pub const MAX_GROUP_NAME: usize = 64;
@@ -167,7 +221,11 @@ impl AppState {
                 other => other.into(),
             })?;
         if let Some(event) = &changed.event {
-            self.deliver(changed.notify.clone(), Event::Message(Arc::new(event.clone())), None);
+            self.deliver(
+                changed.notify.clone(),
+                Event::Message(Arc::new(event.clone())),
+                None,
+            );
             tracing::info!(
                 group = %event.conversation_id,
                 seq = event.seq,

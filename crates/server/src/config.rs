@@ -20,6 +20,57 @@ pub struct Config {
     pub durability: Durability,
     pub limits: Limits,
     pub cluster: ClusterConfig,
+    /// The bearer token of the admin API (`/admin/…`: the dead-letter
+    /// queue). Default: none, and the admin API answers 404 as if it did
+    /// not exist.
+    pub admin_token: Option<AdminToken>,
+}
+
+/// The admin API's bearer token. A newtype rather than a `String` so that
+/// it never shows in a `Debug` print of the config (secrets are never
+/// logged), and so that the only way to check a presented token is
+/// [`AdminToken::matches`], which takes the same time wherever the two
+/// differ.
+#[derive(Clone)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// The shortest token accepted: anything shorter is too easy to guess.
+    pub const MIN_LEN: usize = 16;
+
+    /// A token of at least [`Self::MIN_LEN`] visible ASCII characters (it
+    /// travels in an HTTP header).
+    pub fn new(token: impl Into<String>) -> Result<Self, String> {
+        let token = token.into();
+        if token.len() < Self::MIN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "the admin token must be at least {} visible ASCII characters without spaces",
+                Self::MIN_LEN
+            ));
+        }
+        Ok(Self(token))
+    }
+
+    /// Whether `presented` is this token. Both are hashed first and the
+    /// digests compared with a loop that always looks at every byte, so
+    /// the time taken says nothing about where they differ, nor (as the
+    /// digests have a fixed length) about the token's length.
+    pub fn matches(&self, presented: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        let expected = Sha256::digest(self.0.as_bytes());
+        let actual = Sha256::digest(presented.as_bytes());
+        expected
+            .iter()
+            .zip(actual.iter())
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(***)")
+    }
 }
 
 /// Which backends the server uses, and how it finds the other servers.
@@ -122,6 +173,10 @@ pub struct Limits {
     pub max_group_members: usize,
     /// Most groups one user belongs to. Default: 1000.
     pub max_groups_per_user: usize,
+    /// Dead letters the store keeps before new ones are refused (logged
+    /// at error level and counted in `chat_dead_letter_failures_total`):
+    /// a bus outage must not fill the disk. Default: 100 000.
+    pub max_dead_letters: u64,
 }
 
 impl Default for Limits {
@@ -134,6 +189,7 @@ impl Default for Limits {
             max_http_body_bytes: 16 * 1024,
             max_group_members: 1024,
             max_groups_per_user: 1000,
+            max_dead_letters: 100_000,
         }
     }
 }
@@ -147,6 +203,24 @@ impl Default for Config {
             durability: Durability::Full,
             limits: Limits::default(),
             cluster: ClusterConfig::default(),
+            admin_token: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AdminToken;
+
+    #[test]
+    fn admin_tokens_are_checked_and_never_shown() {
+        assert!(AdminToken::new("short").is_err());
+        assert!(AdminToken::new("sixteen chars ok").is_err(), "no spaces");
+        let token = AdminToken::new("0123456789abcdef").unwrap();
+        assert!(token.matches("0123456789abcdef"));
+        assert!(!token.matches("0123456789abcdeF"));
+        assert!(!token.matches("0123456789abcdef0"));
+        assert!(!token.matches(""));
+        assert_eq!(format!("{token:?}"), "AdminToken(***)");
     }
 }

@@ -14,12 +14,16 @@
 //! - [`routing`]: delivery across the cluster: local sessions directly,
 //!   other nodes' sessions through the registry and the bus; this node's
 //!   inbox and heartbeat.
+//! - [`dead_letters`]: the dead-letter queue: records routing could not
+//!   process, stored for an operator to inspect and replay.
 //! - [`grpc`]: the `chat.v1` services. Only this module sees protobuf.
-//! - [`http`]: the JSON API (registration, profiles, health).
+//! - [`http`]: the JSON API (registration, profiles, health, metrics, and
+//!   the admin API behind the admin token).
 
 pub mod auth;
 pub mod chat;
 pub mod config;
+pub mod dead_letters;
 pub mod error;
 pub mod grpc;
 pub mod http;
@@ -86,6 +90,8 @@ pub struct AppState {
     pub registry: Arc<dyn SessionRegistry>,
     pub bus: Arc<dyn Bus>,
     pub stats: routing::Stats,
+    /// Dead letters on their way to the store.
+    pub dead_letters: dead_letters::DeadLetterQueue,
     /// Cancelled when the server shuts down; every session watches it.
     pub shutdown: CancellationToken,
 }
@@ -171,6 +177,7 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let token = CancellationToken::new();
+    let (dead_letter_queue, dead_letters) = dead_letters::queue();
     let state = Arc::new(AppState {
         config,
         store: backends.store,
@@ -178,6 +185,7 @@ pub async fn run_with(
         registry: backends.registry,
         bus: backends.bus,
         stats: routing::Stats::default(),
+        dead_letters: dead_letter_queue,
         shutdown: token.clone(),
     });
     // This node's inbox is open before its first session can exist.
@@ -185,6 +193,10 @@ pub async fn run_with(
     let background = tokio_util::task::TaskTracker::new();
     background.spawn(routing::read_inbox(state.clone(), inbox));
     background.spawn(routing::heartbeat(state.clone()));
+    background.spawn(dead_letters::write_dead_letters(
+        state.clone(),
+        dead_letters,
+    ));
     background.close();
     tracing::info!(
         node = %state.node_id(),

@@ -1,24 +1,46 @@
 //! `chat-server`: with no flags, a single node with its data in `./data`,
 //! gRPC on 127.0.0.1:50050 and HTTP on 127.0.0.1:3000.
+//!
+//! `chat-server admin …` instead operates a running server through its
+//! admin HTTP API (see `admin_cli.rs`).
+
+mod admin_cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use std::time::Duration;
 
 use anyhow::Context;
 use chat_server::config::{
-    BusBackend, ClusterConfig, Durability, Limits, RegistryBackend, StoreBackend,
+    AdminToken, BusBackend, ClusterConfig, Durability, Limits, RegistryBackend, StoreBackend,
 };
 use chat_server::{Config, Listeners};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
+/// Without a subcommand the server runs, configured by the flags below;
+/// they apply to the server only.
 #[derive(Parser, Debug)]
 #[command(
     name = "chat-server",
     version,
     about = "A chat server: gRPC chat, HTTP registration, durable history"
 )]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: Args,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Operate a running server through its admin HTTP API.
+    Admin(admin_cli::AdminArgs),
+}
+
+#[derive(clap::Args, Debug)]
 struct Args {
     /// Directory of the SQLite database.
     #[arg(long, env = "CHAT_DATA_DIR", default_value = "data")]
@@ -80,6 +102,11 @@ struct Args {
     /// server's sessions disappear within this time.
     #[arg(long, env = "CHAT_SESSION_TTL_SECS", default_value_t = 15)]
     session_ttl_secs: u64,
+    /// Enables the admin HTTP API (`/admin/…`, the dead-letter queue) for
+    /// requests with `Authorization: Bearer <token>`; at least 16
+    /// characters. Without it the admin API does not exist (404).
+    #[arg(long, env = "CHAT_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 fn cluster_config(args: &Args) -> anyhow::Result<ClusterConfig> {
@@ -132,7 +159,22 @@ fn cluster_config(args: &Args) -> anyhow::Result<ClusterConfig> {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Admin(admin)) => admin_cli::run(admin).await,
+        None => match serve(cli.serve).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                // As `main` returning the error would print it.
+                eprintln!("Error: {e:?}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         // Colours only on a terminal, never in log files or pipes.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
@@ -141,11 +183,16 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let args = Args::parse();
     if args.max_body_bytes == 0 || args.session_queue == 0 {
         anyhow::bail!("--max-body-bytes and --session-queue must be positive");
     }
     let cluster = cluster_config(&args)?;
+    let admin_token = args
+        .admin_token
+        .clone()
+        .map(AdminToken::new)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--admin-token: {e}"))?;
     let config = Config {
         data_dir: args.data_dir,
         grpc_addr: args.grpc_addr,
@@ -161,6 +208,7 @@ async fn main() -> anyhow::Result<()> {
             ..Limits::default()
         },
         cluster,
+        admin_token,
     };
     let listeners = Listeners::bind(&config)
         .await

@@ -10,12 +10,17 @@
 //! All of this is best effort by design: the store already holds every
 //! message, and a session that misses a live event catches up when it
 //! reconnects. A failure here is logged and counted, never returned to the
-//! sender, and never delays the sender's acknowledgement.
+//! sender, and never delays the sender's acknowledgement. A record that
+//! cannot be processed (undecodable, or refused by the bus after
+//! [`PUBLISH_ATTEMPTS`] attempts) also goes to the dead-letter queue
+//! ([`crate::dead_letters`]), from which an operator can replay it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
 use chat_cluster::{Inbox, SessionEntry};
 use serde::{Deserialize, Serialize};
 
@@ -25,32 +30,80 @@ use crate::AppState;
 /// The version of [`Envelope`] this node writes and reads.
 const ENVELOPE_VERSION: u32 = 1;
 
+/// How many times a record is offered to the bus for one node before it
+/// goes to the dead-letter queue. Few and quick: the event is already in
+/// the store, and a bus that refuses three times in a row is down for
+/// longer than is worth holding the record in memory.
+pub const PUBLISH_ATTEMPTS: u32 = 3;
+
+/// The wait before the second attempt, doubled before each later one.
+const PUBLISH_BACKOFF: Duration = Duration::from_millis(50);
+
 /// A delivery record on the bus: an event for some users of the receiving
 /// node.
 #[derive(Serialize, Deserialize)]
-struct Envelope {
+pub(crate) struct Envelope {
+    pub v: u32,
+    pub to: Vec<String>,
+    pub event: Event,
+}
+
+/// Only the version of an envelope, read first so that a record of another
+/// version is reported as such, whatever its shape.
+#[derive(Deserialize)]
+struct Version {
     v: u32,
-    to: Vec<String>,
-    event: Event,
+}
+
+/// Decodes a delivery record of this node's envelope version, or says why
+/// it cannot.
+pub(crate) fn decode_envelope(record: &[u8]) -> Result<Envelope, String> {
+    match serde_json::from_slice::<Version>(record) {
+        Ok(Version { v }) if v != ENVELOPE_VERSION => Err(format!(
+            "delivery record of unknown envelope version {v} (this node reads version {ENVELOPE_VERSION})"
+        )),
+        _ => serde_json::from_slice::<Envelope>(record)
+            .map_err(|e| format!("undecodable delivery record: {e}")),
+    }
+}
+
+/// A record the bus refused for one node, after every attempt.
+pub(crate) struct FailedPublish {
+    pub node: String,
+    pub error: String,
+    pub payload: Bytes,
+}
+
+/// Where an event went beyond this node.
+pub(crate) struct FanOut {
+    /// The nodes whose inbox took a record.
+    pub published: Vec<String>,
+    pub failed: Vec<FailedPublish>,
 }
 
 /// Counters of what went wrong (and right) in routing.
 #[derive(Default, Debug)]
 pub struct Stats {
-    /// Records read from the inbox that could not be decoded (dropped,
-    /// logged).
+    /// Records read from the inbox that could not be decoded or were of an
+    /// unknown version (logged and dead-lettered).
     pub undecodable_records: AtomicU64,
     /// Records delivered from the inbox to local sessions.
     pub records_received: AtomicU64,
     /// Records handed to the bus for other nodes.
     pub records_published: AtomicU64,
-    /// Publishes the bus refused (the recipients catch up later).
+    /// Records the bus refused after every attempt (dead-lettered, except
+    /// typing indicators; the recipients catch up later anyway).
     pub publish_failures: AtomicU64,
     /// Registry operations that failed.
     pub registry_failures: AtomicU64,
+    /// Dead letters this node stored.
+    pub dead_letters: AtomicU64,
+    /// Dead letters this node could not store (queue or table full, store
+    /// failing): logged at error level, and lost.
+    pub dead_letter_failures: AtomicU64,
 }
 
-fn bump(counter: &AtomicU64) {
+pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -70,13 +123,46 @@ impl AppState {
     }
 
     async fn deliver_to_other_nodes(&self, usernames: Vec<String>, event: Event) {
+        let Ok(out) = self.fan_out(&usernames, &event).await else {
+            return;
+        };
+        for failed in out.failed {
+            if matches!(event, Event::Typing { .. }) {
+                // Stale in seconds: a replay could only mislead.
+                tracing::warn!(node = %failed.node, error = %failed.error,
+                    "publish of a typing indicator failed; dropped");
+                continue;
+            }
+            tracing::warn!(node = %failed.node, error = %failed.error,
+                "publish failed; the record goes to the dead-letter queue");
+            self.dead_letter(
+                &format!(
+                    "publish to node {} failed after {PUBLISH_ATTEMPTS} attempts: {}",
+                    failed.node, failed.error
+                ),
+                &failed.payload,
+            );
+        }
+    }
+
+    /// Hands `event` to the inbox of every other node holding a session of
+    /// `usernames`, one record per node naming its recipients there, and
+    /// says which nodes took it. Each node gets [`PUBLISH_ATTEMPTS`]
+    /// attempts, in rounds: every node is tried once before any is retried,
+    /// so a failing node never delays a healthy one. `Err` when the
+    /// registry cannot say where the sessions are (logged and counted).
+    pub(crate) async fn fan_out(
+        &self,
+        usernames: &[String],
+        event: &Event,
+    ) -> Result<FanOut, String> {
         let names: Vec<&str> = usernames.iter().map(String::as_str).collect();
         let located = match self.registry.locate(&names).await {
             Ok(located) => located,
             Err(e) => {
                 bump(&self.stats.registry_failures);
                 tracing::warn!(error = %e, "registry lookup failed; remote sessions will catch up");
-                return;
+                return Err(e.to_string());
             }
         };
         let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -87,27 +173,62 @@ impl AppState {
                 }
             }
         }
+        let mut pending = Vec::with_capacity(by_node.len());
         for (node, to) in by_node {
             let envelope = Envelope {
                 v: ENVELOPE_VERSION,
                 to,
                 event: event.clone(),
             };
-            let payload = match serde_json::to_vec(&envelope) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot encode a delivery record");
-                    return;
-                }
-            };
-            match self.bus.publish(&node, payload.into()).await {
-                Ok(()) => bump(&self.stats.records_published),
-                Err(e) => {
-                    bump(&self.stats.publish_failures);
-                    tracing::warn!(%node, error = %e, "publish failed; the recipients will catch up");
-                }
+            match serde_json::to_vec(&envelope) {
+                Ok(payload) => pending.push(FailedPublish {
+                    node,
+                    // The bus's answer, once it refuses.
+                    error: String::new(),
+                    payload: payload.into(),
+                }),
+                // Not a bad record but a bug: there is no record to keep.
+                Err(e) => tracing::error!(%node, error = %e, "cannot encode a delivery record"),
             }
         }
+        let mut out = FanOut {
+            published: Vec::new(),
+            failed: Vec::new(),
+        };
+        let mut backoff = PUBLISH_BACKOFF;
+        for attempt in 1..=PUBLISH_ATTEMPTS {
+            if attempt > 1 {
+                if pending.is_empty() {
+                    break;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    // Stopping: what is left fails now.
+                    _ = self.shutdown.cancelled() => break,
+                }
+                backoff *= 2;
+            }
+            let mut refused = Vec::new();
+            for mut record in pending {
+                match self.bus.publish(&record.node, record.payload.clone()).await {
+                    Ok(()) => {
+                        bump(&self.stats.records_published);
+                        out.published.push(record.node);
+                    }
+                    Err(e) => {
+                        tracing::debug!(node = %record.node, attempt, error = %e, "publish failed");
+                        record.error = e.to_string();
+                        refused.push(record);
+                    }
+                }
+            }
+            pending = refused;
+        }
+        for _ in &pending {
+            bump(&self.stats.publish_failures);
+        }
+        out.failed = pending;
+        Ok(out)
     }
 
     fn entry(&self, username: &str, session: SessionId) -> SessionEntry {
@@ -149,25 +270,22 @@ pub async fn read_inbox(state: Arc<AppState>, mut inbox: Inbox) {
             tracing::error!(node = %state.node_id(), "the inbox closed; live delivery from other nodes stopped");
             return;
         };
-        match serde_json::from_slice::<Envelope>(&record) {
-            Ok(envelope) if envelope.v == ENVELOPE_VERSION => {
+        match decode_envelope(&record) {
+            Ok(envelope) => {
                 bump(&state.stats.records_received);
+                // Recipients with no session here any more is normal, not
+                // a dead letter: users disconnect all the time, and they
+                // catch up from the store when they come back.
                 state.sessions.deliver(
                     envelope.to.iter().map(String::as_str),
                     &envelope.event,
                     None,
                 );
             }
-            Ok(envelope) => {
+            Err(reason) => {
                 bump(&state.stats.undecodable_records);
-                tracing::warn!(
-                    version = envelope.v,
-                    "delivery record of an unknown version dropped"
-                );
-            }
-            Err(e) => {
-                bump(&state.stats.undecodable_records);
-                tracing::warn!(error = %e, bytes = record.len(), "undecodable delivery record dropped");
+                tracing::warn!(%reason, bytes = record.len(), "bad delivery record: dead-lettered");
+                state.dead_letter(&reason, &record);
             }
         }
     }

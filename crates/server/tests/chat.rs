@@ -498,6 +498,7 @@ async fn outsiders_cannot_read_or_write_a_conversation() {
     c.push(In::Typing(pb::Typing {
         conversation_id: private.conversation_id.clone(),
         username: "alice".into(),
+        ..Default::default()
     }))
     .await;
     let Out::Error(e) = c.frame().await else {
@@ -624,5 +625,45 @@ async fn a_reader_that_stops_reading_is_disconnected_and_others_keep_going() {
     let status = end.expect("the stuck session ends with a status");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(seen < 300, "the stuck session got everything ({seen})");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn read_receipts_reach_the_sender_and_history_counts_readers() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let mut a = server.connect(&alice).await;
+    let first = send(&server, &alice, "bob", "one", "r1").await;
+    send(&server, &alice, "bob", "two", "r2").await;
+    server
+        .chat(&bob)
+        .await
+        .mark_read(pb::MarkReadRequest {
+            conversation_id: first.conversation_id.clone(),
+            seq: 1,
+        })
+        .await
+        .unwrap();
+    // Alice's session hears that bob read up to 1 (her own counts are not
+    // part of it).
+    loop {
+        if let Out::ReadUpdate(u) = a.frame().await {
+            assert_eq!(
+                (u.username.as_str(), u.read_seq, u.unread_count),
+                ("bob", 1, 0)
+            );
+            break;
+        }
+    }
+    let page = history(&server, &alice, &first.conversation_id, 0, 0, 50)
+        .await
+        .unwrap();
+    let receipts: Vec<(u64, u32)> = page
+        .messages
+        .iter()
+        .map(|m| (m.seq, m.read_count))
+        .collect();
+    assert_eq!(receipts, vec![(1, 1), (2, 0)]);
     server.stop().await;
 }

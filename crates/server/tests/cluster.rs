@@ -17,7 +17,9 @@ use chat_proto::server_frame::Frame as Out;
 use chat_server::config::{BusBackend, RegistryBackend, StoreBackend};
 use chat_server::Backends;
 use chat_test_support::services::{fresh_postgres, kafka_brokers, redis_url, unique};
-use chat_test_support::{http, send_request, TestServer, WAIT};
+use chat_test_support::{
+    admin_http, admin_token, await_metric, message_envelope, metric, send_request, TestServer,
+};
 
 #[derive(Clone, Copy, Debug)]
 enum Via {
@@ -32,6 +34,8 @@ struct Cluster {
     via: Via,
     /// A bus client of the cluster's own kind, to inject records.
     bus: Arc<dyn Bus>,
+    /// The store both servers share, to inject dead letters.
+    store: Arc<dyn chat_store::Store>,
     b_node: String,
     _shared: Option<tempfile::TempDir>,
 }
@@ -44,23 +48,33 @@ async fn cluster(via: Via) -> Cluster {
             let mut sqlite = chat_store::sqlite::SqliteConfig::new(dir.path().join("chat.db"));
             sqlite.durability = chat_store::sqlite::Durability::Normal;
             let bus = Arc::new(chat_cluster::bus::MemoryBus::default());
+            let store: Arc<dyn chat_store::Store> =
+                Arc::new(chat_store::sqlite::SqliteStore::open(sqlite).unwrap());
             let backends = Backends {
-                store: Arc::new(chat_store::sqlite::SqliteStore::open(sqlite).unwrap()),
+                store: store.clone(),
                 registry: Arc::new(chat_cluster::registry::MemoryRegistry::new(
                     Duration::from_secs(15),
                 )),
                 bus: bus.clone(),
             };
             let a_id = a_node.clone();
-            let a =
-                TestServer::start_node(Some(backends.clone()), |c| c.cluster.node_id = a_id).await;
+            let a = TestServer::start_node(Some(backends.clone()), |c| {
+                c.cluster.node_id = a_id;
+                c.admin_token = Some(admin_token());
+            })
+            .await;
             let b_id = b_node.clone();
-            let b = TestServer::start_node(Some(backends), |c| c.cluster.node_id = b_id).await;
+            let b = TestServer::start_node(Some(backends), |c| {
+                c.cluster.node_id = b_id;
+                c.admin_token = Some(admin_token());
+            })
+            .await;
             Cluster {
                 a,
                 b,
                 via,
                 bus,
+                store,
                 b_node,
                 _shared: Some(dir),
             }
@@ -104,15 +118,22 @@ async fn cluster(via: Via) -> Cluster {
                         prefix,
                     };
                     c.cluster.bus = bus_backend;
+                    c.admin_token = Some(admin_token());
                 }
             };
             let a = TestServer::start_with(configure(a_node)).await;
             let b = TestServer::start_with(configure(b_node.clone())).await;
+            let store = chat_store::postgres::PostgresStore::connect(
+                chat_store::postgres::PostgresConfig::new(&postgres),
+            )
+            .await
+            .unwrap();
             Cluster {
                 a,
                 b,
                 via,
                 bus,
+                store: Arc::new(store),
                 b_node,
                 _shared: None,
             }
@@ -286,7 +307,7 @@ async fn read_updates_reach_other_servers(c: Cluster) {
     alice_a
         .push(In::Typing(pb::Typing {
             conversation_id: m.conversation_id.clone(),
-            username: String::new(),
+            ..Default::default()
         }))
         .await;
     loop {
@@ -295,47 +316,107 @@ async fn read_updates_reach_other_servers(c: Cluster) {
                 (t.username.as_str(), t.conversation_id.as_str()),
                 ("alice", m.conversation_id.as_str())
             );
+            assert_eq!(t.expires_in_ms, 5000);
             break;
         }
     }
     c.stop().await;
 }
 
-/// A record nobody can decode is dropped, logged and counted; delivery
-/// goes on.
-async fn undecodable_records_are_counted(c: Cluster) {
+/// A record nobody can decode lands in the dead-letter queue of the node
+/// that read it, with its reason and payload; it is logged and counted,
+/// it cannot be replayed, and delivery goes on.
+async fn poisoned_records_are_dead_lettered(c: Cluster) {
     let alice = c.a.register("alice").await;
     let bob = c.a.register("bob").await;
     let mut b = c.b.connect(&bob).await;
+    let garbage = b"\xff not json";
+    let future = br#"{"v":99,"to":[],"event":{}}"#;
     c.bus
-        .publish(&c.b_node, Bytes::from_static(b"\xff not json"))
+        .publish(&c.b_node, Bytes::from_static(garbage))
         .await
         .unwrap();
     c.bus
-        .publish(
-            &c.b_node,
-            Bytes::from_static(br#"{"v":99,"to":[],"event":{}}"#),
-        )
+        .publish(&c.b_node, Bytes::from_static(future))
         .await
         .unwrap();
-    let started = tokio::time::Instant::now();
-    loop {
-        let metrics = http(c.b.http_addr, "GET", "/metrics", None).await;
-        assert_eq!(metrics.status, 200);
-        if metrics
-            .body
-            .contains("chat_bus_undecodable_records_total 2")
-        {
-            break;
-        }
-        assert!(
-            started.elapsed() < WAIT,
-            "not counted ({:?}): {}",
-            c.via,
-            metrics.body
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    await_metric(c.b.http_addr, "chat_dead_letters_total", 2).await;
+    assert_eq!(
+        metric(c.b.http_addr, "chat_bus_undecodable_records_total").await,
+        Some(2),
+        "{:?}",
+        c.via
+    );
+    assert_eq!(
+        metric(c.b.http_addr, "chat_dead_letters_stored").await,
+        Some(2)
+    );
+    assert_eq!(
+        metric(c.a.http_addr, "chat_dead_letters_total").await,
+        Some(0)
+    );
+    assert_eq!(
+        metric(c.b.http_addr, "chat_dead_letter_failures_total").await,
+        Some(0)
+    );
+
+    let list = admin_http(c.b.http_addr, "GET", "/admin/dead-letters").await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    let letters = list.json["data"]["dead_letters"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(letters.len(), 2, "{}", list.body);
+    for letter in &letters {
+        assert_eq!(letter["node"], c.b_node.as_str());
+        assert_eq!(letter["replayed_at_unix_ms"], serde_json::Value::Null);
     }
+    let reason = |i: usize| letters[i]["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason(0).starts_with("undecodable delivery record"),
+        "{}",
+        reason(0)
+    );
+    assert!(
+        reason(1).contains("unknown envelope version 99"),
+        "{}",
+        reason(1)
+    );
+
+    let show = |i: usize| {
+        let id = letters[i]["id"].as_u64().unwrap();
+        async move { admin_http(c.b.http_addr, "GET", &format!("/admin/dead-letters/{id}")).await }
+    };
+    let first = show(0).await;
+    assert_eq!(first.json["data"]["payload_hex"], hex::encode(garbage));
+    assert_eq!(first.json["data"]["payload_text"], serde_json::Value::Null);
+    let second = show(1).await;
+    assert_eq!(
+        second.json["data"]["payload_text"]
+            .as_str()
+            .unwrap()
+            .as_bytes(),
+        future
+    );
+
+    // Replaying it finds it still unreadable: kept, the attempt counted.
+    let id = letters[1]["id"].as_u64().unwrap();
+    let replay = admin_http(
+        c.b.http_addr,
+        "POST",
+        &format!("/admin/dead-letters/{id}/replay"),
+    )
+    .await;
+    assert_eq!(replay.status, 400, "{}", replay.body);
+    let message = replay.json["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("not replayable: "), "{message}");
+    let after = show(1).await;
+    assert_eq!(after.json["data"]["replay_attempts"], 1);
+    assert_eq!(
+        after.json["data"]["replayed_at_unix_ms"],
+        serde_json::Value::Null
+    );
+
     let m =
         c.a.chat(&alice)
             .await
@@ -343,6 +424,58 @@ async fn undecodable_records_are_counted(c: Cluster) {
             .await
             .unwrap();
     assert_eq!(b.message().await, m.into_inner().message.unwrap());
+    c.stop().await;
+}
+
+/// A valid record that could not be delivered (stored as a dead letter by
+/// whichever node gave up on it) is replayed from any node: it reaches its
+/// recipient's live session on the other node through the registry and
+/// the bus, and is marked replayed.
+async fn dead_letters_replay_across_servers(c: Cluster) {
+    let bob = c.a.register("bob").await;
+    let mut bob_b = c.b.connect(&bob).await;
+    let letter = c
+        .store
+        .add_dead_letter(chat_store::NewDeadLetter {
+            node: "gone".into(),
+            reason: "publish to node b failed after 3 attempts: test".into(),
+            payload: message_envelope(&["bob"], "c-dead", 1, "alice", "back from the dead"),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(c.a.http_addr, "chat_dead_letters_stored").await,
+        Some(1)
+    );
+
+    let replay = admin_http(
+        c.a.http_addr,
+        "POST",
+        &format!("/admin/dead-letters/{}/replay", letter.id),
+    )
+    .await;
+    assert_eq!(replay.status, 200, "{:?}: {}", c.via, replay.body);
+    let data = &replay.json["data"];
+    assert_eq!(data["outcome"], "replayed");
+    assert_eq!(data["local_sessions"], 0);
+    assert_eq!(data["nodes"], serde_json::json!([c.b_node]));
+    let got = bob_b.message().await;
+    assert_eq!(
+        (got.conversation_id.as_str(), got.body.as_str(), got.seq),
+        ("c-dead", "back from the dead", 1)
+    );
+    let stored = c.store.dead_letter(letter.id).await.unwrap().unwrap();
+    assert!(stored.replayed_at_unix_ms.is_some());
+    assert_eq!(stored.replay_attempts, 1);
+    // Nothing is pending any more; a purge of the replayed empties it.
+    let all = admin_http(c.a.http_addr, "POST", "/admin/dead-letters/replay").await;
+    assert_eq!(all.json["data"]["results"], serde_json::json!([]));
+    let purged = admin_http(c.a.http_addr, "DELETE", "/admin/dead-letters?replayed=true").await;
+    assert_eq!(purged.json["data"]["purged"], 1);
+    assert_eq!(
+        metric(c.a.http_addr, "chat_dead_letters_stored").await,
+        Some(0)
+    );
     c.stop().await;
 }
 
@@ -354,33 +487,34 @@ async fn group_fan_out_across_servers(c: Cluster) {
     let mut bob_b = c.b.connect(&bob).await;
     let mut carol_a = c.a.connect(&carol).await;
     let mut carol_b = c.b.connect(&carol).await;
-    let created = c
-        .a
-        .chat(&alice)
-        .await
-        .create_group(pb::CreateGroupRequest { name: "both".into(), members: vec!["bob".into(), "carol".into()] })
-        .await
-        .unwrap()
-        .into_inner();
+    let created =
+        c.a.chat(&alice)
+            .await
+            .create_group(pb::CreateGroupRequest {
+                name: "both".into(),
+                members: vec!["bob".into(), "carol".into()],
+            })
+            .await
+            .unwrap()
+            .into_inner();
     let event = created.event.unwrap();
     assert_eq!(bob_b.message().await, event);
     assert_eq!(carol_a.message().await, event);
     assert_eq!(carol_b.message().await, event);
     let g = created.group.unwrap().group_id;
-    let sent = c
-        .b
-        .chat(&bob)
-        .await
-        .send_message(pb::SendMessageRequest {
-            target: Some(pb::send_message_request::Target::GroupId(g.clone())),
-            body: "from B".into(),
-            client_msg_id: "g1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .message
-        .unwrap();
+    let sent =
+        c.b.chat(&bob)
+            .await
+            .send_message(pb::SendMessageRequest {
+                target: Some(pb::send_message_request::Target::GroupId(g.clone())),
+                body: "from B".into(),
+                client_msg_id: "g1".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .message
+            .unwrap();
     assert_eq!(carol_a.message().await, sent);
     assert_eq!(carol_b.message().await, sent);
     c.stop().await;
@@ -400,6 +534,7 @@ for_each_bus!(
     concurrent_senders_on_two_servers,
     offline_catch_up_across_servers,
     read_updates_reach_other_servers,
-    undecodable_records_are_counted,
+    poisoned_records_are_dead_lettered,
+    dead_letters_replay_across_servers,
     group_fan_out_across_servers,
 );

@@ -6,6 +6,8 @@
 //! - [`model`]: the domain types every backend speaks.
 //! - [`UserStore`] and [`MessageStore`]: the storage traits, one per domain.
 //!   A backend implements both; [`Store`] is their union.
+//! - [`DeadLetterStore`]: delivery records the server could not process,
+//!   kept for an operator to inspect, replay and purge.
 //! - [`sqlite`]: the embedded backend (one file, WAL, a single writer thread
 //!   that commits concurrent writes in one transaction).
 //! - [`postgres`]: the shared backend (one PostgreSQL database behind several
@@ -101,6 +103,25 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn mark_delivered(&self, username: &str, conversation_id: &str, seq: u64) -> Result<u64>;
     /// The usernames of a conversation's members, if `username` is one.
     async fn members(&self, username: &str, conversation_id: &str) -> Result<Vec<String>>;
+    /// Edits or deletes a text message its sender wrote, and commits the
+    /// change as an event (the next seq; kind `MessageEdited` or
+    /// `MessageDeleted`, `target_seq` = the message) in one transaction.
+    /// Anything but the sender's own live text message answers
+    /// [`StoreError::NotFound`]. A repeated `(editor, client_msg_id)`
+    /// returns the original event with `duplicate = true`.
+    async fn change_message(&self, change: MessageChange) -> Result<Appended> {
+        let _ = change;
+        Err(StoreError::Internal(
+            "editing is not supported by this store".into(),
+        ))
+    }
+    /// Every member's read cursor, as (username, read_seq), if `username`
+    /// is a member: what read receipts are computed from.
+    async fn read_cursors(
+        &self,
+        username: &str,
+        conversation_id: &str,
+    ) -> Result<Vec<(String, u64)>>;
 }
 
 /// Groups and their membership.
@@ -116,7 +137,35 @@ pub trait GroupStore: Send + Sync + 'static {
     async fn group(&self, username: &str, group_id: &str) -> Result<GroupInfo>;
 }
 
-/// A complete storage backend.
-pub trait Store: UserStore + MessageStore + GroupStore {}
+/// The dead-letter queue: delivery records that could not be processed
+/// (undecodable, of an unknown version, or not deliverable after bounded
+/// retries), each with the node that gave up on it, the reason, the time
+/// and the original payload, so that nothing is dropped silently.
+///
+/// A replay is recorded, not a deletion: a replayed letter stays (with
+/// `replayed_at_unix_ms` set) until an operator purges it, so what
+/// happened can still be inspected, and "replay every pending letter"
+/// never repeats one that was delivered. Ids increase in insertion order;
+/// pages are oldest first and bounded like history pages.
+#[async_trait]
+pub trait DeadLetterStore: Send + Sync + 'static {
+    /// Stores a dead letter and returns it with its id and time.
+    async fn add_dead_letter(&self, letter: NewDeadLetter) -> Result<DeadLetter>;
+    /// A page of dead letters, oldest first.
+    async fn dead_letters(&self, query: DeadLetterQuery) -> Result<Vec<DeadLetter>>;
+    /// One dead letter by id.
+    async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>>;
+    /// Records a replay attempt of letter `id`: counts it and, when
+    /// `delivered`, sets `replayed_at_unix_ms` to now. An unknown id answers
+    /// [`StoreError::NotFound`].
+    async fn record_replay(&self, id: u64, delivered: bool) -> Result<DeadLetter>;
+    /// Deletes the dead letters `purge` selects; returns how many.
+    async fn purge_dead_letters(&self, purge: DeadLetterPurge) -> Result<u64>;
+    /// How many dead letters are stored.
+    async fn count_dead_letters(&self) -> Result<u64>;
+}
 
-impl<T: UserStore + MessageStore + GroupStore> Store for T {}
+/// A complete storage backend.
+pub trait Store: UserStore + MessageStore + GroupStore + DeadLetterStore {}
+
+impl<T: UserStore + MessageStore + GroupStore + DeadLetterStore> Store for T {}

@@ -101,6 +101,20 @@ impl MessageKind {
     }
 }
 
+/// An edit or deletion of a text message, by its sender.
+#[derive(Debug, Clone)]
+pub struct MessageChange {
+    /// Who asks; must be the message's sender.
+    pub editor: String,
+    pub conversation_id: String,
+    /// The message to change.
+    pub seq: u64,
+    /// The new text, or `None` to delete.
+    pub body: Option<String>,
+    /// Makes the change idempotent, as for sends.
+    pub client_msg_id: String,
+}
+
 /// A member's standing in a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum GroupRole {
@@ -253,4 +267,54 @@ pub struct ConversationSummary {
 pub struct ReadCursor {
     pub read_seq: u64,
     pub unread_count: u64,
+}
+
+/// A delivery record that could not be processed, for the dead-letter
+/// store ([`crate::DeadLetterStore`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDeadLetter {
+    /// The node that gave up on the record: the one whose inbox it reached
+    /// undecodable, or the one whose publish to another node failed.
+    pub node: String,
+    /// Why, for an operator: what failed and, for a failed publish, the
+    /// node it was for.
+    pub reason: String,
+    /// The record exactly as read from (or meant for) the bus.
+    pub payload: Vec<u8>,
+}
+
+/// A stored dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Assigned by the store, increasing in insertion order (oldest first).
+    pub id: u64,
+    pub node: String,
+    pub reason: String,
+    pub payload: Vec<u8>,
+    pub created_at_unix_ms: i64,
+    /// When a replay last delivered it; `None` while it waits for one.
+    pub replayed_at_unix_ms: Option<i64>,
+    /// How many replays were tried, successful or not.
+    pub replay_attempts: u32,
+}
+
+/// A page of dead letters, oldest first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeadLetterQuery {
+    /// At most this many (0 means 50; capped at [`MAX_PAGE`]).
+    pub limit: u32,
+    /// Only ids above this one: the last id of the previous page.
+    pub after_id: Option<u64>,
+    /// Only those no replay has delivered yet.
+    pub pending_only: bool,
+}
+
+/// Which dead letters a purge deletes: all of them, or those matching
+/// every given condition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeadLetterPurge {
+    /// Only those created before this time (Unix milliseconds).
+    pub before_unix_ms: Option<i64>,
+    /// Only those a replay has delivered.
+    pub replayed_only: bool,
 }

@@ -47,10 +47,14 @@
 //! one transaction that holds `pg_advisory_xact_lock`, so servers starting
 //! together apply each migration exactly once and none sees half a schema.
 //!
+//! The dead-letter queue lives in `postgres/dead_letters.rs`.
+//!
 //! Text columns that are compared or ordered use the "C" collation, so
 //! ordering is bytewise like SQLite's. PostgreSQL cannot store NUL
 //! characters in text: such input answers [`StoreError::Invalid`] when it
 //! would be stored, and not-found when it is only looked up.
+
+mod dead_letters;
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -215,6 +219,21 @@ ALTER TABLE members ADD COLUMN role TEXT NOT NULL DEFAULT 'member'
     CHECK (role IN ('member', 'admin', 'owner'));
 ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'text';
 ALTER TABLE conversations ADD COLUMN name TEXT;
+"#,
+    // The dead-letter queue. An identity value is never reused, even after
+    // a purge, so an id an operator noted never names another letter.
+    r#"
+CREATE TABLE dead_letters (
+    id              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    node            TEXT NOT NULL,
+    reason          TEXT NOT NULL,
+    payload         BYTEA NOT NULL,
+    created_at_ms   BIGINT NOT NULL,
+    replayed_at_ms  BIGINT,
+    replay_attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX dead_letters_pending ON dead_letters (id) WHERE replayed_at_ms IS NULL;
+CREATE INDEX dead_letters_by_time ON dead_letters (created_at_ms);
 "#,
 ];
 
@@ -675,6 +694,23 @@ async fn members_of(c: &Object, username: &str, conversation_id: &str) -> Result
         return Err(StoreError::NotFound);
     }
     list
+}
+
+async fn read_cursors(
+    c: &Object,
+    username: &str,
+    conversation_id: &str,
+) -> Result<Vec<(String, u64)>> {
+    const SQL: &str = "SELECT username, read_seq FROM members
+                       WHERE conversation_id = $1 ORDER BY username";
+    if !is_member(c, username, conversation_id).await? {
+        return Err(StoreError::NotFound);
+    }
+    query(c, SQL, &[&conversation_id])
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, seq_value(r.try_get(1)?))))
+        .collect()
 }
 
 // ------------------------------------------------------------------ writes
@@ -1613,6 +1649,23 @@ impl MessageStore for PostgresStore {
         let outcome = tokio::time::timeout(
             self.operation_timeout,
             members_of(&client, username, conversation_id),
+        )
+        .await;
+        self.settle(client, outcome)
+    }
+
+    async fn read_cursors(
+        &self,
+        username: &str,
+        conversation_id: &str,
+    ) -> Result<Vec<(String, u64)>> {
+        if has_nul(username) || has_nul(conversation_id) {
+            return Err(StoreError::NotFound);
+        }
+        let client = self.client().await?;
+        let outcome = tokio::time::timeout(
+            self.operation_timeout,
+            read_cursors(&client, username, conversation_id),
         )
         .await;
         self.settle(client, outcome)

@@ -10,6 +10,10 @@
 //! Reads run on a small pool of read-only connections inside
 //! `spawn_blocking`, so they never block the async runtime and never wait
 //! for the writer (WAL readers see the last committed state).
+//!
+//! The dead-letter queue lives in `sqlite/dead_letters.rs`.
+
+mod dead_letters;
 
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
@@ -116,6 +120,21 @@ CREATE TABLE messages (
 ALTER TABLE members ADD COLUMN role TEXT NOT NULL DEFAULT 'member';
 ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'text';
 ALTER TABLE conversations ADD COLUMN name TEXT;
+"#,
+    // The dead-letter queue. AUTOINCREMENT: an id is never reused, even
+    // after a purge, so an id an operator noted never names another letter.
+    r#"
+CREATE TABLE dead_letters (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    node            TEXT NOT NULL,
+    reason          TEXT NOT NULL,
+    payload         BLOB NOT NULL,
+    created_at_ms   INTEGER NOT NULL,
+    replayed_at_ms  INTEGER,
+    replay_attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX dead_letters_pending ON dead_letters (id) WHERE replayed_at_ms IS NULL;
+CREATE INDEX dead_letters_by_time ON dead_letters (created_at_ms);
 "#,
 ];
 
@@ -472,6 +491,7 @@ enum WriteOp {
         GroupLimits,
         oneshot::Sender<Result<GroupChanged>>,
     ),
+    DeadLetter(dead_letters::Op),
 }
 
 /// An answer computed inside the batch, sent only after the commit.
@@ -481,6 +501,7 @@ enum Answer {
     Read(oneshot::Sender<Result<ReadCursor>>, Result<ReadCursor>),
     Delivered(oneshot::Sender<Result<u64>>, Result<u64>),
     Group(oneshot::Sender<Result<GroupChanged>>, Result<GroupChanged>),
+    DeadLetter(dead_letters::Answer),
 }
 
 impl Answer {
@@ -495,6 +516,7 @@ impl Answer {
             Answer::Read(tx, r) => Answer::Read(tx, e(r, error)),
             Answer::Delivered(tx, r) => Answer::Delivered(tx, e(r, error)),
             Answer::Group(tx, r) => Answer::Group(tx, e(r, error)),
+            Answer::DeadLetter(a) => Answer::DeadLetter(a.fail(error)),
         }
     }
 
@@ -506,6 +528,10 @@ impl Answer {
             Answer::Read(tx, r) => tx.send(r).is_ok(),
             Answer::Delivered(tx, r) => tx.send(r).is_ok(),
             Answer::Group(tx, r) => tx.send(r).is_ok(),
+            Answer::DeadLetter(a) => {
+                a.send();
+                true
+            }
         };
     }
 }
@@ -560,6 +586,7 @@ fn unapplied(op: WriteOp, e: &StoreError) -> Answer {
         WriteOp::MarkRead { reply, .. } => Answer::Read(reply, err(e)),
         WriteOp::MarkDelivered { reply, .. } => Answer::Delivered(reply, err(e)),
         WriteOp::ChangeGroup(_, _, reply) => Answer::Group(reply, err(e)),
+        WriteOp::DeadLetter(op) => Answer::DeadLetter(op.unapplied(e)),
     }
 }
 
@@ -610,6 +637,7 @@ fn apply_one(conn: &Connection, op: WriteOp, now: i64) -> Answer {
             reply,
             in_savepoint(conn, |c| change_group(c, change, limits, now)),
         ),
+        WriteOp::DeadLetter(op) => Answer::DeadLetter(op.apply(conn, now)),
     }
 }
 
@@ -1173,6 +1201,27 @@ impl MessageStore for SqliteStore {
                 return Err(StoreError::NotFound);
             }
             members(conn, &conversation_id)
+        })
+        .await
+    }
+
+    async fn read_cursors(
+        &self,
+        username: &str,
+        conversation_id: &str,
+    ) -> Result<Vec<(String, u64)>> {
+        let (username, conversation_id) = (username.to_owned(), conversation_id.to_owned());
+        self.read(move |conn| {
+            if !is_member(conn, &username, &conversation_id)? {
+                return Err(StoreError::NotFound);
+            }
+            let mut stmt = conn.prepare_cached(
+                "SELECT username, read_seq FROM members WHERE conversation_id = ?1 ORDER BY username",
+            )?;
+            let rows = stmt.query_map(params![conversation_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
     }

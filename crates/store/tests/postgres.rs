@@ -160,6 +160,9 @@ conformance!(
     cursors_move_forward_only_and_unread_is_exact,
     groups_change_membership_with_ordered_events,
     group_limits_are_enforced,
+    dead_letters_keep_reason_time_and_payload,
+    dead_letter_pages_are_bounded,
+    dead_letter_replays_are_recorded_and_purges_select,
 );
 
 // ------------------------------------------------------------ helpers
@@ -656,7 +659,7 @@ async fn an_upgraded_database_keeps_its_rows() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1, 2]);
+    assert_eq!(versions, [1, 2, 3]);
 }
 
 // ------------------------------------------------------ an absent database

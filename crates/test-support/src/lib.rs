@@ -263,14 +263,29 @@ pub struct HttpAnswer {
 /// per connection), enough to test the JSON API without an HTTP client
 /// library. `body` is sent as `-d` sends it with curl.
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&[u8]>) -> HttpAnswer {
+    http_with(addr, method, path, &[], body).await
+}
+
+/// [`http`] with extra request headers, e.g. `("Authorization", "Bearer …")`.
+pub async fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> HttpAnswer {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr)
             .await
             .expect("connect HTTP");
         let body = body.unwrap_or_default();
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\
              Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
@@ -300,6 +315,76 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&[u8]
     };
     let json = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
     HttpAnswer { status, json, body }
+}
+
+/// The admin token tests configure (`c.admin_token = Some(admin_token())`).
+pub const TEST_ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+pub fn admin_token() -> chat_server::config::AdminToken {
+    chat_server::config::AdminToken::new(TEST_ADMIN_TOKEN).expect("a valid admin token")
+}
+
+/// A request to the admin API with [`TEST_ADMIN_TOKEN`].
+pub async fn admin_http(addr: SocketAddr, method: &str, path: &str) -> HttpAnswer {
+    let bearer = format!("Bearer {TEST_ADMIN_TOKEN}");
+    http_with(addr, method, path, &[("Authorization", &bearer)], None).await
+}
+
+/// A delivery record as servers put them on the bus (envelope version 1):
+/// a text message `body` of conversation `conversation_id` at `seq`, from
+/// `sender`, for the sessions of `to`. Written out by hand, as an older
+/// server would have written it, so that a change of the format that
+/// breaks replaying stored records fails a test.
+pub fn message_envelope(
+    to: &[&str],
+    conversation_id: &str,
+    seq: u64,
+    sender: &str,
+    body: &str,
+) -> Vec<u8> {
+    let record = serde_json::json!({
+        "v": 1,
+        "to": to,
+        "event": {
+            "type": "message",
+            "id": format!("m-{conversation_id}-{seq}"),
+            "conversation_id": conversation_id,
+            "seq": seq,
+            "sender": sender,
+            "body": body,
+            "client_msg_id": format!("k-{conversation_id}-{seq}"),
+            "sent_at_unix_ms": 1_700_000_000_000_i64,
+            "kind": "text",
+        },
+    });
+    serde_json::to_vec(&record).expect("JSON")
+}
+
+/// The value of an unlabelled metric in `GET /metrics`, if shown.
+pub async fn metric(addr: SocketAddr, name: &str) -> Option<u64> {
+    let answer = http(addr, "GET", "/metrics", None).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    answer.body.lines().find_map(|line| {
+        let (metric, value) = line.split_once(' ')?;
+        (metric == name).then(|| value.trim().parse().ok())?
+    })
+}
+
+/// Polls `GET /metrics` until `name` shows `value`, for a counter moved by
+/// a background task no test can await; fails after [`WAIT`].
+pub async fn await_metric(addr: SocketAddr, name: &str, value: u64) {
+    let started = tokio::time::Instant::now();
+    loop {
+        let now = metric(addr, name).await;
+        if now == Some(value) {
+            return;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "{name} is {now:?}, not {value}, after {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn dechunk(mut s: &str) -> String {

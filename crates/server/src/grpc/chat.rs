@@ -55,8 +55,27 @@ impl pb::chat_service_server::ChatService for ChatApi {
             .history(&user, &req.conversation_id, query)
             .await
             .map_err(ApiError::from)?;
+        // Read receipts: how many other members have read each message.
+        let cursors = self
+            .state
+            .store
+            .read_cursors(&user, &req.conversation_id)
+            .await
+            .map_err(ApiError::from)?;
+        let messages = page
+            .messages
+            .iter()
+            .map(|m| {
+                let mut message = convert::message(m);
+                message.read_count = cursors
+                    .iter()
+                    .filter(|(member, read_seq)| *member != m.sender && *read_seq >= m.seq)
+                    .count() as u32;
+                message
+            })
+            .collect();
         Ok(Response::new(pb::GetHistoryResponse {
-            messages: page.messages.iter().map(convert::message).collect(),
+            messages,
             has_more: page.has_more,
         }))
     }
@@ -139,7 +158,11 @@ impl pb::chat_service_server::ChatService for ChatApi {
         let user = self.state.authenticate(request.metadata()).await?;
         let req = request.into_inner();
         let username = chat::usernames(std::slice::from_ref(&req.username))?.remove(0);
-        let change = GroupChange::Remove { actor: user, group_id: req.group_id, username };
+        let change = GroupChange::Remove {
+            actor: user,
+            group_id: req.group_id,
+            username,
+        };
         let changed = self.state.change_group(change).await?;
         Ok(Response::new(pb::RemoveMemberResponse {
             event: changed.event.as_ref().map(convert::message),
@@ -153,9 +176,53 @@ impl pb::chat_service_server::ChatService for ChatApi {
     ) -> Result<Response<pb::LeaveGroupResponse>, Status> {
         let user = self.state.authenticate(request.metadata()).await?;
         let req = request.into_inner();
-        let change = GroupChange::Remove { actor: user.clone(), group_id: req.group_id, username: user };
+        let change = GroupChange::Remove {
+            actor: user.clone(),
+            group_id: req.group_id,
+            username: user,
+        };
         let changed = self.state.change_group(change).await?;
-        Ok(Response::new(pb::LeaveGroupResponse { event: changed.event.as_ref().map(convert::message) }))
+        Ok(Response::new(pb::LeaveGroupResponse {
+            event: changed.event.as_ref().map(convert::message),
+        }))
+    }
+
+    async fn edit_message(
+        &self,
+        request: Request<pb::EditMessageRequest>,
+    ) -> Result<Response<pb::EditMessageResponse>, Status> {
+        let user = self.state.authenticate(request.metadata()).await?;
+        let req = request.into_inner();
+        let change = chat_store::MessageChange {
+            editor: user,
+            conversation_id: req.conversation_id,
+            seq: req.seq,
+            body: Some(req.body),
+            client_msg_id: req.client_msg_id,
+        };
+        let event = self.state.change_message(change).await?;
+        Ok(Response::new(pb::EditMessageResponse {
+            event: Some(convert::message(&event)),
+        }))
+    }
+
+    async fn delete_message(
+        &self,
+        request: Request<pb::DeleteMessageRequest>,
+    ) -> Result<Response<pb::DeleteMessageResponse>, Status> {
+        let user = self.state.authenticate(request.metadata()).await?;
+        let req = request.into_inner();
+        let change = chat_store::MessageChange {
+            editor: user,
+            conversation_id: req.conversation_id,
+            seq: req.seq,
+            body: None,
+            client_msg_id: req.client_msg_id,
+        };
+        let event = self.state.change_message(change).await?;
+        Ok(Response::new(pb::DeleteMessageResponse {
+            event: Some(convert::message(&event)),
+        }))
     }
 
     async fn get_group(
@@ -164,10 +231,17 @@ impl pb::chat_service_server::ChatService for ChatApi {
     ) -> Result<Response<pb::GetGroupResponse>, Status> {
         let user = self.state.authenticate(request.metadata()).await?;
         let req = request.into_inner();
-        let group = self.state.store.group(&user, &req.group_id).await.map_err(|e| match e {
-            chat_store::StoreError::NotFound => ApiError::NotFound("group"),
-            other => other.into(),
-        })?;
-        Ok(Response::new(pb::GetGroupResponse { group: Some(convert::group(group)) }))
+        let group = self
+            .state
+            .store
+            .group(&user, &req.group_id)
+            .await
+            .map_err(|e| match e {
+                chat_store::StoreError::NotFound => ApiError::NotFound("group"),
+                other => other.into(),
+            })?;
+        Ok(Response::new(pb::GetGroupResponse {
+            group: Some(convert::group(group)),
+        }))
     }
 }

@@ -18,6 +18,11 @@ pub fn message(m: &StoredMessage) -> pb::Message {
         sent_at_unix_ms: m.sent_at_unix_ms,
         kind: message_kind(m.kind) as i32,
         members: m.event_members(),
+        // Filled in where it is known (history pages).
+        read_count: 0,
+        target_seq: 0,
+        edited: false,
+        deleted: false,
     }
 }
 
@@ -129,6 +134,7 @@ pub fn event(e: &Event) -> pb::ServerFrame {
         } => Frame::Typing(pb::Typing {
             conversation_id: conversation_id.clone(),
             username: username.clone(),
+            expires_in_ms: crate::chat::TYPING_EXPIRES_MS,
         }),
     })
 }

@@ -41,13 +41,13 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     metric(
         "chat_bus_undecodable_records_total",
         "counter",
-        "Records read from this node's inbox that could not be decoded (dropped).",
+        "Records read from this node's inbox that could not be decoded (dead-lettered).",
         counter(&stats.undecodable_records),
     );
     metric(
         "chat_bus_publish_failures_total",
         "counter",
-        "Publishes the bus refused; the recipients catch up on reconnect.",
+        "Records the bus refused after every attempt (dead-lettered, typing excepted).",
         counter(&stats.publish_failures),
     );
     metric(
@@ -56,5 +56,29 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         "Session registry operations that failed.",
         counter(&stats.registry_failures),
     );
+    metric(
+        "chat_dead_letters_total",
+        "counter",
+        "Dead letters this node stored.",
+        counter(&stats.dead_letters),
+    );
+    metric(
+        "chat_dead_letter_failures_total",
+        "counter",
+        "Dead letters this node could not store (logged, lost).",
+        counter(&stats.dead_letter_failures),
+    );
+    // Counted on demand: the table is shared by every node of a cluster,
+    // so no node's counter could say it. A store that cannot answer leaves
+    // the gauge out rather than failing the whole scrape.
+    match state.store.count_dead_letters().await {
+        Ok(stored) => metric(
+            "chat_dead_letters_stored",
+            "gauge",
+            "Dead letters in the store (all nodes), replayed or not, until purged.",
+            stored,
+        ),
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot count the dead letters"),
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -1,9 +1,11 @@
 //! The JSON API over HTTP: registration and profiles in the seed's
-//! envelope, and health.
+//! envelope, health, metrics, and the admin API (`admin.rs`, the
+//! dead-letter queue, behind the admin token).
 //!
 //! Every answer is `{"req_id", "status", "data" | "error", "code"}` and the
 //! HTTP status equals `code`.
 
+mod admin;
 mod metrics;
 mod users;
 
@@ -13,7 +15,7 @@ use std::sync::Arc;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 
@@ -29,6 +31,24 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
+        .route(
+            "/admin/dead-letters",
+            get(admin::list)
+                .delete(admin::purge)
+                .fallback(admin::other_method),
+        )
+        .route(
+            "/admin/dead-letters/replay",
+            post(admin::replay_pending).fallback(admin::other_method),
+        )
+        .route(
+            "/admin/dead-letters/:id",
+            get(admin::show).fallback(admin::other_method),
+        )
+        .route(
+            "/admin/dead-letters/:id/replay",
+            post(admin::replay).fallback(admin::other_method),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)

@@ -305,6 +305,14 @@ pub async fn cursors_move_forward_only_and_unread_is_exact(store: Arc<dyn Store>
     ));
     let alice = store.conversations("alice").await.unwrap().remove(0);
     assert_eq!((alice.unread_count, alice.delivered_seq), (1, 3));
+    assert_eq!(
+        store.read_cursors("alice", &id).await.unwrap(),
+        vec![("alice".to_string(), 0), ("bob".to_string(), 3)]
+    );
+    assert!(matches!(
+        store.read_cursors("carol", &id).await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 fn limits() -> chat_store::GroupLimits {
@@ -608,4 +616,231 @@ pub async fn group_limits_are_enforced(store: Arc<dyn Store>) {
         store.change_group(create(&["nobody"]), limits()).await,
         Err(StoreError::NotFound)
     ));
+}
+
+// ------------------------------------------------------------ dead letters
+
+fn dead_letter(node: &str, reason: &str, payload: &[u8]) -> chat_store::NewDeadLetter {
+    chat_store::NewDeadLetter {
+        node: node.into(),
+        reason: reason.into(),
+        payload: payload.to_vec(),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+pub async fn dead_letters_keep_reason_time_and_payload(store: Arc<dyn Store>) {
+    use chat_store::DeadLetterQuery;
+    assert_eq!(store.count_dead_letters().await.unwrap(), 0);
+    assert!(store
+        .dead_letters(DeadLetterQuery::default())
+        .await
+        .unwrap()
+        .is_empty());
+    let before = now_ms();
+    // Payloads are bytes, not text: invalid UTF-8 and NULs survive.
+    let binary = b"\xff\x00 not json \x00".to_vec();
+    let first = store
+        .add_dead_letter(dead_letter(
+            "node-b",
+            "undecodable: expected value",
+            &binary,
+        ))
+        .await
+        .unwrap();
+    let second = store
+        .add_dead_letter(dead_letter(
+            "node-a",
+            "publish to node-b failed",
+            b"{\"v\":1}",
+        ))
+        .await
+        .unwrap();
+    let third = store
+        .add_dead_letter(dead_letter("node-a", "empty", b""))
+        .await
+        .unwrap();
+    let after = now_ms();
+    assert!(first.id < second.id && second.id < third.id, "ids increase");
+    assert_eq!(
+        (first.node.as_str(), first.reason.as_str(), &first.payload),
+        ("node-b", "undecodable: expected value", &binary)
+    );
+    assert!((before..=after).contains(&first.created_at_unix_ms));
+    assert_eq!(
+        (first.replayed_at_unix_ms, first.replay_attempts),
+        (None, 0)
+    );
+    assert_eq!(
+        store.dead_letter(first.id).await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(
+        store.dead_letter(third.id).await.unwrap(),
+        Some(third.clone())
+    );
+    assert_eq!(store.dead_letter(third.id + 1000).await.unwrap(), None);
+    assert_eq!(store.dead_letter(u64::MAX).await.unwrap(), None);
+    assert_eq!(store.count_dead_letters().await.unwrap(), 3);
+
+    // Oldest first, in bounded pages that follow each other.
+    let all = store
+        .dead_letters(DeadLetterQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(all, vec![first.clone(), second.clone(), third.clone()]);
+    let page = |limit, after_id| DeadLetterQuery {
+        limit,
+        after_id,
+        pending_only: false,
+    };
+    let one = store.dead_letters(page(2, None)).await.unwrap();
+    assert_eq!(one, vec![first.clone(), second.clone()]);
+    let two = store.dead_letters(page(2, Some(second.id))).await.unwrap();
+    assert_eq!(two, vec![third.clone()]);
+    assert!(store
+        .dead_letters(page(2, Some(third.id)))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .dead_letters(page(2, Some(u64::MAX)))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn dead_letter_pages_are_bounded(store: Arc<dyn Store>) {
+    use chat_store::{DeadLetterQuery, MAX_PAGE};
+    // Concurrent writers (several servers) get distinct ids.
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..60 {
+                let letter = dead_letter("n", &format!("{t}-{i}"), &[t, i]);
+                ids.push(store.add_dead_letter(letter).await.unwrap().id);
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.extend(t.await.unwrap());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 240);
+    assert_eq!(store.count_dead_letters().await.unwrap(), 240);
+    let query = |limit| DeadLetterQuery {
+        limit,
+        ..DeadLetterQuery::default()
+    };
+    assert_eq!(store.dead_letters(query(0)).await.unwrap().len(), 50);
+    let capped = store.dead_letters(query(u32::MAX)).await.unwrap();
+    assert_eq!(capped.len(), MAX_PAGE as usize);
+    let listed: Vec<u64> = capped.iter().map(|l| l.id).collect();
+    assert_eq!(listed, ids[..MAX_PAGE as usize]);
+}
+
+pub async fn dead_letter_replays_are_recorded_and_purges_select(store: Arc<dyn Store>) {
+    use chat_store::{DeadLetterPurge, DeadLetterQuery};
+    let a = store
+        .add_dead_letter(dead_letter("n", "a", b"a"))
+        .await
+        .unwrap();
+    let b = store
+        .add_dead_letter(dead_letter("n", "b", b"b"))
+        .await
+        .unwrap();
+
+    // A failed attempt is counted and leaves the letter pending.
+    let tried = store.record_replay(a.id, false).await.unwrap();
+    assert_eq!(
+        (tried.replay_attempts, tried.replayed_at_unix_ms),
+        (1, None)
+    );
+    let started = now_ms();
+    let replayed = store.record_replay(a.id, true).await.unwrap();
+    assert_eq!(replayed.replay_attempts, 2);
+    let at = replayed.replayed_at_unix_ms.expect("marked replayed");
+    assert!((started..=now_ms()).contains(&at));
+    assert_eq!(
+        store.dead_letter(a.id).await.unwrap(),
+        Some(replayed.clone())
+    );
+    // A later failed attempt keeps the time of the last delivery.
+    let again = store.record_replay(a.id, false).await.unwrap();
+    assert_eq!(
+        (again.replay_attempts, again.replayed_at_unix_ms),
+        (3, Some(at))
+    );
+    assert!(matches!(
+        store.record_replay(b.id + 1000, true).await,
+        Err(StoreError::NotFound)
+    ));
+
+    let pending = store
+        .dead_letters(DeadLetterQuery {
+            pending_only: true,
+            ..DeadLetterQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(pending, vec![b.clone()]);
+
+    // Purges delete what they select and say how many.
+    let purge = |before_unix_ms, replayed_only| DeadLetterPurge {
+        before_unix_ms,
+        replayed_only,
+    };
+    assert_eq!(
+        store
+            .purge_dead_letters(purge(Some(a.created_at_unix_ms), false))
+            .await
+            .unwrap(),
+        0,
+        "nothing was created before the first letter"
+    );
+    assert_eq!(
+        store.purge_dead_letters(purge(None, true)).await.unwrap(),
+        1
+    );
+    assert_eq!(store.dead_letter(a.id).await.unwrap(), None);
+    assert_eq!(store.count_dead_letters().await.unwrap(), 1);
+    assert_eq!(
+        store
+            .purge_dead_letters(purge(Some(b.created_at_unix_ms + 1), false))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.count_dead_letters().await.unwrap(), 0);
+    assert_eq!(
+        store
+            .purge_dead_letters(DeadLetterPurge::default())
+            .await
+            .unwrap(),
+        0
+    );
+    // An id is never reused, even after everything was purged.
+    let c = store
+        .add_dead_letter(dead_letter("n", "c", b"c"))
+        .await
+        .unwrap();
+    assert!(c.id > b.id);
+    assert_eq!(
+        store
+            .purge_dead_letters(DeadLetterPurge::default())
+            .await
+            .unwrap(),
+        1
+    );
 }

@@ -1,0 +1,279 @@
+//! The admin API: the dead-letter queue, for operators (and the
+//! `chat-server admin` command).
+//!
+//! Every request carries `Authorization: Bearer <admin token>`, the token
+//! of the configuration ([`crate::config::AdminToken`]). Without a
+//! configured token the admin API does not exist: every admin path answers
+//! 404 exactly like an unknown route, so a server without one shows no
+//! admin surface at all. A missing or wrong token answers 401; the check
+//! runs before anything else (even before the id is parsed), so nothing
+//! about the dead letters leaks to an unauthenticated caller.
+//!
+//! | request | answer `data` |
+//! |---|---|
+//! | `GET /admin/dead-letters?limit=&after=&pending=` | `dead_letters` (oldest first, without payloads), `has_more`, `next_after` |
+//! | `GET /admin/dead-letters/{id}` | the letter with `payload_text` (when UTF-8) and `payload_hex` |
+//! | `POST /admin/dead-letters/{id}/replay` | `outcome: "replayed"`, `local_sessions`, `nodes`, `dead_letter`; 400 when not replayable, 503 when not deliverable now |
+//! | `POST /admin/dead-letters/replay?after=&limit=` | `results` (one per pending letter tried), counts, `has_more`, `next_after` |
+//! | `DELETE /admin/dead-letters?before=&replayed=` | `purged` (how many) |
+//!
+//! Payloads are shown as hex (always) and as text (when valid UTF-8, as
+//! every envelope this server writes is): hex needs no dependency and no
+//! guessing, text is what an operator reads.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::Response;
+use chat_store::{DeadLetter, DeadLetterPurge, DeadLetterQuery, MAX_PAGE};
+use serde_json::{json, Value};
+
+use super::{failure, req_id, success};
+use crate::dead_letters::{Replay, Replayed};
+use crate::{ApiError, AppState};
+
+/// Letters listed per page unless `limit` says otherwise.
+const DEFAULT_LIST: u32 = 50;
+/// Pending letters one replay request tries unless `limit` says otherwise.
+const DEFAULT_REPLAY: u32 = 100;
+
+/// Checks the admin token.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.config.admin_token else {
+        return Err(ApiError::NotFound("route"));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    match presented {
+        Some(presented) if token.matches(presented) => Ok(()),
+        _ => Err(ApiError::Unauthenticated),
+    }
+}
+
+/// Runs `handle` for an authorized request, answering in the envelope.
+async fn admin<F>(state: &AppState, headers: &HeaderMap, handle: F) -> Response
+where
+    F: std::future::Future<Output = Result<Value, ApiError>>,
+{
+    let req_id = req_id(headers);
+    if let Err(e) = authorize(state, headers) {
+        let unauthenticated = matches!(e, ApiError::Unauthenticated);
+        let mut answer = failure(&req_id, e);
+        if unauthenticated {
+            answer
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        return answer;
+    }
+    match handle.await {
+        Ok(data) => success(req_id, data),
+        Err(e) => failure(&req_id, e),
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::InvalidArgument(message.into())
+}
+
+/// Query parameter `name` parsed as `T`, if present.
+fn param<T: std::str::FromStr>(
+    query: &HashMap<String, String>,
+    name: &str,
+) -> Result<Option<T>, ApiError> {
+    query
+        .get(name)
+        .map(|v| {
+            v.parse()
+                .map_err(|_| invalid(format!("invalid {name}: {v:?}")))
+        })
+        .transpose()
+}
+
+fn flag(query: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
+    match query.get(name).map(String::as_str) {
+        None | Some("false" | "0") => Ok(false),
+        Some("" | "true" | "1") => Ok(true),
+        Some(v) => Err(invalid(format!("invalid {name}: {v:?} (true or false)"))),
+    }
+}
+
+fn limit(query: &HashMap<String, String>, default: u32) -> Result<u32, ApiError> {
+    match param::<u32>(query, "limit")? {
+        None => Ok(default),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(_) => Err(invalid(format!("limit must be 1 to {MAX_PAGE}"))),
+    }
+}
+
+fn id(raw: &str) -> Result<u64, ApiError> {
+    raw.parse()
+        .map_err(|_| invalid(format!("invalid dead letter id: {raw:?}")))
+}
+
+/// RFC 3339 in UTC with milliseconds, e.g. `2025-01-02T03:04:05.678Z`.
+pub fn rfc3339(unix_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(unix_ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+fn letter_json(letter: &DeadLetter, with_payload: bool) -> Value {
+    let mut out = json!({
+        "id": letter.id,
+        "node": letter.node,
+        "reason": letter.reason,
+        "created_at_unix_ms": letter.created_at_unix_ms,
+        "created_at": rfc3339(letter.created_at_unix_ms),
+        "replayed_at_unix_ms": letter.replayed_at_unix_ms,
+        "replay_attempts": letter.replay_attempts,
+        "payload_bytes": letter.payload.len(),
+    });
+    if with_payload {
+        out["payload_text"] = std::str::from_utf8(&letter.payload)
+            .map_or(Value::Null, |text| Value::String(text.to_owned()));
+        out["payload_hex"] = Value::String(hex::encode(&letter.payload));
+    }
+    out
+}
+
+fn replayed_json(replayed: &Replayed) -> Value {
+    let mut out = match &replayed.replay {
+        Replay::Delivered {
+            local_sessions,
+            nodes,
+        } => json!({ "outcome": "replayed", "local_sessions": local_sessions, "nodes": nodes }),
+        Replay::NotReplayable(reason) => {
+            json!({ "outcome": "not_replayable", "reason": reason })
+        }
+        Replay::Failed(reason) => json!({ "outcome": "failed", "reason": reason }),
+    };
+    out["id"] = json!(replayed.letter.id);
+    out
+}
+
+/// `GET /admin/dead-letters?limit=&after=&pending=`: a page, oldest first.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    admin(&state, &headers, async {
+        let limit = limit(&query, DEFAULT_LIST)?;
+        let page = state
+            .store
+            .dead_letters(DeadLetterQuery {
+                limit,
+                after_id: param(&query, "after")?,
+                pending_only: flag(&query, "pending")?,
+            })
+            .await?;
+        Ok(json!({
+            "dead_letters": page.iter().map(|l| letter_json(l, false)).collect::<Vec<_>>(),
+            "has_more": page.len() >= limit as usize,
+            "next_after": page.last().map(|l| l.id),
+        }))
+    })
+    .await
+}
+
+/// `GET /admin/dead-letters/{id}`: one letter with its payload.
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Response {
+    admin(&state, &headers, async {
+        let letter = state
+            .store
+            .dead_letter(id(&raw)?)
+            .await?
+            .ok_or(ApiError::NotFound("dead letter"))?;
+        Ok(letter_json(&letter, true))
+    })
+    .await
+}
+
+/// `POST /admin/dead-letters/{id}/replay`: replays one letter, pending or
+/// not (an operator may deliberately deliver one again).
+pub async fn replay(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Response {
+    admin(&state, &headers, async {
+        let replayed = state.replay_dead_letter(id(&raw)?).await?;
+        match &replayed.replay {
+            Replay::Delivered { .. } => {
+                let mut out = replayed_json(&replayed);
+                out["dead_letter"] = letter_json(&replayed.letter, false);
+                Ok(out)
+            }
+            // Retrying unchanged fails again.
+            Replay::NotReplayable(reason) => Err(invalid(format!("not replayable: {reason}"))),
+            // Retrying later may succeed.
+            Replay::Failed(reason) => {
+                Err(ApiError::Unavailable(format!("not delivered: {reason}")))
+            }
+        }
+    })
+    .await
+}
+
+/// `POST /admin/dead-letters/replay?after=&limit=`: replays pending
+/// letters, oldest first, stopping at the first that cannot be delivered
+/// now. Always 200: each letter's outcome is in `results`.
+pub async fn replay_pending(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    admin(&state, &headers, async {
+        let batch = state
+            .replay_pending(param(&query, "after")?, limit(&query, DEFAULT_REPLAY)?)
+            .await?;
+        let count = |f: fn(&Replay) -> bool| batch.results.iter().filter(|r| f(&r.replay)).count();
+        Ok(json!({
+            "results": batch.results.iter().map(replayed_json).collect::<Vec<_>>(),
+            "replayed": count(|r| matches!(r, Replay::Delivered { .. })),
+            "not_replayable": count(|r| matches!(r, Replay::NotReplayable(_))),
+            "failed": count(|r| matches!(r, Replay::Failed(_))),
+            "has_more": batch.has_more,
+            "next_after": batch.results.last().map(|r| r.letter.id),
+        }))
+    })
+    .await
+}
+
+/// `DELETE /admin/dead-letters?before=<unix ms>&replayed=true`: deletes
+/// every letter, or those created before `before` and/or already replayed.
+pub async fn purge(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    admin(&state, &headers, async {
+        let purged = state
+            .store
+            .purge_dead_letters(DeadLetterPurge {
+                before_unix_ms: param(&query, "before")?,
+                replayed_only: flag(&query, "replayed")?,
+            })
+            .await?;
+        tracing::info!(purged, "dead letters purged");
+        Ok(json!({ "purged": purged }))
+    })
+    .await
+}
+
+/// Any other method on an admin path: authorized first (so a disabled or
+/// unauthenticated admin API shows nothing), then not found.
+pub async fn other_method(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    admin(&state, &headers, async { Err(ApiError::NotFound("route")) }).await
+}
