@@ -114,6 +114,29 @@ pub fn message_line(m: &pb::Message, me: &str, label: &str, now: DateTime<Local>
         return event_line(m, me, label, now);
     }
     let time = clock(m.sent_at_unix_ms, now);
+    let actor = if m.sender == me {
+        "you".to_owned()
+    } else {
+        terminal_text(&m.sender)
+    };
+    let place = if label.starts_with('#') {
+        format!(" in {label}")
+    } else {
+        String::new()
+    };
+    match pb::MessageKind::try_from(m.kind) {
+        Ok(pb::MessageKind::MessageEdited) => {
+            let body = terminal_text(&m.body);
+            return format!(
+                "{time} * {actor} edited message {}{place}: {body}",
+                m.target_seq
+            );
+        }
+        Ok(pb::MessageKind::MessageDeleted) => {
+            return format!("{time} * {actor} deleted message {}{place}", m.target_seq);
+        }
+        _ => {}
+    }
     let body = terminal_text(&m.body);
     if m.sender == me {
         format!("{time} you → {label}: {body}")
@@ -285,6 +308,24 @@ pub fn ready_summary(ready: &pb::Ready, server: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn edits_and_deletions_are_shown_as_changes() {
+        let now = Local::now();
+        let mut m = pb::Message {
+            sender: "alice".into(),
+            body: "hello".into(),
+            target_seq: 3,
+            kind: pb::MessageKind::MessageEdited as i32,
+            sent_at_unix_ms: now.timestamp_millis(),
+            ..Default::default()
+        };
+        assert!(message_line(&m, "bob", "alice", now).ends_with("* alice edited message 3: hello"));
+        m.kind = pb::MessageKind::MessageDeleted as i32;
+        assert!(
+            message_line(&m, "alice", "#Team", now).ends_with("* you deleted message 3 in #Team")
+        );
+    }
+
     use super::*;
 
     fn message(sender: &str, body: &str) -> pb::Message {

@@ -109,12 +109,7 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Anything but the sender's own live text message answers
     /// [`StoreError::NotFound`]. A repeated `(editor, client_msg_id)`
     /// returns the original event with `duplicate = true`.
-    async fn change_message(&self, change: MessageChange) -> Result<Appended> {
-        let _ = change;
-        Err(StoreError::Internal(
-            "editing is not supported by this store".into(),
-        ))
-    }
+    async fn change_message(&self, change: MessageChange) -> Result<Appended>;
     /// Every member's read cursor, as (username, read_seq), if `username`
     /// is a member: what read receipts are computed from.
     async fn read_cursors(

@@ -46,19 +46,30 @@ pub struct StoredMessage {
     pub seq: u64,
     /// Who wrote it, or who made the membership change.
     pub sender: String,
-    /// The text; for a membership event, the usernames it concerns,
-    /// separated by spaces (see [`StoredMessage::event_members`]).
+    /// The text (the latest, if edited; empty if deleted); for a
+    /// membership event, the usernames it concerns, separated by spaces
+    /// (see [`StoredMessage::event_members`]); for an edit event, the new
+    /// text.
     pub body: String,
     pub client_msg_id: String,
     pub sent_at_unix_ms: i64,
     #[serde(default)]
     pub kind: MessageKind,
+    /// For an edit or delete event: the seq of the changed message.
+    #[serde(default)]
+    pub target_seq: u64,
+    /// The text was edited after it was sent.
+    #[serde(default)]
+    pub edited: bool,
+    /// The message was deleted (its body is empty).
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 impl StoredMessage {
     /// The usernames a membership event concerns (none for text).
     pub fn event_members(&self) -> Vec<String> {
-        if self.kind == MessageKind::Text {
+        if !self.kind.is_membership() {
             return Vec::new();
         }
         self.body.split_whitespace().map(str::to_owned).collect()
@@ -75,9 +86,21 @@ pub enum MessageKind {
     MembersAdded,
     MemberRemoved,
     MemberLeft,
+    MessageEdited,
+    MessageDeleted,
 }
 
 impl MessageKind {
+    /// A change of a group's membership.
+    pub fn is_membership(self) -> bool {
+        matches!(
+            self,
+            MessageKind::GroupCreated
+                | MessageKind::MembersAdded
+                | MessageKind::MemberRemoved
+                | MessageKind::MemberLeft
+        )
+    }
     /// The name stored in the database.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -86,6 +109,8 @@ impl MessageKind {
             MessageKind::MembersAdded => "members_added",
             MessageKind::MemberRemoved => "member_removed",
             MessageKind::MemberLeft => "member_left",
+            MessageKind::MessageEdited => "message_edited",
+            MessageKind::MessageDeleted => "message_deleted",
         }
     }
 
@@ -96,6 +121,8 @@ impl MessageKind {
             "members_added" => MessageKind::MembersAdded,
             "member_removed" => MessageKind::MemberRemoved,
             "member_left" => MessageKind::MemberLeft,
+            "message_edited" => MessageKind::MessageEdited,
+            "message_deleted" => MessageKind::MessageDeleted,
             _ => MessageKind::Text,
         }
     }

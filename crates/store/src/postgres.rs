@@ -25,6 +25,12 @@
 //!   before counting their groups, so no race lets a user or a group past
 //!   its limit. A send checks membership again under the row lock, so a
 //!   member removed meanwhile posts nothing after the removal.
+//! - **Edits and deletions.** `change_message` locks the conversation row
+//!   first (`FOR NO KEY UPDATE`, like a membership change), checks for a
+//!   retry under the lock, changes the sender's own live text message and
+//!   appends its event with the next seq, all in one transaction. Changes
+//!   of one message are thus serialised across servers: of two deletions,
+//!   one commits and the other finds no live message.
 //! - **Acknowledged means committed.** Every write returns only after its
 //!   `COMMIT` answered. An error is [`StoreError::Unavailable`] when the
 //!   database cannot be reached, answers too slowly, or asks to retry
@@ -71,9 +77,9 @@ use tokio_postgres::{NoTls, Row};
 
 use crate::{
     Appended, ConversationKind, ConversationSummary, GroupChange, GroupChanged, GroupInfo,
-    GroupLimits, GroupMember, GroupRole, GroupStore, HistoryPage, HistoryQuery, MessageKind,
-    MessageStore, NewMessage, NewUser, ReadCursor, Result, StoreError, StoredMessage, Target,
-    UserProfile, UserStore, MAX_PAGE,
+    GroupLimits, GroupMember, GroupRole, GroupStore, HistoryPage, HistoryQuery, MessageChange,
+    MessageKind, MessageStore, NewMessage, NewUser, ReadCursor, Result, StoreError, StoredMessage,
+    Target, UserProfile, UserStore, MAX_PAGE,
 };
 
 /// Settings of the PostgreSQL backend.
@@ -234,6 +240,14 @@ CREATE TABLE dead_letters (
 );
 CREATE INDEX dead_letters_pending ON dead_letters (id) WHERE replayed_at_ms IS NULL;
 CREATE INDEX dead_letters_by_time ON dead_letters (created_at_ms);
+"#,
+    // Edits and deletions: an edit or delete event names the message it
+    // changed; a changed message records when it was last edited (NULL:
+    // never) and whether it was deleted (its body is then empty).
+    r#"
+ALTER TABLE messages ADD COLUMN target_seq BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN edited_at_ms BIGINT;
+ALTER TABLE messages ADD COLUMN deleted BOOLEAN NOT NULL DEFAULT FALSE;
 "#,
 ];
 
@@ -486,8 +500,9 @@ async fn execute<C: GenericClient>(
     Ok(c.execute(&stmt, params).await?)
 }
 
-/// A message from eight columns starting at `at`: id, conversation_id, seq,
-/// sender, body, client_msg_id, sent_at_ms, kind.
+/// A message from eleven columns starting at `at`: id, conversation_id,
+/// seq, sender, body, client_msg_id, sent_at_ms, kind, target_seq,
+/// `edited_at_ms IS NOT NULL`, deleted.
 fn message_from_row(row: &Row, at: usize) -> Result<StoredMessage> {
     let kind: String = row.try_get(at + 7)?;
     Ok(StoredMessage {
@@ -499,6 +514,9 @@ fn message_from_row(row: &Row, at: usize) -> Result<StoredMessage> {
         client_msg_id: row.try_get(at + 5)?,
         sent_at_unix_ms: row.try_get(at + 6)?,
         kind: MessageKind::parse(&kind),
+        target_seq: seq_value(row.try_get(at + 8)?),
+        edited: row.try_get(at + 9)?,
+        deleted: row.try_get(at + 10)?,
     })
 }
 
@@ -522,15 +540,18 @@ fn usernames(rows: Vec<Row>) -> Result<Vec<String>> {
     rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
 }
 
+/// The message `$1` sent with `$2`: what a retry answers.
+const MESSAGE_BY_CLIENT_ID: &str =
+    "SELECT id, conversation_id, seq, sender, body, client_msg_id, sent_at_ms, kind,
+            target_seq, edited_at_ms IS NOT NULL, deleted
+     FROM messages WHERE sender = $1 AND client_msg_id = $2";
+
 async fn message_by_client_id<C: GenericClient>(
     c: &C,
     sender: &str,
     client_msg_id: &str,
 ) -> Result<Option<StoredMessage>> {
-    const SQL: &str =
-        "SELECT id, conversation_id, seq, sender, body, client_msg_id, sent_at_ms, kind
-         FROM messages WHERE sender = $1 AND client_msg_id = $2";
-    query_opt(c, SQL, &[&sender, &client_msg_id])
+    query_opt(c, MESSAGE_BY_CLIENT_ID, &[&sender, &client_msg_id])
         .await?
         .map(|r| message_from_row(&r, 0))
         .transpose()
@@ -587,7 +608,7 @@ async fn history(
     // conversation, the event that added them in a group).
     let sql = if forward {
         "SELECT g.id, g.conversation_id, g.seq, g.sender, g.body, g.client_msg_id,
-                g.sent_at_ms, g.kind
+                g.sent_at_ms, g.kind, g.target_seq, g.edited_at_ms IS NOT NULL, g.deleted
          FROM members m
          JOIN messages g ON g.conversation_id = m.conversation_id
          WHERE m.conversation_id = $1 AND m.username = $5
@@ -595,7 +616,7 @@ async fn history(
          ORDER BY g.seq ASC LIMIT $4"
     } else {
         "SELECT g.id, g.conversation_id, g.seq, g.sender, g.body, g.client_msg_id,
-                g.sent_at_ms, g.kind
+                g.sent_at_ms, g.kind, g.target_seq, g.edited_at_ms IS NOT NULL, g.deleted
          FROM members m
          JOIN messages g ON g.conversation_id = m.conversation_id
          WHERE m.conversation_id = $1 AND m.username = $5
@@ -641,10 +662,10 @@ async fn conversations(c: &Object, username: &str) -> Result<Vec<ConversationSum
                END,
                (SELECT COUNT(*) FROM messages u
                  WHERE u.conversation_id = c.id AND u.seq > m.read_seq
-                   AND u.sender <> m.username AND u.kind = 'text'),
+                   AND u.sender <> m.username AND u.kind = 'text' AND NOT u.deleted),
                c.name,
                l.id, l.conversation_id, l.seq, l.sender, l.body, l.client_msg_id, l.sent_at_ms,
-               l.kind
+               l.kind, l.target_seq, l.edited_at_ms IS NOT NULL, l.deleted
         FROM members m
         JOIN conversations c ON c.id = m.conversation_id
         LEFT JOIN messages l ON l.conversation_id = c.id AND l.seq = c.last_seq
@@ -819,7 +840,7 @@ async fn append(client: &mut Object, msg: NewMessage) -> Result<Appended> {
 
     let id = new_id('m');
     let kind = MessageKind::Text.as_str();
-    let params: [&(dyn ToSql + Sync); 7] = [
+    let params: [&(dyn ToSql + Sync); 8] = [
         &conversation_id,
         &id,
         &msg.sender,
@@ -827,6 +848,7 @@ async fn append(client: &mut Object, msg: NewMessage) -> Result<Appended> {
         &msg.client_msg_id,
         &now,
         &kind,
+        &0i64,
     ];
     // The member list goes out right behind the insert, in one round trip
     // (one less while the row lock is held). Both statements are prepared
@@ -888,25 +910,29 @@ async fn append(client: &mut Object, msg: NewMessage) -> Result<Appended> {
             client_msg_id: msg.client_msg_id,
             sent_at_unix_ms: now,
             kind: MessageKind::Text,
+            target_seq: 0,
+            edited: false,
+            deleted: false,
         },
         members,
         duplicate: false,
     })
 }
 
-/// Takes the next seq of conversation `$1` and inserts the message with it.
-/// The UPDATE's row lock serialises every writer of the conversation (sends
-/// and membership changes) until the commit, and a rollback undoes the
-/// increment with the message, so seqs stay gap-free. No row: no such
-/// conversation.
+/// Takes the next seq of conversation `$1` and inserts the message with it
+/// (`$8` is the target_seq: the changed message's seq for an edit or delete
+/// event, 0 otherwise). The UPDATE's row lock serialises every writer of
+/// the conversation (sends, edits and membership changes) until the commit,
+/// and a rollback undoes the increment with the message, so seqs stay
+/// gap-free. No row: no such conversation.
 const INSERT_MESSAGE: &str = "
     WITH next AS (
         UPDATE conversations SET last_seq = last_seq + 1
         WHERE id = $1 RETURNING last_seq
     )
     INSERT INTO messages
-        (conversation_id, seq, id, sender, body, client_msg_id, sent_at_ms, kind)
-    SELECT $1, next.last_seq, $2, $3, $4, $5, $6, $7 FROM next
+        (conversation_id, seq, id, sender, body, client_msg_id, sent_at_ms, kind, target_seq)
+    SELECT $1, next.last_seq, $2, $3, $4, $5, $6, $7, $8 FROM next
     RETURNING seq";
 
 fn invalid_self() -> StoreError {
@@ -989,7 +1015,7 @@ async fn mark_read(
         RETURNING m.read_seq,
                   (SELECT COUNT(*) FROM messages u
                     WHERE u.conversation_id = m.conversation_id AND u.seq > m.read_seq
-                      AND u.sender <> m.username AND u.kind = 'text')";
+                      AND u.sender <> m.username AND u.kind = 'text' AND NOT u.deleted)";
     let row = query_opt(c, SQL, &[&conversation_id, &username, &seq_param(seq)])
         .await?
         .ok_or(StoreError::NotFound)?;
@@ -1015,6 +1041,190 @@ async fn mark_delivered(
         .await?
         .ok_or(StoreError::NotFound)?;
     Ok(seq_value(row.try_get(0)?))
+}
+
+// ------------------------------------------------------------------- edits
+
+/// Locks conversation `$1` if `$2` is a member of it (a non-member locks
+/// nothing). An edit or deletion takes this lock first, as a membership
+/// change does: sends hold the same row lock (their `UPDATE` of last_seq),
+/// so a change is serialised with every writer of the conversation, takes
+/// its locks in the same order (the conversation first), and reads the
+/// message and the members as they are.
+const LOCK_CONVERSATION: &str = "
+    SELECT 1 FROM conversations c
+     WHERE c.id = $1
+       AND EXISTS (SELECT 1 FROM members m WHERE m.conversation_id = c.id AND m.username = $2)
+    FOR NO KEY UPDATE OF c";
+
+/// Edits message `$2` of conversation `$1` to `$4` at `$5`, if it is live
+/// text that `$3` sent and, as a member, may see. No row: nothing changed.
+const EDIT_TARGET: &str = "
+    UPDATE messages g SET body = $4, edited_at_ms = $5
+      FROM members m
+     WHERE g.conversation_id = $1 AND g.seq = $2 AND g.sender = $3
+       AND g.kind = 'text' AND NOT g.deleted
+       AND m.conversation_id = g.conversation_id AND m.username = $3
+       AND g.seq >= m.joined_seq
+    RETURNING g.seq";
+
+/// Deletes message `$2` of conversation `$1` (keeping a tombstone with an
+/// empty body), under the same conditions as [`EDIT_TARGET`].
+const DELETE_TARGET: &str = "
+    UPDATE messages g SET body = '', deleted = TRUE
+      FROM members m
+     WHERE g.conversation_id = $1 AND g.seq = $2 AND g.sender = $3
+       AND g.kind = 'text' AND NOT g.deleted
+       AND m.conversation_id = g.conversation_id AND m.username = $3
+       AND g.seq >= m.joined_seq
+    RETURNING g.seq";
+
+async fn change_message(client: &mut Object, change: MessageChange) -> Result<Appended> {
+    // As for sends: nothing stored matches a key holding NUL.
+    if has_nul(&change.editor) {
+        return Err(StoreError::NotFound);
+    }
+    if has_nul(&change.client_msg_id) {
+        return Err(StoreError::Invalid(
+            "client_msg_id must not contain NUL characters".into(),
+        ));
+    }
+    let now = now_ms();
+    let editor = change.editor.as_str();
+    let key = change.client_msg_id.as_str();
+    let conversation_id = change.conversation_id.as_str();
+    let tx = client.transaction().await?;
+
+    // The lock and the retry check go out in one round trip; the check runs
+    // once the lock is granted, so it sees an identical change that
+    // committed while this one waited for the lock.
+    let (locked, existing) = if has_nul(conversation_id) {
+        (false, message_by_client_id(&tx, editor, key).await?)
+    } else {
+        let (lock, by_key) = tokio::try_join!(
+            tx.prepare_cached(LOCK_CONVERSATION),
+            tx.prepare_cached(MESSAGE_BY_CLIENT_ID)
+        )?;
+        let lock_params: [&(dyn ToSql + Sync); 2] = [&conversation_id, &editor];
+        let key_params: [&(dyn ToSql + Sync); 2] = [&editor, &key];
+        let (locked, existing) = tokio::join!(
+            tx.query_opt(&lock, &lock_params),
+            tx.query_opt(&by_key, &key_params),
+        );
+        let locked = locked?.is_some();
+        let existing = existing?.map(|r| message_from_row(&r, 0)).transpose()?;
+        (locked, existing)
+    };
+    if let Some(message) = existing {
+        let members = members(&tx, &message.conversation_id).await?;
+        tx.commit().await?;
+        return Ok(Appended {
+            message,
+            members,
+            duplicate: true,
+        });
+    }
+    if !locked {
+        return Err(StoreError::NotFound);
+    }
+    let (kind, body) = match change.body.as_deref() {
+        Some(text) => (MessageKind::MessageEdited, text),
+        None => (MessageKind::MessageDeleted, ""),
+    };
+    if has_nul(body) {
+        return Err(StoreError::Invalid(
+            "body must not contain NUL characters".into(),
+        ));
+    }
+
+    // The change of the target, the event and the member list go out in
+    // one round trip, in this order (prepared first, as in `append`). The
+    // event counts only if the target changed.
+    let target_sql = match kind {
+        MessageKind::MessageEdited => EDIT_TARGET,
+        _ => DELETE_TARGET,
+    };
+    let (target, insert, list) = tokio::try_join!(
+        tx.prepare_cached(target_sql),
+        tx.prepare_cached(INSERT_MESSAGE),
+        tx.prepare_cached(MEMBERS)
+    )?;
+    let target_seq = seq_param(change.seq);
+    let edit_params: [&(dyn ToSql + Sync); 5] =
+        [&conversation_id, &target_seq, &editor, &body, &now];
+    let target_params = match kind {
+        MessageKind::MessageEdited => &edit_params[..],
+        _ => &edit_params[..3],
+    };
+    let id = new_id('m');
+    let kind_name = kind.as_str();
+    let event_params: [&(dyn ToSql + Sync); 8] = [
+        &conversation_id,
+        &id,
+        &editor,
+        &body,
+        &key,
+        &now,
+        &kind_name,
+        &target_seq,
+    ];
+    let list_params: [&(dyn ToSql + Sync); 1] = [&conversation_id];
+    let (changed, inserted, member_list) = tokio::join!(
+        tx.query_opt(&target, target_params),
+        tx.query_opt(&insert, &event_params),
+        tx.query(&list, &list_params),
+    );
+    if changed?.is_none() {
+        // Not the editor's own live text message, or no message at all:
+        // the same answer. Undo the event and its seq.
+        tx.rollback().await?;
+        return Err(StoreError::NotFound);
+    }
+    let seq = match inserted.map_err(StoreError::from) {
+        Ok(Some(row)) => seq_value(row.try_get(0)?),
+        Ok(None) => {
+            return Err(StoreError::Internal(format!(
+                "conversation {conversation_id} vanished"
+            )))
+        }
+        Err(StoreError::AlreadyExists) => {
+            // The key was used meanwhile for another conversation (changes
+            // of this one wait for the lock and found nothing): undo this
+            // attempt and answer the original, as `append` does.
+            tx.rollback().await?;
+            let Some(message) = message_by_client_id(&*client, editor, key).await? else {
+                return Err(StoreError::Internal(
+                    "a unique violation without an original message".into(),
+                ));
+            };
+            let members = members(&*client, &message.conversation_id).await?;
+            return Ok(Appended {
+                message,
+                members,
+                duplicate: true,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let members = usernames(member_list?)?;
+    tx.commit().await?;
+    Ok(Appended {
+        message: StoredMessage {
+            id,
+            conversation_id: change.conversation_id.clone(),
+            seq,
+            sender: change.editor.clone(),
+            body: body.to_owned(),
+            client_msg_id: change.client_msg_id.clone(),
+            sent_at_unix_ms: now,
+            kind,
+            target_seq: change.seq,
+            edited: false,
+            deleted: false,
+        },
+        members,
+        duplicate: false,
+    })
 }
 
 // ------------------------------------------------------------------ groups
@@ -1192,6 +1402,7 @@ async fn insert_event<C: GenericClient>(
             &client_msg_id,
             &now,
             &kind_name,
+            &0i64,
         ],
     )
     .await?
@@ -1205,6 +1416,9 @@ async fn insert_event<C: GenericClient>(
         client_msg_id,
         sent_at_unix_ms: now,
         kind,
+        target_seq: 0,
+        edited: false,
+        deleted: false,
     })
 }
 
@@ -1292,6 +1506,9 @@ async fn create_group(
         client_msg_id: String::new(),
         sent_at_unix_ms: now,
         kind: MessageKind::GroupCreated,
+        target_seq: 0,
+        edited: false,
+        deleted: false,
     };
     let event = StoredMessage {
         client_msg_id: format!("event-{}", event.id),
@@ -1651,6 +1868,13 @@ impl MessageStore for PostgresStore {
             members_of(&client, username, conversation_id),
         )
         .await;
+        self.settle(client, outcome)
+    }
+
+    async fn change_message(&self, change: MessageChange) -> Result<Appended> {
+        let mut client = self.client().await?;
+        let outcome =
+            tokio::time::timeout(self.operation_timeout, change_message(&mut client, change)).await;
         self.settle(client, outcome)
     }
 

@@ -25,9 +25,9 @@ use tokio::sync::oneshot;
 
 use crate::{
     Appended, ConversationKind, ConversationSummary, GroupChange, GroupChanged, GroupInfo,
-    GroupLimits, GroupMember, GroupRole, GroupStore, HistoryPage, HistoryQuery, MessageKind,
-    MessageStore, NewMessage, NewUser, ReadCursor, Result, StoreError, StoredMessage, Target,
-    UserProfile, UserStore, MAX_PAGE,
+    GroupLimits, GroupMember, GroupRole, GroupStore, HistoryPage, HistoryQuery, MessageChange,
+    MessageKind, MessageStore, NewMessage, NewUser, ReadCursor, Result, StoreError, StoredMessage,
+    Target, UserProfile, UserStore, MAX_PAGE,
 };
 
 /// How hard a commit tries to reach the disk before it is acknowledged.
@@ -135,6 +135,12 @@ CREATE TABLE dead_letters (
 );
 CREATE INDEX dead_letters_pending ON dead_letters (id) WHERE replayed_at_ms IS NULL;
 CREATE INDEX dead_letters_by_time ON dead_letters (created_at_ms);
+"#,
+    // Edits and deletions.
+    r#"
+ALTER TABLE messages ADD COLUMN target_seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN edited_at_ms INTEGER;
+ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
 "#,
 ];
 
@@ -301,8 +307,8 @@ impl ReadPool {
     }
 }
 
-const MESSAGE_COLUMNS: &str =
-    "id, conversation_id, seq, sender, body, client_msg_id, sent_at_ms, kind";
+const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, sender, body, client_msg_id, sent_at_ms, \
+     kind, target_seq, edited_at_ms IS NOT NULL, deleted";
 
 fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
     Ok(StoredMessage {
@@ -314,6 +320,9 @@ fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> 
         client_msg_id: row.get(5)?,
         sent_at_unix_ms: row.get(6)?,
         kind: MessageKind::parse(&row.get::<_, String>(7)?),
+        target_seq: row.get::<_, i64>(8)? as u64,
+        edited: row.get(9)?,
+        deleted: row.get(10)?,
     })
 }
 
@@ -341,7 +350,7 @@ fn unread_count(
     let n: i64 = conn
         .prepare_cached(
             "SELECT COUNT(*) FROM messages
-             WHERE conversation_id = ?1 AND seq > ?2 AND sender <> ?3 AND kind = 'text'",
+             WHERE conversation_id = ?1 AND seq > ?2 AND sender <> ?3 AND kind = 'text' AND deleted = 0",
         )?
         .query_row(params![conversation_id, after as i64, username], |r| {
             r.get(0)
@@ -491,6 +500,7 @@ enum WriteOp {
         GroupLimits,
         oneshot::Sender<Result<GroupChanged>>,
     ),
+    ChangeMessage(MessageChange, oneshot::Sender<Result<Appended>>),
     DeadLetter(dead_letters::Op),
 }
 
@@ -586,6 +596,7 @@ fn unapplied(op: WriteOp, e: &StoreError) -> Answer {
         WriteOp::MarkRead { reply, .. } => Answer::Read(reply, err(e)),
         WriteOp::MarkDelivered { reply, .. } => Answer::Delivered(reply, err(e)),
         WriteOp::ChangeGroup(_, _, reply) => Answer::Group(reply, err(e)),
+        WriteOp::ChangeMessage(_, reply) => Answer::Appended(reply, err(e)),
         WriteOp::DeadLetter(op) => Answer::DeadLetter(op.unapplied(e)),
     }
 }
@@ -632,6 +643,10 @@ fn apply_one(conn: &Connection, op: WriteOp, now: i64) -> Answer {
             in_savepoint(conn, |c| {
                 mark_delivered(c, &username, &conversation_id, seq)
             }),
+        ),
+        WriteOp::ChangeMessage(change, reply) => Answer::Appended(
+            reply,
+            in_savepoint(conn, |c| change_message(c, change, now)),
         ),
         WriteOp::ChangeGroup(change, limits, reply) => Answer::Group(
             reply,
@@ -700,6 +715,9 @@ fn append(conn: &Connection, msg: NewMessage, now: i64) -> Result<Appended> {
         client_msg_id: msg.client_msg_id,
         sent_at_unix_ms: now,
         kind: MessageKind::Text,
+        target_seq: 0,
+        edited: false,
+        deleted: false,
     };
     conn.prepare_cached(
         "INSERT INTO messages (conversation_id, seq, id, sender, body, client_msg_id, sent_at_ms)
@@ -896,25 +914,56 @@ fn append_event(
     concerned: &[String],
     now: i64,
 ) -> Result<StoredMessage> {
+    let event = Event {
+        kind,
+        body: concerned.join(" "),
+        client_msg_id: None,
+        target_seq: 0,
+    };
+    insert_event(conn, group_id, actor, event, now)
+}
+
+/// An event to commit as a message of its conversation.
+struct Event {
+    kind: MessageKind,
+    body: String,
+    /// The client's idempotency key; a fresh one when the server makes the
+    /// event on its own.
+    client_msg_id: Option<String>,
+    target_seq: u64,
+}
+
+/// Commits an event with the conversation's next seq.
+fn insert_event(
+    conn: &Connection,
+    conversation_id: &str,
+    sender: &str,
+    event: Event,
+    now: i64,
+) -> Result<StoredMessage> {
     let seq: i64 = conn
         .prepare_cached(
             "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq",
         )?
-        .query_row(params![group_id], |r| r.get(0))?;
+        .query_row(params![conversation_id], |r| r.get(0))?;
     let id = new_id('m');
     let message = StoredMessage {
-        client_msg_id: format!("event-{id}"),
+        client_msg_id: event.client_msg_id.unwrap_or_else(|| format!("event-{id}")),
         id,
-        conversation_id: group_id.to_owned(),
+        conversation_id: conversation_id.to_owned(),
         seq: seq as u64,
-        sender: actor.to_owned(),
-        body: concerned.join(" "),
+        sender: sender.to_owned(),
+        body: event.body,
         sent_at_unix_ms: now,
-        kind,
+        kind: event.kind,
+        target_seq: event.target_seq,
+        edited: false,
+        deleted: false,
     };
     conn.prepare_cached(
-        "INSERT INTO messages (conversation_id, seq, id, sender, body, client_msg_id, sent_at_ms, kind)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO messages
+           (conversation_id, seq, id, sender, body, client_msg_id, sent_at_ms, kind, target_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         message.conversation_id,
@@ -924,9 +973,85 @@ fn append_event(
         message.body,
         message.client_msg_id,
         now,
-        kind.as_str()
+        message.kind.as_str(),
+        message.target_seq as i64
     ])?;
     Ok(message)
+}
+
+/// Edits or deletes a text message its sender wrote, with its event.
+fn change_message(conn: &Connection, change: MessageChange, now: i64) -> Result<Appended> {
+    let existing = conn
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender = ?1 AND client_msg_id = ?2"
+        ))?
+        .query_row(
+            params![change.editor, change.client_msg_id],
+            message_from_row,
+        )
+        .optional()?;
+    if let Some(message) = existing {
+        let members = members(conn, &message.conversation_id)?;
+        return Ok(Appended {
+            message,
+            members,
+            duplicate: true,
+        });
+    }
+    let joined =
+        joined_seq(conn, &change.editor, &change.conversation_id)?.ok_or(StoreError::NotFound)?;
+    // Only the editor's own, visible, live text message; anything else is
+    // answered like a message that does not exist.
+    let target = conn
+        .prepare_cached(
+            "SELECT 1 FROM messages
+             WHERE conversation_id = ?1 AND seq = ?2 AND sender = ?3
+               AND kind = 'text' AND deleted = 0 AND seq >= ?4",
+        )?
+        .exists(params![
+            change.conversation_id,
+            change.seq as i64,
+            change.editor,
+            joined as i64
+        ])?;
+    if !target {
+        return Err(StoreError::NotFound);
+    }
+    let kind = match &change.body {
+        Some(body) => {
+            conn.prepare_cached(
+                "UPDATE messages SET body = ?3, edited_at_ms = ?4
+                 WHERE conversation_id = ?1 AND seq = ?2",
+            )?
+            .execute(params![
+                change.conversation_id,
+                change.seq as i64,
+                body,
+                now
+            ])?;
+            MessageKind::MessageEdited
+        }
+        None => {
+            conn.prepare_cached(
+                "UPDATE messages SET body = '', deleted = 1 WHERE conversation_id = ?1 AND seq = ?2",
+            )?
+            .execute(params![change.conversation_id, change.seq as i64])?;
+            MessageKind::MessageDeleted
+        }
+    };
+    let event = Event {
+        kind,
+        body: change.body.unwrap_or_default(),
+        client_msg_id: Some(change.client_msg_id),
+        target_seq: change.seq,
+    };
+    let message = insert_event(conn, &change.conversation_id, &change.editor, event, now)?;
+    let members = members(conn, &change.conversation_id)?;
+    Ok(Appended {
+        message,
+        members,
+        duplicate: false,
+    })
 }
 
 /// Adds a member who reads from `joined_seq` on (nothing before is unread).
@@ -1203,6 +1328,11 @@ impl MessageStore for SqliteStore {
             members(conn, &conversation_id)
         })
         .await
+    }
+
+    async fn change_message(&self, change: MessageChange) -> Result<Appended> {
+        self.write(|reply| WriteOp::ChangeMessage(change, reply))
+            .await
     }
 
     async fn read_cursors(

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use chat_store::postgres::{PostgresConfig, PostgresStore};
 use chat_store::{
-    ConversationKind, GroupChange, GroupLimits, GroupStore, HistoryQuery, MessageKind,
-    MessageStore, NewMessage, NewUser, Store, StoreError, Target, UserStore,
+    ConversationKind, GroupChange, GroupLimits, GroupStore, HistoryQuery, MessageChange,
+    MessageKind, MessageStore, NewMessage, NewUser, Store, StoreError, Target, UserStore,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Barrier;
@@ -160,6 +160,7 @@ conformance!(
     cursors_move_forward_only_and_unread_is_exact,
     groups_change_membership_with_ordered_events,
     group_limits_are_enforced,
+    senders_edit_and_delete_their_messages_through_ordered_events,
     dead_letters_keep_reason_time_and_payload,
     dead_letter_pages_are_bounded,
     dead_letter_replays_are_recorded_and_purges_select,
@@ -523,6 +524,173 @@ async fn a_removed_member_posts_nothing_after_the_removal() {
     assert_eq!(seqs, (1..=removal.seq).collect::<Vec<_>>(), "gap-free");
 }
 
+// ------------------------------------------------ edits, several servers
+
+fn change(
+    editor: &str,
+    conversation_id: &str,
+    seq: u64,
+    body: Option<&str>,
+    key: &str,
+) -> MessageChange {
+    MessageChange {
+        editor: editor.into(),
+        conversation_id: conversation_id.into(),
+        seq,
+        body: body.map(str::to_owned),
+        client_msg_id: key.into(),
+    }
+}
+
+/// Changes of one message race from two servers, with sends in between:
+/// of many deletions exactly one commits (the others find no live message),
+/// identical retries store one event, concurrent edits each get their own
+/// seq and the last of them is the text that stays, and seqs stay gap-free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_edits_and_deletes_across_servers() {
+    let db = TestDb::create().await;
+    let servers = [db.store().await, db.store().await];
+    for name in ["alice", "bob"] {
+        servers[0].create_user(user(name)).await.unwrap();
+    }
+    let mut sent = Vec::new();
+    for key in ["m1", "m2", "m3"] {
+        sent.push(
+            servers[0]
+                .append_message(direct("alice", "bob", key))
+                .await
+                .unwrap()
+                .message,
+        );
+    }
+    let id = sent[0].conversation_id.clone();
+
+    // Eight deletions of message 1, each with its own key, and eight sends.
+    let start = Arc::new(Barrier::new(16));
+    let mut tasks = JoinSet::new();
+    for t in 0..16 {
+        let store = servers[t % 2].clone();
+        let start = start.clone();
+        let id = id.clone();
+        tasks.spawn(async move {
+            start.wait().await;
+            if t < 8 {
+                store
+                    .change_message(change("alice", &id, 1, None, &format!("d{t}")))
+                    .await
+            } else {
+                store
+                    .append_message(direct("bob", "alice", &format!("s{t}")))
+                    .await
+            }
+        });
+    }
+    let (mut deletions, mut not_found, mut seqs) = (Vec::new(), 0, vec![1, 2, 3]);
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            Ok(a) => {
+                assert!(!a.duplicate);
+                assert_eq!(a.members, ["alice", "bob"]);
+                seqs.push(a.message.seq);
+                if a.message.kind == MessageKind::MessageDeleted {
+                    deletions.push(a.message);
+                }
+            }
+            Err(StoreError::NotFound) => not_found += 1,
+            Err(e) => panic!("expected NotFound, got {e:?}"),
+        }
+    }
+    assert_eq!((deletions.len(), not_found), (1, 7), "one deletion commits");
+    assert_eq!(deletions[0].target_seq, 1);
+
+    // Sixteen identical retries of a deletion of message 2: one event.
+    let start = Arc::new(Barrier::new(16));
+    let mut tasks = JoinSet::new();
+    for t in 0..16 {
+        let store = servers[t % 2].clone();
+        let start = start.clone();
+        let id = id.clone();
+        tasks.spawn(async move {
+            start.wait().await;
+            store
+                .change_message(change("alice", &id, 2, None, "del-2"))
+                .await
+                .unwrap()
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        answers.push(r.unwrap());
+    }
+    assert_eq!(answers.iter().filter(|a| !a.duplicate).count(), 1);
+    let original = answers[0].message.clone();
+    assert!(answers.iter().all(|a| a.message == original));
+    assert_eq!(
+        (original.kind, original.target_seq),
+        (MessageKind::MessageDeleted, 2)
+    );
+    seqs.push(original.seq);
+
+    // Eight concurrent edits of message 3 all commit, in some order.
+    let start = Arc::new(Barrier::new(8));
+    let mut tasks = JoinSet::new();
+    for t in 0..8 {
+        let store = servers[t % 2].clone();
+        let start = start.clone();
+        let id = id.clone();
+        tasks.spawn(async move {
+            start.wait().await;
+            let text = format!("edit {t}");
+            store
+                .change_message(change("alice", &id, 3, Some(&text), &format!("e{t}")))
+                .await
+                .unwrap()
+                .message
+        });
+    }
+    let mut edits = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        edits.push(r.unwrap());
+    }
+    seqs.extend(edits.iter().map(|m| m.seq));
+    let last = edits.iter().max_by_key(|m| m.seq).unwrap();
+
+    seqs.sort_unstable();
+    let n = seqs.len() as u64;
+    assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "acknowledged seqs");
+    assert_eq!(all_seqs(&servers[1], "bob", &id).await, seqs, "gap-free");
+    let page = servers[1]
+        .history("bob", &id, HistoryQuery::default())
+        .await
+        .unwrap()
+        .messages;
+    let firsts: Vec<(&str, bool, bool)> = page[..3]
+        .iter()
+        .map(|m| (m.body.as_str(), m.edited, m.deleted))
+        .collect();
+    assert_eq!(
+        firsts,
+        [
+            ("", false, true),
+            ("", false, true),
+            (last.body.as_str(), true, false)
+        ]
+    );
+    // Only bob's eight sends are unread for alice: no event counts.
+    let alice = servers[0].conversations("alice").await.unwrap().remove(0);
+    assert_eq!((alice.last_seq, alice.unread_count), (n, 8));
+    let sql = db.sql().await;
+    let events: i64 = sql
+        .query_one(
+            "SELECT COUNT(*) FROM messages WHERE kind = 'message_deleted'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(events, 2, "one deletion event per message");
+}
+
 // -------------------------------------------------------------- migrations
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -634,8 +802,18 @@ async fn an_upgraded_database_keeps_its_rows() {
         .history("bob", "c1", HistoryQuery::default())
         .await
         .unwrap();
-    let read: Vec<(u64, MessageKind)> = page.messages.iter().map(|m| (m.seq, m.kind)).collect();
-    assert_eq!(read, [(1, MessageKind::Text), (2, MessageKind::Text)]);
+    let read: Vec<(u64, MessageKind, u64, bool, bool)> = page
+        .messages
+        .iter()
+        .map(|m| (m.seq, m.kind, m.target_seq, m.edited, m.deleted))
+        .collect();
+    assert_eq!(
+        read,
+        [
+            (1, MessageKind::Text, 0, false, false),
+            (2, MessageKind::Text, 0, false, false)
+        ]
+    );
     let bob = store.conversations("bob").await.unwrap().remove(0);
     assert_eq!(
         (bob.kind, bob.name, bob.peer.as_deref(), bob.unread_count),
@@ -649,6 +827,41 @@ async fn an_upgraded_database_keeps_its_rows() {
         (next.message.conversation_id.as_str(), next.message.seq),
         ("c1", 3)
     );
+    // A message from before the upgrade can be edited and deleted.
+    let edit = |seq: u64, body: Option<&str>, key: &str| MessageChange {
+        editor: "alice".into(),
+        conversation_id: "c1".into(),
+        seq,
+        body: body.map(str::to_owned),
+        client_msg_id: key.into(),
+    };
+    let edited = store
+        .change_message(edit(1, Some("hello"), "e1"))
+        .await
+        .unwrap()
+        .message;
+    let deleted = store
+        .change_message(edit(2, None, "e2"))
+        .await
+        .unwrap()
+        .message;
+    assert_eq!(
+        (edited.seq, edited.kind, edited.target_seq),
+        (4, MessageKind::MessageEdited, 1)
+    );
+    assert_eq!(
+        (deleted.seq, deleted.kind, deleted.target_seq),
+        (5, MessageKind::MessageDeleted, 2)
+    );
+    let page = store
+        .history("bob", "c1", HistoryQuery::default())
+        .await
+        .unwrap();
+    let old: Vec<(&str, bool, bool)> = page.messages[..2]
+        .iter()
+        .map(|m| (m.body.as_str(), m.edited, m.deleted))
+        .collect();
+    assert_eq!(old, [("hello", true, false), ("", false, true)]);
     let versions: Vec<i64> = sql
         .query(
             "SELECT version FROM schema_migrations ORDER BY version",
@@ -659,7 +872,7 @@ async fn an_upgraded_database_keeps_its_rows() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(versions, [1, 2, 3, 4]);
 }
 
 // ------------------------------------------------------ an absent database
@@ -922,10 +1135,48 @@ async fn nul_characters_are_invalid_to_store_and_absent_to_look_up() {
         Err(StoreError::NotFound)
     ));
     assert!(store.conversations("alice\0").await.unwrap().is_empty());
+    let first = store
+        .append_message(direct("alice", "bob", "0"))
+        .await
+        .unwrap()
+        .message;
+    let id = first.conversation_id.as_str();
+    assert!(matches!(
+        store
+            .change_message(change("alice", id, 1, Some("a\0b"), "e1"))
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store
+            .change_message(change("alice", id, 1, None, "e\0"))
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store
+            .change_message(change("alice", "c\0", 1, None, "e2"))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store
+            .change_message(change("alice\0", id, 1, None, "e3"))
+            .await,
+        Err(StoreError::NotFound)
+    ));
     // Nothing was stored by the failed sends.
     let ok = store
         .append_message(direct("alice", "bob", "1"))
         .await
         .unwrap();
-    assert_eq!((ok.message.seq, ok.duplicate), (1, false));
+    assert_eq!((ok.message.seq, ok.duplicate), (2, false));
+    let page = store
+        .history("bob", id, HistoryQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (page.messages[0].body.as_str(), page.messages[0].edited),
+        ("alice: 0", false)
+    );
 }

@@ -33,6 +33,7 @@ conformance!(
     cursors_move_forward_only_and_unread_is_exact,
     groups_change_membership_with_ordered_events,
     group_limits_are_enforced,
+    senders_edit_and_delete_their_messages_through_ordered_events,
     dead_letters_keep_reason_time_and_payload,
     dead_letter_pages_are_bounded,
     dead_letter_replays_are_recorded_and_purges_select,

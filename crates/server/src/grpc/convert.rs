@@ -20,9 +20,9 @@ pub fn message(m: &StoredMessage) -> pb::Message {
         members: m.event_members(),
         // Filled in where it is known (history pages).
         read_count: 0,
-        target_seq: 0,
-        edited: false,
-        deleted: false,
+        target_seq: m.target_seq,
+        edited: m.edited,
+        deleted: m.deleted,
     }
 }
 
@@ -34,6 +34,8 @@ fn message_kind(kind: chat_store::MessageKind) -> pb::MessageKind {
         K::MembersAdded => pb::MessageKind::MembersAdded,
         K::MemberRemoved => pb::MessageKind::MemberRemoved,
         K::MemberLeft => pb::MessageKind::MemberLeft,
+        K::MessageEdited => pb::MessageKind::MessageEdited,
+        K::MessageDeleted => pb::MessageKind::MessageDeleted,
     }
 }
 

@@ -844,3 +844,94 @@ pub async fn dead_letter_replays_are_recorded_and_purges_select(store: Arc<dyn S
         1
     );
 }
+
+pub async fn senders_edit_and_delete_their_messages_through_ordered_events(store: Arc<dyn Store>) {
+    use chat_store::{MessageChange, MessageKind};
+    users(&*store, &["alice", "bob", "carol"]).await;
+    let first = store
+        .append_message(direct("alice", "bob", "helo", "e1"))
+        .await
+        .unwrap()
+        .message;
+    let second = store
+        .append_message(direct("alice", "bob", "oops", "e2"))
+        .await
+        .unwrap()
+        .message;
+    let id = first.conversation_id.clone();
+    let change = |editor: &str, seq: u64, body: Option<&str>, key: &str| MessageChange {
+        editor: editor.into(),
+        conversation_id: id.clone(),
+        seq,
+        body: body.map(str::to_owned),
+        client_msg_id: key.into(),
+    };
+
+    let edited = store
+        .change_message(change("alice", 1, Some("hello"), "x1"))
+        .await
+        .unwrap();
+    assert!(!edited.duplicate);
+    let event = edited.message;
+    assert_eq!(
+        (event.seq, event.kind, event.target_seq, event.body.as_str()),
+        (3, MessageKind::MessageEdited, 1, "hello")
+    );
+    assert_eq!(edited.members, vec!["alice".to_string(), "bob".to_string()]);
+    // A retry returns the same event.
+    let again = store
+        .change_message(change("alice", 1, Some("hello"), "x1"))
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.message, event);
+
+    let deleted = store
+        .change_message(change("alice", 2, None, "x2"))
+        .await
+        .unwrap()
+        .message;
+    assert_eq!(
+        (deleted.seq, deleted.kind, deleted.target_seq),
+        (4, MessageKind::MessageDeleted, 2)
+    );
+
+    // History shows the latest text with the edited mark, and a tombstone.
+    let all = HistoryQuery {
+        before_seq: None,
+        after_seq: None,
+        limit: 50,
+    };
+    let page = store.history("bob", &id, all).await.unwrap().messages;
+    assert_eq!(
+        (page[0].body.as_str(), page[0].edited, page[0].deleted),
+        ("hello", true, false)
+    );
+    assert_eq!(page[0].id, first.id);
+    assert_eq!(
+        (page[1].body.as_str(), page[1].edited, page[1].deleted),
+        ("", false, true)
+    );
+    assert_eq!(page[1].id, second.id);
+    assert_eq!(page.len(), 4);
+
+    // Only the sender's own, live text messages can change; everything
+    // else looks like a message that does not exist.
+    for (editor, seq, body, key) in [
+        ("bob", 1, Some("mine now"), "b1"),
+        ("carol", 1, Some("hi"), "c1"),
+        ("alice", 2, Some("undelete"), "x3"),
+        ("alice", 3, Some("edit the edit"), "x4"),
+        ("alice", 99, Some("nothing"), "x5"),
+        ("alice", 2, None, "x6"),
+    ] {
+        let result = store.change_message(change(editor, seq, body, key)).await;
+        assert!(
+            matches!(result, Err(StoreError::NotFound)),
+            "{editor} {seq}: {result:?}"
+        );
+    }
+    // Edits and deletes never count as unread.
+    let bob = store.conversations("bob").await.unwrap().remove(0);
+    assert_eq!((bob.last_seq, bob.unread_count), (4, 1));
+}
