@@ -10,6 +10,14 @@ async fn register_returns_the_seed_envelope_with_a_secret_shown_once() {
     let body = br#"{ "username":"user1","name":"bar", "phone": "8098080"}"#;
     let answer = http(server.http_addr, "POST", REGISTER, Some(body)).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
+    // The seed's field order, byte for byte up to the values.
+    let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&answer.json), ["req_id", "status", "data", "code"]);
+    assert_eq!(
+        keys(&answer.json["data"]),
+        ["username", "name", "phone", "secret"]
+    );
+    assert!(answer.body.starts_with(r#"{"req_id":""#), "{}", answer.body);
     let json = &answer.json;
     assert_eq!(json["status"], "success");
     assert_eq!(json["code"], 200);
