@@ -498,6 +498,10 @@ impl App {
             // a group we just left or were removed from: nothing to say.
             Some(Down::Error(e)) if e.kind == "not_found" => {}
             Some(Down::Error(e)) => view::err(format!("error: {}", e.message)),
+            Some(Down::Presence(p)) => {
+                let state = if p.online { "online" } else { "offline" };
+                view::out(format!("* {} is {state}", view::terminal_text(&p.username)));
+            }
             Some(Down::Ready(_) | Down::ReadUpdate(_) | Down::Typing(_) | Down::Pong(_)) | None => {
             }
         }

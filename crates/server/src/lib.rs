@@ -11,6 +11,8 @@
 //! - [`sessions`]: the live sessions of this node and delivery to them.
 //! - [`chat`]: the chat operations shared by the stream and the unary RPCs
 //!   (send, mark read); the store first, then delivery.
+//! - [`presence`]: who of a user's contacts is online, pushed on change and
+//!   swept on every heartbeat.
 //! - [`routing`]: delivery across the cluster: local sessions directly,
 //!   other nodes' sessions through the registry and the bus; this node's
 //!   inbox and heartbeat.
@@ -28,6 +30,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod names;
+pub mod presence;
 pub mod routing;
 pub mod sessions;
 
@@ -92,6 +95,8 @@ pub struct AppState {
     pub stats: routing::Stats,
     /// Dead letters on their way to the store.
     pub dead_letters: dead_letters::DeadLetterQueue,
+    /// The contacts this node's sessions watch, for the presence sweep.
+    pub presence: presence::PresenceWatch,
     /// Cancelled when the server shuts down; every session watches it.
     pub shutdown: CancellationToken,
 }
@@ -186,6 +191,7 @@ pub async fn run_with(
         bus: backends.bus,
         stats: routing::Stats::default(),
         dead_letters: dead_letter_queue,
+        presence: presence::PresenceWatch::default(),
         shutdown: token.clone(),
     });
     // This node's inbox is open before its first session can exist.

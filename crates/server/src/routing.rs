@@ -127,10 +127,11 @@ impl AppState {
             return;
         };
         for failed in out.failed {
-            if matches!(event, Event::Typing { .. }) {
-                // Stale in seconds: a replay could only mislead.
+            if matches!(event, Event::Typing { .. } | Event::Presence { .. }) {
+                // Stale in seconds (typing), or corrected by the next
+                // presence sweep: a replay could only mislead.
                 tracing::warn!(node = %failed.node, error = %failed.error,
-                    "publish of a typing indicator failed; dropped");
+                    "publish of an ephemeral event failed; dropped");
                 continue;
             }
             tracing::warn!(node = %failed.node, error = %failed.error,
@@ -313,6 +314,7 @@ pub async fn heartbeat(state: Arc<AppState>) {
             bump(&state.stats.registry_failures);
             tracing::warn!(error = %e, "registry heartbeat failed");
         }
+        state.sweep_presence().await;
     }
     for entry in entries(&state) {
         let _ = state.registry.remove(&entry).await;

@@ -30,6 +30,8 @@ pub enum Event {
         read_seq: u64,
         unread_count: u64,
     },
+    /// A contact came online or went offline.
+    Presence { username: String, online: bool },
     /// Someone is typing in one of the user's conversations.
     Typing {
         conversation_id: String,

@@ -520,6 +520,54 @@ async fn group_fan_out_across_servers(c: Cluster) {
     c.stop().await;
 }
 
+/// Presence: contacts see each other come online and go offline, across
+/// servers.
+async fn presence_across_servers(c: Cluster) {
+    let alice = c.a.register("alice").await;
+    let bob = c.a.register("bob").await;
+    let carol = c.a.register("carol").await;
+    c.a.chat(&alice)
+        .await
+        .send_message(send_request("bob", "hi", "p1"))
+        .await
+        .unwrap();
+    let mut a = c.a.connect(&alice).await;
+    assert_eq!(
+        a.ready.presence,
+        vec![pb::Presence {
+            username: "bob".into(),
+            online: false
+        }]
+    );
+    let b = c.b.connect(&bob).await;
+    assert_eq!(
+        b.ready.presence,
+        vec![pb::Presence {
+            username: "alice".into(),
+            online: true
+        }]
+    );
+    // Carol shares nothing with them and hears nothing.
+    let mut stranger = c.b.connect(&carol).await;
+    assert!(stranger.ready.presence.is_empty());
+    loop {
+        if let Out::Presence(p) = a.frame().await {
+            assert_eq!((p.username.as_str(), p.online), ("bob", true));
+            break;
+        }
+    }
+    drop(b);
+    loop {
+        if let Out::Presence(p) = a.frame().await {
+            assert_eq!((p.username.as_str(), p.online), ("bob", false));
+            break;
+        }
+    }
+    stranger.push(In::Ping(pb::Ping { nonce: 9 })).await;
+    assert!(matches!(stranger.frame().await, Out::Pong(_)));
+    c.stop().await;
+}
+
 macro_rules! for_each_bus {
     ($($scenario:ident),* $(,)?) => {
         mod memory { use super::*; $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $scenario() { super::$scenario(cluster(Via::Memory).await).await } )* }
@@ -537,4 +585,5 @@ for_each_bus!(
     poisoned_records_are_dead_lettered,
     dead_letters_replay_across_servers,
     group_fan_out_across_servers,
+    presence_across_servers,
 );

@@ -57,10 +57,23 @@ async fn sigkill_one_of_two_servers(bus: &str) {
     let alice = a.register("alice").await;
     let bob = a.register("bob").await;
 
+    // The conversation exists before the sessions open, so that they watch
+    // each other's presence (contacts are read when a session starts).
+    let first = a
+        .chat(&alice)
+        .await
+        .send_message(chat_test_support::send_request(
+            "bob",
+            "before the crash",
+            "k0",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .message
+        .unwrap();
     let mut alice_a = Live::open(a.chat(&alice).await).await;
     let mut bob_b = Live::open(b.chat(&bob).await).await;
-    alice_a.send_to("bob", "before the crash", "k0").await;
-    let first = alice_a.ack().await.message.unwrap();
     assert_eq!(bob_b.message().await, first);
 
     let registry = RedisRegistry::connect(&redis_url(), &prefix, Duration::from_secs(1))
@@ -73,6 +86,15 @@ async fn sigkill_one_of_two_servers(bus: &str) {
     );
 
     b.kill().await;
+
+    // Alice, on A, sees bob go offline once his sessions expire.
+    loop {
+        if let chat_proto::server_frame::Frame::Presence(p) = alice_a.frame().await {
+            if p.username == "bob" && !p.online {
+                break;
+            }
+        }
+    }
 
     // Sends keep being acknowledged while bob is away.
     let mut acked = vec![first];

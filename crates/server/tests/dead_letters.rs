@@ -137,7 +137,9 @@ async fn a_refused_publish_is_dead_lettered_and_replayed_when_the_bus_is_back() 
         Some(0)
     );
 
-    // Typing is stale in seconds: refused, counted, not kept.
+    // Typing is stale in seconds: refused, counted, not kept. (Alice's
+    // session also announces her online to bob: another refused publish,
+    // also not kept.)
     let alice_a = a.connect(&alice).await;
     alice_a
         .push(In::Typing(pb::Typing {
@@ -145,7 +147,7 @@ async fn a_refused_publish_is_dead_lettered_and_replayed_when_the_bus_is_back() 
             ..Default::default()
         }))
         .await;
-    await_metric(a.http_addr, "chat_bus_publish_failures_total", 2).await;
+    await_metric(a.http_addr, "chat_bus_publish_failures_total", 3).await;
     assert_eq!(
         metric(a.http_addr, "chat_dead_letters_total").await,
         Some(1)

@@ -110,6 +110,9 @@ pub trait MessageStore: Send + Sync + 'static {
     /// [`StoreError::NotFound`]. A repeated `(editor, client_msg_id)`
     /// returns the original event with `duplicate = true`.
     async fn change_message(&self, change: MessageChange) -> Result<Appended>;
+    /// Everyone who shares a conversation with `username` (not the user),
+    /// sorted: whose presence the user sees.
+    async fn contacts(&self, username: &str) -> Result<Vec<String>>;
     /// Every member's read cursor, as (username, read_seq), if `username`
     /// is a member: what read receipts are computed from.
     async fn read_cursors(

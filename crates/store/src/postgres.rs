@@ -1878,6 +1878,21 @@ impl MessageStore for PostgresStore {
         self.settle(client, outcome)
     }
 
+    async fn contacts(&self, username: &str) -> Result<Vec<String>> {
+        const SQL: &str = "SELECT DISTINCT o.username FROM members m
+                           JOIN members o ON o.conversation_id = m.conversation_id
+                           WHERE m.username = $1 AND o.username <> $1 ORDER BY o.username";
+        if has_nul(username) {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let outcome = tokio::time::timeout(self.operation_timeout, async {
+            usernames(query(&client, SQL, &[&username]).await?)
+        })
+        .await;
+        self.settle(client, outcome)
+    }
+
     async fn read_cursors(
         &self,
         username: &str,

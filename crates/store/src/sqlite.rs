@@ -1335,6 +1335,20 @@ impl MessageStore for SqliteStore {
             .await
     }
 
+    async fn contacts(&self, username: &str) -> Result<Vec<String>> {
+        let username = username.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT DISTINCT o.username FROM members m
+                 JOIN members o ON o.conversation_id = m.conversation_id
+                 WHERE m.username = ?1 AND o.username <> ?1 ORDER BY o.username",
+            )?;
+            let rows = stmt.query_map(params![username], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+        })
+        .await
+    }
+
     async fn read_cursors(
         &self,
         username: &str,

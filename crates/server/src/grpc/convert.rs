@@ -130,6 +130,10 @@ pub fn event(e: &Event) -> pb::ServerFrame {
             read_seq: *read_seq,
             unread_count: *unread_count,
         }),
+        Event::Presence { username, online } => Frame::Presence(pb::Presence {
+            username: username.clone(),
+            online: *online,
+        }),
         Event::Typing {
             conversation_id,
             username,

@@ -45,8 +45,9 @@ pub fn start(
         ended: false,
     };
     tokio::spawn(async move {
-        let (reason, session_id) = run(&state, &username, inbound, &out, closed).await;
+        let (reason, session_id, contacts) = run(&state, &username, inbound, &out, closed).await;
         state.retire_session(&username, session_id).await;
+        state.presence_on_disconnect(&username, &contacts).await;
         tracing::info!(user = %username, session = session_id, reason, "session ended");
     });
     stream
@@ -93,7 +94,7 @@ async fn run(
     mut inbound: Streaming<pb::ClientFrame>,
     out: &Outbound,
     closed: CancellationToken,
-) -> (&'static str, u64) {
+) -> (&'static str, u64, Vec<String>) {
     let limits = &state.config.limits;
     let mut session = state
         .sessions
@@ -103,8 +104,25 @@ async fn run(
     // from now on, anywhere, reaches this session live or through replay.
     state.announce_session(username, session_id).await;
     tracing::info!(user = %username, session = session_id, "session started");
-    let reason = serve(state, username, &mut inbound, out, &closed, &mut session).await;
-    (reason, session_id)
+    let (contacts, online) = state.presence_on_connect(username).await;
+    let presence = contacts
+        .iter()
+        .map(|c| pb::Presence {
+            username: c.clone(),
+            online: online.contains(c),
+        })
+        .collect();
+    let reason = serve(
+        state,
+        username,
+        &mut inbound,
+        out,
+        &closed,
+        &mut session,
+        presence,
+    )
+    .await;
+    (reason, session_id, contacts)
 }
 
 /// Ready, replay, then live until the session ends; returns why it ended.
@@ -115,6 +133,7 @@ async fn serve(
     out: &Outbound,
     closed: &CancellationToken,
     session: &mut crate::sessions::Session<'_>,
+    presence: Vec<pb::Presence>,
 ) -> &'static str {
     let limits = &state.config.limits;
     let session_id = session.id;
@@ -153,6 +172,7 @@ async fn serve(
             .map(convert::conversation)
             .collect(),
         session_id: session_id.to_string(),
+        presence,
     };
     if !emit(convert::frame(Out::Ready(ready))).await {
         return "client gone before ready";

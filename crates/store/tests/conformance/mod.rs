@@ -313,6 +313,11 @@ pub async fn cursors_move_forward_only_and_unread_is_exact(store: Arc<dyn Store>
         store.read_cursors("carol", &id).await,
         Err(StoreError::NotFound)
     ));
+    assert_eq!(
+        store.contacts("alice").await.unwrap(),
+        vec!["bob".to_string()]
+    );
+    assert!(store.contacts("carol").await.unwrap().is_empty());
 }
 
 fn limits() -> chat_store::GroupLimits {
