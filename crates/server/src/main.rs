@@ -102,6 +102,12 @@ struct Args {
     /// server's sessions disappear within this time.
     #[arg(long, env = "CHAT_SESSION_TTL_SECS", default_value_t = 15)]
     session_ttl_secs: u64,
+    /// Most members of one group, the owner included.
+    #[arg(long, env = "CHAT_MAX_GROUP_MEMBERS", default_value_t = Limits::default().max_group_members)]
+    max_group_members: usize,
+    /// Most groups one user belongs to.
+    #[arg(long, env = "CHAT_MAX_GROUPS_PER_USER", default_value_t = Limits::default().max_groups_per_user)]
+    max_groups_per_user: usize,
     /// Enables the admin HTTP API (`/admin/…`, the dead-letter queue) for
     /// requests with `Authorization: Bearer <token>`; at least 16
     /// characters. Without it the admin API does not exist (404).
@@ -183,8 +189,14 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    if args.max_body_bytes == 0 || args.session_queue == 0 {
-        anyhow::bail!("--max-body-bytes and --session-queue must be positive");
+    if args.max_body_bytes == 0
+        || args.session_queue == 0
+        || args.max_group_members == 0
+        || args.max_groups_per_user == 0
+    {
+        anyhow::bail!(
+            "--max-body-bytes, --session-queue, --max-group-members and --max-groups-per-user must be positive"
+        );
     }
     let cluster = cluster_config(&args)?;
     let admin_token = args
@@ -205,6 +217,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         limits: Limits {
             max_body_bytes: args.max_body_bytes,
             session_queue: args.session_queue,
+            max_group_members: args.max_group_members,
+            max_groups_per_user: args.max_groups_per_user,
             ..Limits::default()
         },
         cluster,

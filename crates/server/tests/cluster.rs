@@ -568,6 +568,43 @@ async fn presence_across_servers(c: Cluster) {
     c.stop().await;
 }
 
+/// An edit made on one server reaches the other side on the other server,
+/// in order after the message it changes.
+async fn edits_cross_servers(c: Cluster) {
+    let alice = c.a.register("alice").await;
+    let bob = c.a.register("bob").await;
+    let mut b = c.b.connect(&bob).await;
+    let mut chat = c.a.chat(&alice).await;
+    let m = chat
+        .send_message(send_request("bob", "teh", "e0"))
+        .await
+        .unwrap()
+        .into_inner()
+        .message
+        .unwrap();
+    assert_eq!(b.message().await, m);
+    let edit = pb::EditMessageRequest {
+        conversation_id: m.conversation_id.clone(),
+        seq: m.seq,
+        body: "the".into(),
+        client_msg_id: "e1".into(),
+    };
+    let event = chat
+        .edit_message(edit)
+        .await
+        .unwrap()
+        .into_inner()
+        .event
+        .unwrap();
+    let got = b.message().await;
+    assert_eq!(got, event);
+    assert_eq!(
+        (got.kind, got.target_seq, got.body.as_str()),
+        (pb::MessageKind::MessageEdited as i32, 1, "the")
+    );
+    c.stop().await;
+}
+
 macro_rules! for_each_bus {
     ($($scenario:ident),* $(,)?) => {
         mod memory { use super::*; $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $scenario() { super::$scenario(cluster(Via::Memory).await).await } )* }
@@ -586,4 +623,5 @@ for_each_bus!(
     dead_letters_replay_across_servers,
     group_fan_out_across_servers,
     presence_across_servers,
+    edits_cross_servers,
 );
