@@ -320,6 +320,20 @@ async fn read_updates_reach_other_servers(c: Cluster) {
             break;
         }
     }
+    // Read receipts cross servers: bob, on B, reads; alice, on A, hears it.
+    let mut alice_a = alice_a;
+    bob_b
+        .push(In::MarkRead(pb::MarkReadRequest {
+            conversation_id: m.conversation_id.clone(),
+            seq: 1,
+        }))
+        .await;
+    loop {
+        if let Out::ReadUpdate(u) = alice_a.frame().await {
+            assert_eq!((u.username.as_str(), u.read_seq), ("bob", 1));
+            break;
+        }
+    }
     c.stop().await;
 }
 
