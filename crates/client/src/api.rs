@@ -271,3 +271,33 @@ pub async fn whoami(chat: &mut AuthedChatClient) -> Result<String, Status> {
         )),
     }
 }
+
+/// Edits one of our text messages; returns the MESSAGE_EDITED event.
+pub async fn edit_message(
+    chat: &mut AuthedChatClient,
+    conversation_id: &str,
+    seq: u64,
+    body: &str,
+) -> Result<Option<pb::Message>, Status> {
+    let request = pb::EditMessageRequest {
+        conversation_id: conversation_id.to_owned(),
+        seq,
+        body: body.to_owned(),
+        client_msg_id: crate::connection::new_client_msg_id(),
+    };
+    Ok(timed(chat.edit_message(request)).await?.event)
+}
+
+/// Deletes one of our text messages; returns the MESSAGE_DELETED event.
+pub async fn delete_message(
+    chat: &mut AuthedChatClient,
+    conversation_id: &str,
+    seq: u64,
+) -> Result<Option<pb::Message>, Status> {
+    let request = pb::DeleteMessageRequest {
+        conversation_id: conversation_id.to_owned(),
+        seq,
+        client_msg_id: crate::connection::new_client_msg_id(),
+    };
+    Ok(timed(chat.delete_message(request)).await?.event)
+}

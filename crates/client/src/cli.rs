@@ -24,6 +24,8 @@ its commands:
   /to #<group>       talk in a group (its id, or its name)
   /history [n]       the last n messages there (default 20)
   /unread            the conversations with unread messages
+  /edit <seq> <text>, /delete <seq>
+                     change one of your messages there
   /group create <name> [members...]   create a group and talk in it
   /group add <users...>, /group remove <user>, /group leave, /group info
                      manage the current group (adding and removing is for
@@ -61,6 +63,8 @@ Output formats (one item per line, fields separated by a tab where noted):
                     (role: owner, admin or member)
   group list        <group_id>\\t<name>\\t<unread_count>
   group add, group remove, group leave    nothing
+  edit, delete      nothing (edit <peer|#group> <seq> <text...>,
+                    delete <peer|#group> <seq>: your own text messages only)
 
 A group is written #<group_id> where a user could be (send, history); the
 group commands take the id with or without the #. Quote it in a shell: '#' at
@@ -171,6 +175,24 @@ pub enum Command {
         /// Only messages with a seq below SEQ.
         #[arg(long, value_name = "SEQ")]
         before: Option<u64>,
+    },
+    /// Edit one of your text messages (prints nothing).
+    ///
+    /// Exits with 4 if there is no such message of yours there.
+    Edit {
+        #[arg(value_parser = target_arg, value_name = "PEER")]
+        peer: Target,
+        seq: u64,
+        #[arg(required = true)]
+        body: Vec<String>,
+    },
+    /// Delete one of your text messages (prints nothing).
+    ///
+    /// Exits with 4 if there is no such message of yours there.
+    Delete {
+        #[arg(value_parser = target_arg, value_name = "PEER")]
+        peer: Target,
+        seq: u64,
     },
     /// Print the conversations with unread messages.
     ///

@@ -1,4 +1,5 @@
 //! The one-shot subcommands for scripts: `register`, `login`, `send`,
+//! `edit`, `delete`,
 //! `history`, `unread`, `group ...`. Each prints its results on stdout,
 //! one per line, in the formats documented in `--help`, and returns a
 //! [`Failure`] (with its exit code) for `main` to report.
@@ -206,6 +207,43 @@ pub async fn history(
         view::out(view::history_record(message));
     }
     Ok(())
+}
+
+/// `edit <peer> <seq> <text...>` (with `body`) and `delete <peer> <seq>`
+/// (without): print nothing.
+pub async fn edit(
+    ctx: &Context,
+    peer: &Target,
+    seq: u64,
+    body: Option<&str>,
+) -> Result<(), Failure> {
+    if body.is_some_and(|b| b.trim().is_empty()) {
+        return Err(Failure::usage("nothing to edit to: give the new text"));
+    }
+    let (user, mut chat, _) = authed(ctx).await?;
+    let fail = |status: tonic::Status| Failure::from_status_as(&status, &user);
+    let no_message = || {
+        Failure::new(
+            Exit::NotFound,
+            format!("no message {seq} of yours with {peer}"),
+        )
+    };
+    let conversation_id = match peer {
+        Target::User(name) => match api::find_direct(&mut chat, name).await.map_err(fail)? {
+            Some(conversation) => conversation.conversation_id,
+            None => return Err(no_message()),
+        },
+        Target::Group(id) => id.clone(),
+    };
+    let result = match body {
+        Some(body) => api::edit_message(&mut chat, &conversation_id, seq, body).await,
+        None => api::delete_message(&mut chat, &conversation_id, seq).await,
+    };
+    match result {
+        Ok(_) => Ok(()),
+        Err(status) if status.code() == Code::NotFound => Err(no_message()),
+        Err(status) => Err(fail(status)),
+    }
 }
 
 /// `unread [--all]`.

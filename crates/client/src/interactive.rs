@@ -61,6 +61,8 @@ commands:
   /to #<group>     talk in a group, named by its id or its name
   /history [n]     the last n messages there (default 20)
   /unread          the conversations with unread messages
+  /edit <seq> <text>   edit one of your messages there
+  /delete <seq>    delete one of your messages there
   /group create <name> [members...]
                    create a group (quote a name with spaces) and talk in it
   /group add <users...>   add to the current group (owner and admins)
@@ -265,6 +267,10 @@ struct App {
     backoff: Backoff,
     /// Connections made so far.
     sessions: u32,
+    /// The read receipt last shown, by (conversation, reader).
+    receipts: HashMap<(String, String), u64>,
+    /// Until when a typing notice shown stands, by (conversation, user).
+    typing: HashMap<(String, String), Instant>,
 }
 
 impl App {
@@ -285,6 +291,8 @@ impl App {
             in_flight: None,
             backoff: Backoff::new(),
             sessions: 0,
+            receipts: HashMap::new(),
+            typing: HashMap::new(),
         }
     }
 
@@ -502,10 +510,52 @@ impl App {
                 let state = if p.online { "online" } else { "offline" };
                 view::out(format!("* {} is {state}", view::terminal_text(&p.username)));
             }
-            Some(Down::Ready(_) | Down::ReadUpdate(_) | Down::Typing(_) | Down::Pong(_)) | None => {
-            }
+            Some(Down::ReadUpdate(r)) => self.on_read_update(r),
+            Some(Down::Typing(t)) => self.on_typing(t),
+            Some(Down::Ready(_) | Down::Pong(_)) | None => {}
         }
         self.flush_cursors();
+    }
+
+    /// A read receipt of another member in the chosen conversation:
+    /// `* bob read up to 7`, once per (reader, seq).
+    fn on_read_update(&mut self, r: pb::ReadUpdate) {
+        if r.username == self.me
+            || self.chosen_conversation().as_deref() != Some(r.conversation_id.as_str())
+        {
+            return;
+        }
+        let shown = self
+            .receipts
+            .entry((r.conversation_id, r.username.clone()))
+            .or_default();
+        if r.read_seq > *shown {
+            *shown = r.read_seq;
+            view::out(format!(
+                "* {} read up to {}",
+                view::terminal_text(&r.username),
+                r.read_seq
+            ));
+        }
+    }
+
+    /// `* bob is typing…` in the chosen conversation, at most once per
+    /// `expires_in_ms` per user.
+    fn on_typing(&mut self, t: pb::Typing) {
+        if t.username == self.me
+            || self.chosen_conversation().as_deref() != Some(t.conversation_id.as_str())
+        {
+            return;
+        }
+        let now = Instant::now();
+        let until = self
+            .typing
+            .entry((t.conversation_id, t.username.clone()))
+            .or_insert(now);
+        if now >= *until {
+            *until = now + Duration::from_millis(u64::from(t.expires_in_ms));
+            view::out(format!("* {} is typing…", view::terminal_text(&t.username)));
+        }
     }
 
     async fn on_message(&mut self, m: pb::Message) {
@@ -774,6 +824,17 @@ impl App {
                 self.show_history(count).await;
             }
             "unread" => self.show_unread().await,
+            "edit" => {
+                let (seq, text) = first_word(rest);
+                match seq.parse::<u64>() {
+                    Ok(seq) if seq > 0 && !text.is_empty() => self.edit(seq, Some(text)).await,
+                    _ => view::out("usage: /edit <seq> <new text>"),
+                }
+            }
+            "delete" => match (arg.map(str::parse::<u64>), rest.split_whitespace().count()) {
+                (Some(Ok(seq)), 1) if seq > 0 => self.edit(seq, None).await,
+                _ => view::out("usage: /delete <seq>"),
+            },
             "help" | "?" => view::out(HELP),
             "quit" | "exit" | "q" => return Flow::Quit,
             _ => view::out(format!("unknown command /{name}; /help lists the commands")),
@@ -965,13 +1026,62 @@ impl App {
                     messages.len()
                 ));
                 for m in &messages {
-                    view::out(view::message_line(m, &self.me, &label, now));
+                    let group = matches!(chosen, Chosen::Group { .. });
+                    view::out(view::history_line(m, &self.me, &label, group, now));
                 }
             }
             Err(status) if status.code() == Code::NotFound => view::err(format!(
                 "error: no such group: {label} (or you are not in it)"
             )),
             Err(status) => view::err(format!("error: {}", describe_status(&status))),
+        }
+    }
+
+    /// The conversation plain lines go to, asking the server for a direct
+    /// one not known yet; says why there is none.
+    async fn current_conversation(&mut self, chat: &mut AuthedChatClient) -> Option<String> {
+        let Some(chosen) = self.target.clone() else {
+            view::out("choose who to talk to first: /to <user> or /to #<group>");
+            return None;
+        };
+        if let Some(id) = self.chosen_conversation() {
+            return Some(id);
+        }
+        let Chosen::User(peer) = chosen else {
+            return None;
+        };
+        match api::find_direct(chat, &peer).await {
+            Ok(Some(c)) => {
+                self.learn(&c);
+                Some(c.conversation_id)
+            }
+            Ok(None) => {
+                view::out(format!("no messages with {peer} yet"));
+                None
+            }
+            Err(status) => {
+                view::err(format!("error: {}", describe_status(&status)));
+                None
+            }
+        }
+    }
+
+    /// `/edit <seq> <text>` (with `body`) or `/delete <seq>` (without).
+    async fn edit(&mut self, seq: u64, body: Option<&str>) {
+        let Some(mut chat) = self.chat() else { return };
+        let Some(conversation) = self.current_conversation(&mut chat).await else {
+            return;
+        };
+        let result = match body {
+            Some(body) => api::edit_message(&mut chat, &conversation, seq, body).await,
+            None => api::delete_message(&mut chat, &conversation, seq).await,
+        };
+        match result {
+            Ok(event) => self.show_event(event).await,
+            Err(status) if status.code() == Code::NotFound => view::err(format!(
+                "error: no message {seq} of yours here (only your own text messages can be changed)"
+            )),
+            Err(status) => view::err(format!("error: {}", Failure::from(status))),
         }
     }
 

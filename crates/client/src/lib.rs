@@ -134,6 +134,10 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             limit,
             before,
         }) => commands::history(&ctx, &peer, limit, before).await,
+        Some(Command::Edit { peer, seq, body }) => {
+            commands::edit(&ctx, &peer, seq, Some(&body.join(" "))).await
+        }
+        Some(Command::Delete { peer, seq }) => commands::edit(&ctx, &peer, seq, None).await,
         Some(Command::Unread { all }) => commands::unread(&ctx, all).await,
         Some(Command::Group(group)) => commands::group(&ctx, &group).await,
     }

@@ -147,6 +147,37 @@ pub fn message_line(m: &pb::Message, me: &str, label: &str, now: DateTime<Local>
     }
 }
 
+/// A message in `/history`: a [`message_line`] with the body of a deleted
+/// text as `[deleted]`, ` (edited)` after an edited one, and, after one of
+/// yours, ` ✓` once the peer read it (` (read by N)` in a group).
+pub fn history_line(
+    m: &pb::Message,
+    me: &str,
+    label: &str,
+    group: bool,
+    now: DateTime<Local>,
+) -> String {
+    if m.kind != pb::MessageKind::Text as i32 {
+        return message_line(m, me, label, now);
+    }
+    let mut shown = m.clone();
+    if m.deleted {
+        shown.body = "[deleted]".to_owned();
+    }
+    let mut line = message_line(&shown, me, label, now);
+    if m.edited && !m.deleted {
+        line.push_str(" (edited)");
+    }
+    if m.sender == me && m.read_count > 0 && !m.deleted {
+        if group {
+            line.push_str(&format!(" (read by {})", m.read_count));
+        } else {
+            line.push_str(" \u{2713}");
+        }
+    }
+    line
+}
+
 /// A membership event for people, e.g. `[HH:MM:SS] * alice added dave to
 /// #Team`; you are "you".
 pub fn event_line(m: &pb::Message, me: &str, label: &str, now: DateTime<Local>) -> String {
@@ -327,6 +358,21 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn history_lines_mark_edits_deletions_and_receipts() {
+        let now = Local::now();
+        let mut m = message("alice", "new text");
+        m.edited = true;
+        m.read_count = 1;
+        assert!(history_line(&m, "alice", "bob", false, now)
+            .ends_with("you → bob: new text (edited) ✓"));
+        assert!(history_line(&m, "alice", "#T", true, now).ends_with("(edited) (read by 1)"));
+        assert!(history_line(&m, "bob", "alice", false, now).ends_with("alice: new text (edited)"));
+        m.deleted = true;
+        m.body.clear();
+        assert!(history_line(&m, "bob", "alice", false, now).ends_with("alice: [deleted]"));
+    }
 
     fn message(sender: &str, body: &str) -> pb::Message {
         pb::Message {

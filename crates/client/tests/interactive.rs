@@ -217,3 +217,42 @@ async fn a_taken_username_logs_in_with_its_secret() {
     assert_eq!(client.credentials()["default_user"], "carol");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn read_receipts_and_edits_show_live() {
+    let server = TestServer::start().await;
+    let one = Client::new(server.grpc_url());
+    let two = Client::new(server.grpc_url());
+    one.run(&["register", "user1"]).await.ok();
+    two.run(&["register", "user2"]).await.ok();
+    let mut first = one.interactive(&[]);
+    let mut second = two.interactive(&[]);
+    blocking(move || {
+        expect(&mut first, "connected as user1");
+        expect(&mut second, "connected as user2");
+        first.send_line("/to user2").unwrap();
+        expect(&mut first, "talking to user2");
+        first.send_line("hello there").unwrap();
+        expect(&mut second, "user1: hello there");
+
+        // Choosing the conversation reads it: user1 gets the receipt.
+        second.send_line("/to user1").unwrap();
+        expect(&mut second, "talking to user1");
+        expect(&mut first, "* user2 read up to 1");
+
+        first.send_line("/edit 1 hello again").unwrap();
+        expect(&mut second, "* user1 edited message 1: hello again");
+        expect(&mut first, "* you edited message 1: hello again");
+        first.send_line("/edit 99 nope").unwrap();
+        expect(&mut first, "no message 99 of yours here");
+
+        first.send_line("/history").unwrap();
+        expect(&mut first, "you → user2: hello again (edited) ✓");
+
+        first.send_line("/quit").unwrap();
+        assert_eq!(exit_code(&mut first), 0);
+        second.send_line("/quit").unwrap();
+        assert_eq!(exit_code(&mut second), 0);
+    })
+    .await;
+}

@@ -196,3 +196,44 @@ async fn login_saves_a_secret_from_stdin_after_checking_it() {
 
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn edit_and_delete_own_messages() {
+    let server = TestServer::start().await;
+    let client = Client::new(server.grpc_url());
+    client.run(&["register", "user2"]).await.ok();
+    client.run(&["register", "user1"]).await.ok();
+    client.run(&["send", "user2", "first"]).await.ok();
+    client.run(&["send", "user2", "second"]).await.ok();
+
+    assert_eq!(
+        client
+            .run(&["edit", "user2", "1", "first", "fixed"])
+            .await
+            .ok(),
+        ""
+    );
+    assert_eq!(client.run(&["delete", "user2", "2"]).await.ok(), "");
+    let history = client.run(&["history", "user2"]).await;
+    let history = history.ok();
+    assert!(history.starts_with("1\t"), "{history}");
+    assert!(history.contains("\tuser1\tfirst fixed"), "{history}");
+    assert!(!history.contains("\tsecond"), "{history}");
+
+    // Not found: an unknown seq, someone else's message, no conversation.
+    let missing = client.run(&["edit", "user2", "99", "x"]).await;
+    assert!(missing.fails(4).contains("no message 99"));
+    client
+        .run(&["--user", "user2", "send", "user1", "theirs"])
+        .await
+        .ok();
+    let theirs = client
+        .run(&["--user", "user1", "delete", "user2", "3"])
+        .await;
+    theirs.fails(4);
+    client.run(&["register", "user3"]).await.ok();
+    client
+        .run(&["--user", "user3", "delete", "user1", "1"])
+        .await
+        .fails(4);
+}
