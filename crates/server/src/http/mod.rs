@@ -1,11 +1,13 @@
 //! The JSON API over HTTP: registration and profiles in the seed's
-//! envelope, health, metrics, and the admin API (`admin.rs`, the
+//! envelope, conversations, history and sending (`chat.rs`, bearer
+//! secret), health, metrics, and the admin API (`admin.rs`, the
 //! dead-letter queue, behind the admin token).
 //!
 //! Every answer is `{"req_id", "status", "data" | "error", "code"}` and the
 //! HTTP status equals `code`.
 
 mod admin;
+mod chat;
 mod metrics;
 mod users;
 
@@ -29,6 +31,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/chat-apps/users",
             get(users::get_user).post(users::register),
         )
+        .route("/v1/chat-apps/conversations", get(chat::conversations))
+        .route(
+            "/v1/chat-apps/conversations/:id/messages",
+            get(chat::messages),
+        )
+        .route("/v1/chat-apps/messages", post(chat::send))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
         .route(

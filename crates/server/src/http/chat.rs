@@ -1,0 +1,137 @@
+//! Chat over HTTP, for scripts and clients without gRPC: the same
+//! operations as `ChatService`, authenticated by the same
+//! `Authorization: Bearer <secret>` header, answered in the envelope.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use chat_store::HistoryQuery;
+use serde::Deserialize;
+
+use super::{failure, req_id, success};
+use crate::chat::{SendInput, SendTarget};
+use crate::{ApiError, AppState};
+
+async fn caller(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+    let header = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .ok_or(ApiError::Unauthenticated)?;
+    state.authenticate_header(header).await
+}
+
+fn seq_param(query: &HashMap<String, String>, name: &str) -> Result<u64, ApiError> {
+    match query.get(name) {
+        None => Ok(0),
+        Some(v) => v.parse().map_err(|_| {
+            ApiError::InvalidArgument(format!("{name} must be a non-negative integer"))
+        }),
+    }
+}
+
+/// `GET /v1/chat-apps/conversations`: the caller's conversations with
+/// unread counts, most recently active first.
+pub async fn conversations(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let req_id = req_id(&headers);
+    let answer = async {
+        let user = caller(&state, &headers).await?;
+        let list = state.store.conversations(&user).await?;
+        let items: Vec<serde_json::Value> = list
+            .into_iter()
+            .map(|c| {
+                serde_json::json!({
+                    "conversation_id": c.id,
+                    "kind": if c.kind == chat_store::ConversationKind::Group { "group" } else { "direct" },
+                    "peer": c.peer,
+                    "name": c.name,
+                    "last_seq": c.last_seq,
+                    "read_seq": c.read_seq,
+                    "unread_count": c.unread_count,
+                    "last_message": c.last_message,
+                })
+            })
+            .collect();
+        Ok::<_, ApiError>(serde_json::json!({ "conversations": items }))
+    };
+    match answer.await {
+        Ok(data) => success(req_id, data),
+        Err(e) => failure(&req_id, e),
+    }
+}
+
+/// `GET /v1/chat-apps/conversations/{id}/messages?before_seq=&after_seq=&limit=`:
+/// a page of history, ascending seq (as `GetHistory`).
+pub async fn messages(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(conversation_id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let req_id = req_id(&headers);
+    let answer = async {
+        let user = caller(&state, &headers).await?;
+        let before = seq_param(&query, "before_seq")?;
+        let after = seq_param(&query, "after_seq")?;
+        let limit = u32::try_from(seq_param(&query, "limit")?).unwrap_or(u32::MAX);
+        let page = state
+            .store
+            .history(
+                &user,
+                &conversation_id,
+                HistoryQuery {
+                    before_seq: (before > 0).then_some(before),
+                    after_seq: (after > 0).then_some(after),
+                    limit,
+                },
+            )
+            .await?;
+        Ok::<_, ApiError>(
+            serde_json::json!({ "messages": page.messages, "has_more": page.has_more }),
+        )
+    };
+    match answer.await {
+        Ok(data) => success(req_id, data),
+        Err(e) => failure(&req_id, e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendBody {
+    to_user: Option<String>,
+    group_id: Option<String>,
+    body: String,
+    client_msg_id: String,
+}
+
+/// `POST /v1/chat-apps/messages` `{"to_user" | "group_id", "body",
+/// "client_msg_id"}`: commits a message (idempotent by client_msg_id) and
+/// answers it.
+pub async fn send(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let req_id = req_id(&headers);
+    let answer = async {
+        let user = caller(&state, &headers).await?;
+        let parsed: SendBody = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::InvalidArgument(format!("invalid JSON body: {e}")))?;
+        let target = match (parsed.to_user, parsed.group_id) {
+            (Some(user), None) => Some(SendTarget::User(user)),
+            (None, Some(group)) => Some(SendTarget::Group(group)),
+            _ => None,
+        };
+        let input = SendInput {
+            target,
+            body: parsed.body,
+            client_msg_id: parsed.client_msg_id,
+        };
+        let appended = state.send_message(&user, input, None).await?;
+        Ok::<_, ApiError>(serde_json::to_value(&appended.message).unwrap_or_default())
+    };
+    match answer.await {
+        Ok(data) => success(req_id, data),
+        Err(e) => failure(&req_id, e),
+    }
+}
