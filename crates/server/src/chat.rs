@@ -89,13 +89,12 @@ impl AppState {
     /// change (an event of the conversation) to every member.
     pub async fn change_message(
         self: &Arc<Self>,
-        mut change: chat_store::MessageChange,
+        change: chat_store::MessageChange,
     ) -> Result<StoredMessage, ApiError> {
         if let Some(body) = &change.body {
             self.check_body(body)?;
         }
         check_client_msg_id(&change.client_msg_id)?;
-        change.conversation_id = change.conversation_id.trim().to_owned();
         let appended = self
             .store
             .change_message(change)

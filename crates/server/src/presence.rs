@@ -115,14 +115,10 @@ impl crate::AppState {
                 return (Vec::new(), BTreeSet::new());
             }
         };
-        let names: Vec<&str> = contacts.iter().map(String::as_str).collect();
-        let online: BTreeSet<String> = match self.registry.locate(&names).await {
-            Ok(found) => found.into_keys().collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "registry lookup failed; presence starts unknown");
-                BTreeSet::new()
-            }
-        };
+        let online = self.online_among(&contacts).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "registry lookup failed; presence starts unknown");
+            BTreeSet::new()
+        });
         self.presence.watch(username, &contacts, &online);
         if matches!(self.registry.sessions_of(username).await, Ok(s) if s.len() == 1) {
             let event = crate::sessions::Event::Presence {
@@ -154,6 +150,15 @@ impl crate::AppState {
         }
     }
 
+    /// Which of `users` have a session anywhere in the cluster.
+    async fn online_among(
+        &self,
+        users: &[String],
+    ) -> Result<BTreeSet<String>, chat_cluster::ClusterError> {
+        let names: Vec<&str> = users.iter().map(String::as_str).collect();
+        Ok(self.registry.locate(&names).await?.into_keys().collect())
+    }
+
     /// The sweep: asks the registry about every watched contact and tells
     /// this node's watching sessions what changed.
     pub async fn sweep_presence(&self) {
@@ -161,9 +166,8 @@ impl crate::AppState {
         if contacts.is_empty() {
             return;
         }
-        let names: Vec<&str> = contacts.iter().map(String::as_str).collect();
-        let online: BTreeSet<String> = match self.registry.locate(&names).await {
-            Ok(found) => found.into_keys().collect(),
+        let online = match self.online_among(&contacts).await {
+            Ok(online) => online,
             Err(e) => {
                 tracing::warn!(error = %e, "presence sweep: registry lookup failed");
                 return;

@@ -61,8 +61,6 @@ pub struct Session<'a> {
     pub id: SessionId,
     pub username: String,
     pub events: mpsc::Receiver<Event>,
-    /// Fires when the node disconnects this session (its queue filled up).
-    pub closed: CancellationToken,
     sessions: &'a LocalSessions,
 }
 
@@ -86,7 +84,7 @@ impl LocalSessions {
         let entry = SessionEntry {
             id,
             events: tx,
-            closed: closed.clone(),
+            closed,
         };
         self.lock()
             .entry(username.to_owned())
@@ -96,7 +94,6 @@ impl LocalSessions {
             id,
             username: username.to_owned(),
             events: rx,
-            closed,
             sessions: self,
         }
     }
@@ -195,15 +192,16 @@ mod tests {
     #[test]
     fn a_full_queue_disconnects_only_that_session() {
         let sessions = LocalSessions::default();
-        let slow = sessions.register("bob", 2, CancellationToken::new());
-        let mut fast = sessions.register("bob", 8, CancellationToken::new());
+        let (slow_closed, fast_closed) = (CancellationToken::new(), CancellationToken::new());
+        let slow = sessions.register("bob", 2, slow_closed.clone());
+        let mut fast = sessions.register("bob", 8, fast_closed.clone());
         for _ in 0..2 {
             assert_eq!(sessions.deliver(["bob"], &typing(), None), 2);
             assert!(fast.events.try_recv().is_ok());
         }
         assert_eq!(sessions.deliver(["bob"], &typing(), None), 1);
-        assert!(slow.closed.is_cancelled());
-        assert!(!fast.closed.is_cancelled());
+        assert!(slow_closed.is_cancelled());
+        assert!(!fast_closed.is_cancelled());
         assert_eq!(sessions.count("bob"), 1);
         drop(fast);
         drop(slow);

@@ -202,7 +202,7 @@ async fn a_refused_publish_is_dead_lettered_and_replayed_when_the_bus_is_back() 
 
     let pending = admin_http(a.http_addr, "GET", "/admin/dead-letters?pending=true").await;
     assert!(ids(&pending.json).is_empty(), "{}", pending.body);
-    alice_a.close();
+    drop(alice_a);
     a.stop().await;
     b.stop().await;
 }

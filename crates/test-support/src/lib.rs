@@ -237,9 +237,6 @@ impl Live {
         )))
         .await;
     }
-
-    /// Closes the client side of the stream.
-    pub fn close(self) {}
 }
 
 /// A direct `SendMessageRequest`.
