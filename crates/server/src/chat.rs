@@ -35,6 +35,52 @@ impl AppState {
         input: SendInput,
         origin: Option<SessionId>,
     ) -> Result<Appended, ApiError> {
+        let (message, is_direct) = self.new_message(sender, input)?;
+        let appended = self.store.append_message(message).await;
+        self.committed(appended, is_direct, origin)
+    }
+
+    /// [`Self::send_message`] for several sends of one sender, committed
+    /// together and in order; one answer per send, in the same order.
+    pub async fn send_messages(
+        self: &Arc<Self>,
+        sender: &str,
+        inputs: Vec<SendInput>,
+        origin: Option<SessionId>,
+    ) -> Vec<Result<Appended, ApiError>> {
+        let mut answers: Vec<Option<Result<Appended, ApiError>>> = Vec::new();
+        let mut valid = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            match self.new_message(sender, input) {
+                Ok((message, is_direct)) => {
+                    valid.push((message, is_direct));
+                    answers.push(None);
+                }
+                Err(e) => answers.push(Some(Err(e))),
+            }
+        }
+        let (messages, kinds): (Vec<_>, Vec<_>) = valid.into_iter().unzip();
+        let mut committed = self
+            .store
+            .append_messages(messages)
+            .await
+            .into_iter()
+            .zip(kinds);
+        answers
+            .into_iter()
+            .map(|answer| match answer {
+                Some(refused) => refused,
+                None => match committed.next() {
+                    Some((appended, is_direct)) => self.committed(appended, is_direct, origin),
+                    None => Err(ApiError::Internal("the store lost a send".into())),
+                },
+            })
+            .collect()
+    }
+
+    /// Checks a send and turns it into a message for the store; also says
+    /// whether it is direct (which decides what "not found" means).
+    fn new_message(&self, sender: &str, input: SendInput) -> Result<(NewMessage, bool), ApiError> {
         let target = match input.target {
             Some(SendTarget::User(user)) => {
                 let peer = names::normalize_username(&user).map_err(|_| {
@@ -56,27 +102,34 @@ impl AppState {
         };
         self.check_body(&input.body)?;
         check_client_msg_id(&input.client_msg_id)?;
-
         let is_direct = matches!(target, Target::Direct(_));
-        let appended = self
-            .store
-            .append_message(NewMessage {
-                sender: sender.to_owned(),
-                target,
-                body: input.body,
-                client_msg_id: input.client_msg_id,
-            })
-            .await
-            .map_err(|e| match e {
-                chat_store::StoreError::NotFound if is_direct => ApiError::NotFound("user"),
-                chat_store::StoreError::NotFound => ApiError::NotFound("group"),
-                other => other.into(),
-            })?;
+        let message = NewMessage {
+            sender: sender.to_owned(),
+            target,
+            body: input.body,
+            client_msg_id: input.client_msg_id,
+        };
+        Ok((message, is_direct))
+    }
+
+    /// After the store answered a send: delivers a new message, and names
+    /// what was not found.
+    fn committed(
+        self: &Arc<Self>,
+        appended: chat_store::Result<Appended>,
+        is_direct: bool,
+        origin: Option<SessionId>,
+    ) -> Result<Appended, ApiError> {
+        let appended = appended.map_err(|e| match e {
+            chat_store::StoreError::NotFound if is_direct => ApiError::NotFound("user"),
+            chat_store::StoreError::NotFound => ApiError::NotFound("group"),
+            other => other.into(),
+        })?;
         if !appended.duplicate {
             let event = Event::Message(Arc::new(appended.message.clone()));
             self.deliver(appended.members.clone(), event, origin);
             tracing::debug!(
-                user = %sender,
+                user = %appended.message.sender,
                 conversation = %appended.message.conversation_id,
                 seq = appended.message.seq,
                 "message committed"

@@ -173,6 +173,11 @@ pub struct Limits {
     pub max_group_members: usize,
     /// Most groups one user belongs to. Default: 1000.
     pub max_groups_per_user: usize,
+    /// Members of groups at most this large see each other's presence;
+    /// in larger groups only direct contacts do. Presence costs every
+    /// connect a message to each online contact, so a group of N members
+    /// all connecting costs N² of them. Default: 100.
+    pub presence_group_members: usize,
     /// Dead letters the store keeps before new ones are refused (logged
     /// at error level and counted in `chat_dead_letter_failures_total`):
     /// a bus outage must not fill the disk. Default: 100 000.
@@ -189,6 +194,7 @@ impl Default for Limits {
             max_http_body_bytes: 16 * 1024,
             max_group_members: 1024,
             max_groups_per_user: 1000,
+            presence_group_members: 100,
             max_dead_letters: 100_000,
         }
     }

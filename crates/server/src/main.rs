@@ -108,6 +108,10 @@ struct Args {
     /// Most groups one user belongs to.
     #[arg(long, env = "CHAT_MAX_GROUPS_PER_USER", default_value_t = Limits::default().max_groups_per_user)]
     max_groups_per_user: usize,
+    /// Members of groups at most this large see each other's presence
+    /// (online/offline); in larger groups only direct contacts do.
+    #[arg(long, env = "CHAT_PRESENCE_GROUP_MEMBERS", default_value_t = Limits::default().presence_group_members)]
+    presence_group_members: usize,
     /// Enables the admin HTTP API (`/admin/…`, the dead-letter queue) for
     /// requests with `Authorization: Bearer <token>`; at least 16
     /// characters. Without it the admin API does not exist (404).
@@ -219,6 +223,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             session_queue: args.session_queue,
             max_group_members: args.max_group_members,
             max_groups_per_user: args.max_groups_per_user,
+            presence_group_members: args.presence_group_members,
             ..Limits::default()
         },
         cluster,

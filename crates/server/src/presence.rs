@@ -108,7 +108,8 @@ impl crate::AppState {
         self: &std::sync::Arc<Self>,
         username: &str,
     ) -> (Vec<String>, BTreeSet<String>) {
-        let contacts = match self.store.contacts(username).await {
+        let largest_group = self.config.limits.presence_group_members;
+        let contacts = match self.store.contacts(username, largest_group).await {
             Ok(contacts) => contacts,
             Err(e) => {
                 tracing::warn!(user = %username, error = %e, "cannot load contacts; no presence for this session");

@@ -16,6 +16,7 @@
 //! ([`crate::dead_letters`]), from which an operator can replay it.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,7 +120,17 @@ impl AppState {
         self.sessions
             .deliver(usernames.iter().map(String::as_str), &event, origin);
         let state = self.clone();
-        tokio::spawn(async move { state.deliver_to_other_nodes(usernames, event).await });
+        let mut remote =
+            Box::pin(async move { state.deliver_to_other_nodes(usernames, event).await });
+        // With the in-process registry this finishes at once (nobody is on
+        // another node); only work that really waits, on Redis or a
+        // broker, becomes a task of its own. Polling it once here is safe:
+        // if it is pending, the spawned task polls it again at once and
+        // registers its real waker.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if remote.as_mut().poll(&mut cx).is_pending() {
+            tokio::spawn(remote);
+        }
     }
 
     async fn deliver_to_other_nodes(&self, usernames: Vec<String>, event: Event) {

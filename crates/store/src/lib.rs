@@ -33,6 +33,24 @@ use async_trait::async_trait;
 
 pub use model::*;
 
+/// A fresh identifier: a one-letter kind, then 48 bits of milliseconds since
+/// the Unix epoch and 80 random bits, hex encoded (33 characters).
+///
+/// Time first, so that ids made close together sort together: each new id
+/// lands at the right edge of a unique index instead of on a random page,
+/// which keeps the pages a commit writes few. The random part keeps ids
+/// unguessable and unique across servers.
+pub(crate) fn new_id(prefix: char) -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    bytes[6..].copy_from_slice(&rand::random::<[u8; 10]>());
+    format!("{prefix}{}", hex::encode(bytes))
+}
+
 /// Errors of every storage backend.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -83,6 +101,18 @@ pub trait MessageStore: Send + Sync + 'static {
     /// deliver it to. A repeated `(sender, client_msg_id)` returns the
     /// original message with `duplicate = true` and stores nothing.
     async fn append_message(&self, message: NewMessage) -> Result<Appended>;
+    /// Commits several messages in the given order, each as
+    /// [`MessageStore::append_message`] would (one failing does not stop
+    /// the others), with one answer per message in the same order. A
+    /// backend may commit them together; the default commits one after
+    /// another.
+    async fn append_messages(&self, messages: Vec<NewMessage>) -> Vec<Result<Appended>> {
+        let mut answers = Vec::with_capacity(messages.len());
+        for message in messages {
+            answers.push(self.append_message(message).await);
+        }
+        answers
+    }
     /// A page of a conversation the caller is a member of.
     async fn history(
         &self,
@@ -110,9 +140,10 @@ pub trait MessageStore: Send + Sync + 'static {
     /// [`StoreError::NotFound`]. A repeated `(editor, client_msg_id)`
     /// returns the original event with `duplicate = true`.
     async fn change_message(&self, change: MessageChange) -> Result<Appended>;
-    /// Everyone who shares a conversation with `username` (not the user),
-    /// sorted: whose presence the user sees.
-    async fn contacts(&self, username: &str) -> Result<Vec<String>>;
+    /// Everyone who shares a direct conversation, or a group of at most
+    /// `largest_group` members, with `username` (not the user), sorted:
+    /// whose presence the user sees.
+    async fn contacts(&self, username: &str, largest_group: usize) -> Result<Vec<String>>;
     /// Every member's read cursor, as (username, read_seq), if `username`
     /// is a member: what read receipts are computed from.
     async fn read_cursors(

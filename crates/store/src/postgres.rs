@@ -75,6 +75,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
+use crate::new_id;
 use crate::{
     Appended, ConversationKind, ConversationSummary, GroupChange, GroupChanged, GroupInfo,
     GroupLimits, GroupMember, GroupRole, GroupStore, HistoryPage, HistoryQuery, MessageChange,
@@ -449,11 +450,6 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
-}
-
-/// A fresh random identifier: a one-letter kind and 128 random bits.
-fn new_id(prefix: char) -> String {
-    format!("{prefix}{}", hex::encode(rand::random::<[u8; 16]>()))
 }
 
 /// PostgreSQL text cannot hold NUL, so no stored key contains one.
@@ -1878,16 +1874,22 @@ impl MessageStore for PostgresStore {
         self.settle(client, outcome)
     }
 
-    async fn contacts(&self, username: &str) -> Result<Vec<String>> {
+    async fn contacts(&self, username: &str, largest_group: usize) -> Result<Vec<String>> {
         const SQL: &str = "SELECT DISTINCT o.username FROM members m
+                           JOIN conversations c ON c.id = m.conversation_id
                            JOIN members o ON o.conversation_id = m.conversation_id
-                           WHERE m.username = $1 AND o.username <> $1 ORDER BY o.username";
+                           WHERE m.username = $1 AND o.username <> $1
+                             AND (c.kind = 'direct'
+                                  OR (SELECT COUNT(*) FROM members x
+                                      WHERE x.conversation_id = c.id) <= $2)
+                           ORDER BY o.username";
         if has_nul(username) {
             return Ok(Vec::new());
         }
+        let largest = i64::try_from(largest_group).unwrap_or(i64::MAX);
         let client = self.client().await?;
         let outcome = tokio::time::timeout(self.operation_timeout, async {
-            usernames(query(&client, SQL, &[&username]).await?)
+            usernames(query(&client, SQL, &[&username, &largest]).await?)
         })
         .await;
         self.settle(client, outcome)

@@ -16,6 +16,7 @@
 mod dead_letters;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,6 +24,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
+use crate::new_id;
 use crate::{
     Appended, ConversationKind, ConversationSummary, GroupChange, GroupChanged, GroupInfo,
     GroupLimits, GroupMember, GroupRole, GroupStore, HistoryPage, HistoryQuery, MessageChange,
@@ -157,12 +159,24 @@ impl SqliteStore {
         }
         let mut conn = open_connection(&config.path, config.durability, false)?;
         migrate(&mut conn)?;
+        // Checkpoints run on their own thread (below), never inside a
+        // commit: copying the WAL back into the database would stall every
+        // write waiting behind that commit.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
+        let checkpointer = open_connection(&config.path, config.durability, false)?;
+        let (checkpoint, wakes) = mpsc::sync_channel(1);
+        let caught_up = Arc::new(AtomicBool::new(false));
+        let flag = caught_up.clone();
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, wakes, flag))
+            .map_err(|e| StoreError::Internal(format!("cannot start the checkpointer: {e}")))?;
 
         let (writes, queue) = mpsc::sync_channel(config.queue_capacity.max(1));
         let max_batch = config.max_batch.max(1);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, queue, max_batch))
+            .spawn(move || writer_loop(conn, queue, max_batch, checkpoint, caught_up))
             .map_err(|e| StoreError::Internal(format!("cannot start the writer: {e}")))?;
 
         let readers = Arc::new(ReadPool {
@@ -272,11 +286,6 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
-}
-
-/// A fresh random identifier: a one-letter kind and 128 random bits.
-fn new_id(prefix: char) -> String {
-    format!("{prefix}{}", hex::encode(rand::random::<[u8; 16]>()))
 }
 
 // ------------------------------------------------------------------ reads
@@ -483,6 +492,10 @@ fn members(conn: &Connection, conversation_id: &str) -> Result<Vec<String>> {
 enum WriteOp {
     CreateUser(NewUser, oneshot::Sender<Result<UserProfile>>),
     Append(NewMessage, oneshot::Sender<Result<Appended>>),
+    AppendMany(
+        Vec<NewMessage>,
+        oneshot::Sender<Result<Vec<Result<Appended>>>>,
+    ),
     MarkRead {
         username: String,
         conversation_id: String,
@@ -508,6 +521,10 @@ enum WriteOp {
 enum Answer {
     User(oneshot::Sender<Result<UserProfile>>, Result<UserProfile>),
     Appended(oneshot::Sender<Result<Appended>>, Result<Appended>),
+    AppendedMany(
+        oneshot::Sender<Result<Vec<Result<Appended>>>>,
+        Vec<Result<Appended>>,
+    ),
     Read(oneshot::Sender<Result<ReadCursor>>, Result<ReadCursor>),
     Delivered(oneshot::Sender<Result<u64>>, Result<u64>),
     Group(oneshot::Sender<Result<GroupChanged>>, Result<GroupChanged>),
@@ -523,6 +540,9 @@ impl Answer {
         match self {
             Answer::User(tx, r) => Answer::User(tx, e(r, error)),
             Answer::Appended(tx, r) => Answer::Appended(tx, e(r, error)),
+            Answer::AppendedMany(tx, rs) => {
+                Answer::AppendedMany(tx, rs.into_iter().map(|r| e(r, error)).collect())
+            }
             Answer::Read(tx, r) => Answer::Read(tx, e(r, error)),
             Answer::Delivered(tx, r) => Answer::Delivered(tx, e(r, error)),
             Answer::Group(tx, r) => Answer::Group(tx, e(r, error)),
@@ -535,6 +555,7 @@ impl Answer {
         let _ = match self {
             Answer::User(tx, r) => tx.send(r).is_ok(),
             Answer::Appended(tx, r) => tx.send(r).is_ok(),
+            Answer::AppendedMany(tx, rs) => tx.send(Ok(rs)).is_ok(),
             Answer::Read(tx, r) => tx.send(r).is_ok(),
             Answer::Delivered(tx, r) => tx.send(r).is_ok(),
             Answer::Group(tx, r) => tx.send(r).is_ok(),
@@ -546,7 +567,26 @@ impl Answer {
     }
 }
 
-fn writer_loop(mut conn: Connection, queue: mpsc::Receiver<WriteOp>, max_batch: usize) {
+fn writer_loop(
+    conn: Connection,
+    queue: mpsc::Receiver<WriteOp>,
+    max_batch: usize,
+    checkpoint: mpsc::SyncSender<()>,
+    caught_up: Arc<AtomicBool>,
+) {
+    // Declared before `conn` so that it is dropped after it.
+    let wal_pages = Box::new(AtomicI32::new(0));
+    let mut conn = conn;
+    // SAFETY: the context points into `wal_pages`, which outlives the
+    // connection (locals drop in reverse order); the hook only stores an
+    // integer into it, on this thread, during a commit of `conn`.
+    unsafe {
+        rusqlite::ffi::sqlite3_wal_hook(
+            conn.handle(),
+            Some(record_wal_pages),
+            &*wal_pages as *const AtomicI32 as *mut std::ffi::c_void,
+        );
+    }
     let mut batch = Vec::with_capacity(max_batch);
     while let Ok(first) = queue.recv() {
         batch.push(first);
@@ -560,8 +600,70 @@ fn writer_loop(mut conn: Connection, queue: mpsc::Receiver<WriteOp>, max_batch: 
         for answer in answers {
             answer.send();
         }
+        if caught_up.swap(false, Ordering::Acquire) {
+            // The bulk is copied; copying what was committed since (a few
+            // pages) lets the next write start the WAL over.
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "WAL checkpoint failed; the next one retries");
+            }
+        } else if wal_pages.load(Ordering::Relaxed) >= WAL_LIMIT_PAGES {
+            // The checkpointer is not keeping up (a slow disk, a reader
+            // holding an old snapshot): the writer copies everything and
+            // empties the WAL itself, holding back commits meanwhile, so
+            // the WAL stays bounded whatever the load.
+            match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            }) {
+                Ok(0) => wal_pages.store(0, Ordering::Relaxed),
+                Ok(_) => tracing::warn!("WAL checkpoint blocked by a reader; the next one retries"),
+                Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; the next one retries"),
+            }
+        } else if wal_pages.load(Ordering::Relaxed) >= CHECKPOINT_PAGES {
+            // A long WAL wakes the checkpointer; commits while it is busy
+            // coalesce into one wake-up.
+            let _ = checkpoint.try_send(());
+        }
     }
     tracing::debug!("sqlite writer stopped");
+}
+
+/// SQLite's WAL hook: called after each commit with the pages in the WAL.
+unsafe extern "C" fn record_wal_pages(
+    context: *mut std::ffi::c_void,
+    _db: *mut rusqlite::ffi::sqlite3,
+    _name: *const std::ffi::c_char,
+    pages: std::ffi::c_int,
+) -> std::ffi::c_int {
+    // SAFETY: `writer_loop` registered a pointer to its live `AtomicI32`.
+    let wal_pages = unsafe { &*(context as *const AtomicI32) };
+    wal_pages.store(pages, Ordering::Relaxed);
+    rusqlite::ffi::SQLITE_OK
+}
+
+/// WAL pages that make the checkpointer run: SQLite's own default for its
+/// automatic checkpoint (about 4 MiB).
+const CHECKPOINT_PAGES: i32 = 1000;
+
+/// WAL pages at which the writer stops to checkpoint itself: the bound on
+/// the WAL (about 16 MiB with 4 KiB pages, plus one batch).
+pub const WAL_LIMIT_PAGES: i32 = 4 * CHECKPOINT_PAGES;
+
+/// Copies committed WAL pages back into the database file when the WAL has
+/// grown past [`CHECKPOINT_PAGES`]. PASSIVE: it never blocks the writer or
+/// a reader, and it copies what no reader still needs. Under steady load
+/// the writer has always committed more by the time it is done, and SQLite
+/// starts the WAL over only when *everything* is copied at the start of a
+/// write, so the checkpointer raises `caught_up` and the writer copies
+/// the few pages of its latest commits itself (see `writer_loop`). Stops
+/// with the writer.
+fn checkpoint_loop(conn: Connection, wakes: mpsc::Receiver<()>, caught_up: Arc<AtomicBool>) {
+    while wakes.recv().is_ok() {
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            Ok(()) => caught_up.store(true, Ordering::Release),
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; the next one retries"),
+        }
+    }
+    tracing::debug!("sqlite checkpointer stopped");
 }
 
 fn apply_batch(conn: &mut Connection, ops: impl Iterator<Item = WriteOp>) -> Vec<Answer> {
@@ -593,6 +695,9 @@ fn unapplied(op: WriteOp, e: &StoreError) -> Answer {
     match op {
         WriteOp::CreateUser(_, tx) => Answer::User(tx, err(e)),
         WriteOp::Append(_, tx) => Answer::Appended(tx, err(e)),
+        WriteOp::AppendMany(msgs, tx) => {
+            Answer::AppendedMany(tx, msgs.iter().map(|_| err(e)).collect())
+        }
         WriteOp::MarkRead { reply, .. } => Answer::Read(reply, err(e)),
         WriteOp::MarkDelivered { reply, .. } => Answer::Delivered(reply, err(e)),
         WriteOp::ChangeGroup(_, _, reply) => Answer::Group(reply, err(e)),
@@ -603,10 +708,10 @@ fn unapplied(op: WriteOp, e: &StoreError) -> Answer {
 
 /// Runs one write inside a savepoint, so that its failure undoes only it.
 fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-    conn.execute_batch("SAVEPOINT op")?;
+    conn.prepare_cached("SAVEPOINT op")?.execute([])?;
     match f(conn) {
         Ok(v) => {
-            conn.execute_batch("RELEASE op")?;
+            conn.prepare_cached("RELEASE op")?.execute([])?;
             Ok(v)
         }
         Err(e) => {
@@ -624,6 +729,12 @@ fn apply_one(conn: &Connection, op: WriteOp, now: i64) -> Answer {
         WriteOp::Append(msg, tx) => {
             Answer::Appended(tx, in_savepoint(conn, |c| append(c, msg, now)))
         }
+        WriteOp::AppendMany(msgs, tx) => Answer::AppendedMany(
+            tx,
+            msgs.into_iter()
+                .map(|msg| in_savepoint(conn, |c| append(c, msg, now)))
+                .collect(),
+        ),
         WriteOp::MarkRead {
             username,
             conversation_id,
@@ -1276,6 +1387,21 @@ impl MessageStore for SqliteStore {
         self.write(|reply| WriteOp::Append(message, reply)).await
     }
 
+    /// One write for all of them: they commit in the same transaction, in
+    /// order, each in its own savepoint.
+    async fn append_messages(&self, messages: Vec<NewMessage>) -> Vec<Result<Appended>> {
+        let count = messages.len();
+        match self
+            .write(|reply| WriteOp::AppendMany(messages, reply))
+            .await
+        {
+            Ok(answers) => answers,
+            Err(e) => (0..count)
+                .map(|_| Err(StoreError::Unavailable(e.to_string())))
+                .collect(),
+        }
+    }
+
     async fn history(
         &self,
         username: &str,
@@ -1335,15 +1461,20 @@ impl MessageStore for SqliteStore {
             .await
     }
 
-    async fn contacts(&self, username: &str) -> Result<Vec<String>> {
+    async fn contacts(&self, username: &str, largest_group: usize) -> Result<Vec<String>> {
         let username = username.to_owned();
+        let largest = i64::try_from(largest_group).unwrap_or(i64::MAX);
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT DISTINCT o.username FROM members m
+                 JOIN conversations c ON c.id = m.conversation_id
                  JOIN members o ON o.conversation_id = m.conversation_id
-                 WHERE m.username = ?1 AND o.username <> ?1 ORDER BY o.username",
+                 WHERE m.username = ?1 AND o.username <> ?1
+                   AND (c.kind = 'direct'
+                        OR (SELECT COUNT(*) FROM members x WHERE x.conversation_id = c.id) <= ?2)
+                 ORDER BY o.username",
             )?;
-            let rows = stmt.query_map(params![username], |r| r.get(0))?;
+            let rows = stmt.query_map(params![username, largest], |r| r.get(0))?;
             Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
         })
         .await

@@ -156,6 +156,7 @@ conformance!(
     direct_messages_get_gap_free_seqs_and_members,
     concurrent_appends_are_gap_free,
     retries_return_the_original,
+    batched_appends_keep_order_and_fail_alone,
     history_is_for_members_only_and_pages,
     cursors_move_forward_only_and_unread_is_exact,
     groups_change_membership_with_ordered_events,

@@ -29,6 +29,7 @@ conformance!(
     direct_messages_get_gap_free_seqs_and_members,
     concurrent_appends_are_gap_free,
     retries_return_the_original,
+    batched_appends_keep_order_and_fail_alone,
     history_is_for_members_only_and_pages,
     cursors_move_forward_only_and_unread_is_exact,
     groups_change_membership_with_ordered_events,
@@ -71,4 +72,52 @@ async fn data_survives_reopening_and_migrations_are_idempotent() {
     use chat_store::MessageStore;
     let list = store.conversations("bob").await.unwrap();
     assert_eq!(list[0].last_message.as_ref().unwrap().body, "kept");
+}
+
+/// Checkpoints run in the background, and the writer checkpoints itself
+/// when they fall behind: the WAL is copied back into the database file and
+/// started over, so it stays under its bound instead of holding everything
+/// ever written, however slow the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_stays_bounded() {
+    use chat_store::MessageStore;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    let mut config = SqliteConfig::new(&path);
+    config.durability = chat_store::sqlite::Durability::Normal;
+    let store = SqliteStore::open(config).unwrap();
+    for name in ["alice", "bob"] {
+        store
+            .create_user(chat_store::NewUser {
+                username: name.into(),
+                name: String::new(),
+                phone: String::new(),
+                token_hash: [name.as_bytes()[0]; 32],
+            })
+            .await
+            .unwrap();
+    }
+    // 4,000 commits of 3.5 KB: 14 MB of rows, several WAL pages each, far
+    // past the bound if nothing were checkpointed.
+    let body = "x".repeat(3500);
+    for i in 0..4000 {
+        store
+            .append_message(NewMessage {
+                sender: "alice".into(),
+                target: Target::Direct("bob".into()),
+                body: body.clone(),
+                client_msg_id: i.to_string(),
+            })
+            .await
+            .unwrap();
+    }
+    let wal = std::fs::metadata(dir.path().join("chat.db-wal"))
+        .unwrap()
+        .len();
+    let db = std::fs::metadata(&path).unwrap().len();
+    // One batch (here one commit of a few pages) may land past the bound.
+    let frame = 4096 + 24;
+    let bound = (chat_store::sqlite::WAL_LIMIT_PAGES as u64 + 64) * frame + 32;
+    assert!(wal <= bound, "the WAL grew to {wal} bytes, past {bound}");
+    assert!(db > 10 << 20, "the database file holds only {db} bytes");
 }

@@ -26,7 +26,10 @@ use super::convert;
 use crate::sessions::Event;
 use crate::{ApiError, AppState};
 
-type Outbound = mpsc::Sender<Result<pb::ServerFrame, Status>>;
+/// Boxed, so that the queue's first block (32 slots, allocated with the
+/// queue) is 512 bytes instead of 8 KiB: it exists for every idle session.
+type Item = Result<Box<pb::ServerFrame>, Box<Status>>;
+type Outbound = mpsc::Sender<Item>;
 
 /// Starts the session task and returns the stream of frames to the client.
 pub fn start(
@@ -58,7 +61,7 @@ pub fn start(
 /// stream ends at once with a status saying why, dropping what the client
 /// had not read yet: it is all in the store, and catch-up brings it back.
 pub struct Frames {
-    frames: mpsc::Receiver<Result<pb::ServerFrame, Status>>,
+    frames: mpsc::Receiver<Item>,
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     ended: bool,
@@ -84,8 +87,80 @@ impl tokio_stream::Stream for Frames {
             self.ended = true;
             return Poll::Ready(Some(Err(error.into())));
         }
-        self.frames.poll_recv(cx)
+        self.frames.poll_recv(cx).map(|item| item.map(unbox))
     }
+}
+
+/// How many seqs below the highest one a [`SeqWindow`] remembers.
+const WINDOW: u64 = 256;
+
+/// The seqs of one conversation a session was sent: everything up to
+/// `floor` (the replay), and of the [`WINDOW`] seqs up to `max`, those
+/// whose bit is set in `recent` (bit i: seq `max - i`). Live messages of a
+/// conversation may arrive out of order (they come from several servers),
+/// so a plain "highest seq" would drop real ones; a seq below the window
+/// but above the floor is let through, as there is no telling.
+#[derive(Debug, Default, Clone, Copy)]
+struct SeqWindow {
+    floor: u64,
+    max: u64,
+    recent: [u64; (WINDOW / 64) as usize],
+}
+
+impl SeqWindow {
+    fn after(floor: u64) -> Self {
+        Self {
+            floor,
+            max: floor,
+            ..Self::default()
+        }
+    }
+
+    /// Records `seq`; false if it was sent already.
+    fn insert(&mut self, seq: u64) -> bool {
+        if seq <= self.floor {
+            return false;
+        }
+        if seq > self.max {
+            let shift = seq - self.max;
+            self.max = seq;
+            // Shift the whole bit string left by `shift` (words, then bits).
+            let (words, bits) = ((shift.min(WINDOW) / 64) as usize, (shift % 64) as u32);
+            let n = self.recent.len();
+            for i in (0..n).rev() {
+                let word = |j: usize| {
+                    if j >= words {
+                        self.recent[j - words]
+                    } else {
+                        0
+                    }
+                };
+                let low = if bits == 0 || i < 1 {
+                    0
+                } else {
+                    word(i - 1) >> (64 - bits)
+                };
+                self.recent[i] = if i >= words { word(i) << bits | low } else { 0 };
+            }
+            self.recent[0] |= 1;
+            return true;
+        }
+        let age = self.max - seq;
+        if age >= WINDOW {
+            return true;
+        }
+        let (word, bit) = ((age / 64) as usize, 1u64 << (age % 64));
+        let new = self.recent[word] & bit == 0;
+        self.recent[word] |= bit;
+        new
+    }
+}
+
+/// A queued item as the client receives it; tonic's `Status` is large, but
+/// it is what the stream must yield.
+#[allow(clippy::result_large_err)]
+fn unbox(item: Item) -> Result<pb::ServerFrame, Status> {
+    item.map(|frame| *frame).map_err(|status| *status)
 }
 
 async fn run(
@@ -144,7 +219,7 @@ async fn serve(
         let (closed, shutdown) = (closed.clone(), shutdown.clone());
         async move {
             tokio::select! {
-                sent = out.send(Ok(frame)) => sent.is_ok(),
+                sent = out.send(Ok(Box::new(frame))) => sent.is_ok(),
                 _ = closed.cancelled() => false,
                 _ = shutdown.cancelled() => false,
             }
@@ -155,11 +230,15 @@ async fn serve(
     let conversations = match state.store.conversations(username).await {
         Ok(c) => c,
         Err(e) => {
-            let _ = out.send(Err(ApiError::from(e).into())).await;
+            let _ = out.send(Err(Box::new(ApiError::from(e).into()))).await;
             return "store unavailable";
         }
     };
-    let mut replayed: HashMap<String, u64> = HashMap::new();
+    // Per conversation, which seqs this session has been sent: the replay
+    // covers everything up to its end, and live events are checked
+    // against a window of recent seqs, so a record the bus delivers twice
+    // (a producer retry) reaches the client once.
+    let mut sent: HashMap<String, SeqWindow> = HashMap::new();
     let pending: Vec<(String, u64, u64)> = conversations
         .iter()
         .filter(|c| c.delivered_seq < c.last_seq)
@@ -188,7 +267,7 @@ async fn serve(
             let page = match state.store.history(username, &conversation_id, query).await {
                 Ok(page) => page,
                 Err(e) => {
-                    let _ = out.send(Err(ApiError::from(e).into())).await;
+                    let _ = out.send(Err(Box::new(ApiError::from(e).into()))).await;
                     return "store unavailable during replay";
                 }
             };
@@ -205,16 +284,12 @@ async fn serve(
                 break;
             }
         }
-        replayed.insert(conversation_id, after);
+        sent.insert(conversation_id, SeqWindow::after(after));
     }
 
-    let sends = spawn_send_worker(
-        state,
-        username,
-        session_id,
-        out,
-        limits.queued_sends_per_session,
-    );
+    // Started by the first send: a session that only listens (most of
+    // them) costs no task and no queue for it.
+    let mut sends: Option<mpsc::Sender<pb::SendMessageRequest>> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return "server shutdown",
@@ -222,7 +297,8 @@ async fn serve(
             event = session.events.recv() => {
                 let Some(event) = event else { return "session closed" };
                 if let Event::Message(m) = &event {
-                    if replayed.get(&m.conversation_id).is_some_and(|&upto| m.seq <= upto) {
+                    let window = sent.entry(m.conversation_id.clone()).or_default();
+                    if !window.insert(m.seq) {
                         continue;
                     }
                 }
@@ -236,9 +312,9 @@ async fn serve(
                     Ok(None) => return "client closed the stream",
                     Err(status) => {
                         tracing::info!(user = %username, error = %status, "bad client frame");
-                        let _ = out.try_send(Err(Status::invalid_argument(format!(
+                        let _ = out.try_send(Err(Box::new(Status::invalid_argument(format!(
                             "cannot read client frame: {}", status.message()
-                        ))));
+                        )))));
                         return "bad client frame";
                     }
                 };
@@ -247,6 +323,15 @@ async fn serve(
                     In::Send(req) => {
                         // Waiting here when the queue is full stops reading
                         // the client, which pushes back on it.
+                        let sends = sends.get_or_insert_with(|| {
+                            spawn_send_worker(
+                                state,
+                                username,
+                                session_id,
+                                out,
+                                limits.queued_sends_per_session,
+                            )
+                        });
                         if sends.send(req).await.is_err() {
                             return "send worker stopped";
                         }
@@ -284,11 +369,13 @@ async fn serve(
     }
 }
 
-/// Commits a session's sends one after another, in the order the client
-/// sent them (so a conversation shows them in typing order), and answers
-/// each with an ack. The session loop stays free for pings and live events
-/// meanwhile. Sends still queued when the client goes away are committed
-/// all the same: a client that retries them gets the originals back.
+/// Commits a session's sends in the order the client sent them (so a
+/// conversation shows them in typing order), and answers each with an ack.
+/// Whatever is queued when the worker turns to the store goes in one batch:
+/// one commit for a burst, still in order. The session loop stays free for
+/// pings and live events meanwhile. Sends still queued when the client goes
+/// away are committed all the same: a client that retries them gets the
+/// originals back.
 fn spawn_send_worker(
     state: &Arc<AppState>,
     username: &str,
@@ -296,28 +383,63 @@ fn spawn_send_worker(
     out: &Outbound,
     capacity: usize,
 ) -> mpsc::Sender<pb::SendMessageRequest> {
-    let (sends, mut queued) = mpsc::channel::<pb::SendMessageRequest>(capacity.max(1));
+    let capacity = capacity.max(1);
+    let (sends, mut queued) = mpsc::channel::<pb::SendMessageRequest>(capacity);
     let (state, out, user) = (state.clone(), out.clone(), username.to_owned());
     tokio::spawn(async move {
-        while let Some(req) = queued.recv().await {
-            let client_msg_id = req.client_msg_id.clone();
-            let input = convert::send_input(req);
-            let ack = match state.send_message(&user, input, Some(session_id)).await {
-                Ok(appended) => pb::SendAck {
-                    client_msg_id,
-                    message: Some(convert::message(&appended.message)),
-                    error: None,
-                },
-                Err(e) => pb::SendAck {
-                    client_msg_id,
-                    message: None,
-                    error: Some(convert::error(&e)),
-                },
-            };
-            // A client that is gone needs no ack, but its queued sends are
-            // still committed: they may have been acked to nobody, never lost.
-            let _ = out.send(Ok(convert::frame(Out::Ack(ack)))).await;
+        let mut batch = Vec::with_capacity(capacity);
+        while queued.recv_many(&mut batch, capacity).await > 0 {
+            let ids: Vec<String> = batch.iter().map(|r| r.client_msg_id.clone()).collect();
+            let inputs = batch.drain(..).map(convert::send_input).collect();
+            let answers = state.send_messages(&user, inputs, Some(session_id)).await;
+            for (client_msg_id, answer) in ids.into_iter().zip(answers) {
+                let ack = match answer {
+                    Ok(appended) => pb::SendAck {
+                        client_msg_id,
+                        message: Some(convert::message(&appended.message)),
+                        error: None,
+                    },
+                    Err(e) => pb::SendAck {
+                        client_msg_id,
+                        message: None,
+                        error: Some(convert::error(&e)),
+                    },
+                };
+                // A client that is gone needs no ack, but its queued sends
+                // are still committed: they may have been acked to nobody,
+                // never lost.
+                let _ = out.send(Ok(Box::new(convert::frame(Out::Ack(ack))))).await;
+            }
         }
     });
     sends
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SeqWindow;
+
+    #[test]
+    fn each_seq_passes_once_in_any_order() {
+        let mut w = SeqWindow::after(10);
+        assert!(!w.insert(10), "the replay covered it");
+        assert!(!w.insert(3));
+        for seq in [12, 11, 15, 13, 14] {
+            assert!(w.insert(seq), "{seq} is new");
+        }
+        for seq in [11, 12, 13, 14, 15] {
+            assert!(!w.insert(seq), "{seq} was sent");
+        }
+        assert!(w.insert(100));
+        assert!(w.insert(16), "in the window, not sent yet");
+        assert!(!w.insert(16) && !w.insert(15) && !w.insert(100));
+        assert!(w.insert(400));
+        assert!(!w.insert(400));
+        // Out of the window but above the floor: let through.
+        assert!(w.insert(17));
+        assert!(w.insert(300));
+        assert!(!w.insert(300));
+        let mut fresh = SeqWindow::default();
+        assert!(fresh.insert(1) && !fresh.insert(1));
+    }
 }

@@ -147,6 +147,49 @@ pub async fn concurrent_appends_are_gap_free(store: Arc<dyn Store>) {
     assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
 }
 
+pub async fn batched_appends_keep_order_and_fail_alone(store: Arc<dyn Store>) {
+    users(&*store, &["alice", "bob"]).await;
+    let first = store
+        .append_message(direct("alice", "bob", "before", "b0"))
+        .await
+        .unwrap();
+    let answers = store
+        .append_messages(vec![
+            direct("alice", "bob", "one", "b1"),
+            direct("alice", "nobody", "lost", "b2"),
+            direct("alice", "bob", "two", "b3"),
+            // A retry inside the batch, and of an earlier message.
+            direct("alice", "bob", "one again", "b1"),
+            direct("alice", "bob", "before again", "b0"),
+        ])
+        .await;
+    assert_eq!(answers.len(), 5);
+    assert!(matches!(answers[1], Err(StoreError::NotFound)));
+    let ok = |i: usize| answers[i].as_ref().unwrap();
+    assert_eq!((ok(0).message.seq, ok(0).duplicate), (2, false));
+    assert_eq!((ok(2).message.seq, ok(2).duplicate), (3, false));
+    assert_eq!(
+        (ok(3).message.id.as_str(), ok(3).duplicate),
+        (ok(0).message.id.as_str(), true)
+    );
+    assert_eq!(ok(4).message.id, first.message.id);
+    assert!(ok(4).duplicate);
+    let mut members = ok(2).members.clone();
+    members.sort();
+    assert_eq!(members, ["alice", "bob"]);
+    let page = store
+        .history(
+            "bob",
+            &first.message.conversation_id,
+            HistoryQuery::default(),
+        )
+        .await
+        .unwrap();
+    let bodies: Vec<_> = page.messages.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(bodies, ["before", "one", "two"]);
+    assert!(store.append_messages(Vec::new()).await.is_empty());
+}
+
 pub async fn retries_return_the_original(store: Arc<dyn Store>) {
     users(&*store, &["alice", "bob"]).await;
     let first = store
@@ -314,10 +357,10 @@ pub async fn cursors_move_forward_only_and_unread_is_exact(store: Arc<dyn Store>
         Err(StoreError::NotFound)
     ));
     assert_eq!(
-        store.contacts("alice").await.unwrap(),
+        store.contacts("alice", 100).await.unwrap(),
         vec!["bob".to_string()]
     );
-    assert!(store.contacts("carol").await.unwrap().is_empty());
+    assert!(store.contacts("carol", 100).await.unwrap().is_empty());
 }
 
 fn limits() -> chat_store::GroupLimits {
@@ -364,6 +407,12 @@ pub async fn groups_change_membership_with_ordered_events(store: Arc<dyn Store>)
         ]
     );
     assert_eq!(created.group.name, "Team");
+    // Group members see each other's presence only in groups small enough.
+    assert_eq!(
+        store.contacts("alice", 3).await.unwrap(),
+        vec!["bob".to_string(), "carol".to_string()]
+    );
+    assert!(store.contacts("alice", 2).await.unwrap().is_empty());
     let event = created.event.unwrap();
     assert_eq!(
         (event.seq, event.kind, event.sender.as_str()),
