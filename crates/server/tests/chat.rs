@@ -189,8 +189,10 @@ async fn pipelined_sends_keep_their_order_and_pages_are_capped_at_200() {
     let alice = server.register("alice").await;
     server.register("bob").await;
     let mut live = server.connect(&alice).await;
+    // Bodies of the largest size: a full page (over 800 KB) is served.
+    let body = "x".repeat(chat_server::config::Limits::default().max_body_bytes);
     for i in 0..230 {
-        live.send_to("bob", "x", &format!("c{i}")).await;
+        live.send_to("bob", &body, &format!("c{i}")).await;
     }
     // Sends pipelined on one stream are committed in the order sent.
     let mut conversation = String::new();

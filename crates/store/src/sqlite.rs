@@ -167,16 +167,25 @@ impl SqliteStore {
         let (checkpoint, wakes) = mpsc::sync_channel(1);
         let caught_up = Arc::new(AtomicBool::new(false));
         let flag = caught_up.clone();
+        let checkpointing = Arc::new(Mutex::new(()));
+        let running = checkpointing.clone();
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpointer, wakes, flag))
+            .spawn(move || checkpoint_loop(checkpointer, wakes, flag, running))
             .map_err(|e| StoreError::Internal(format!("cannot start the checkpointer: {e}")))?;
 
         let (writes, queue) = mpsc::sync_channel(config.queue_capacity.max(1));
         let max_batch = config.max_batch.max(1);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, queue, max_batch, checkpoint, caught_up))
+            .spawn(move || {
+                let checkpoints = Checkpoints {
+                    wake: checkpoint,
+                    caught_up,
+                    running: checkpointing,
+                };
+                writer_loop(conn, queue, max_batch, checkpoints)
+            })
             .map_err(|e| StoreError::Internal(format!("cannot start the writer: {e}")))?;
 
         let readers = Arc::new(ReadPool {
@@ -567,12 +576,22 @@ impl Answer {
     }
 }
 
+/// The writer's side of the background checkpointer.
+struct Checkpoints {
+    /// Wakes the checkpointer; a full channel means a wake-up is pending.
+    wake: mpsc::SyncSender<()>,
+    /// Raised by the checkpointer when it has copied what it found.
+    caught_up: Arc<AtomicBool>,
+    /// Held by whichever thread is checkpointing: SQLite refuses a second
+    /// checkpoint at once (`SQLITE_BUSY`) rather than waiting for it.
+    running: Arc<Mutex<()>>,
+}
+
 fn writer_loop(
     conn: Connection,
     queue: mpsc::Receiver<WriteOp>,
     max_batch: usize,
-    checkpoint: mpsc::SyncSender<()>,
-    caught_up: Arc<AtomicBool>,
+    checkpoints: Checkpoints,
 ) {
     // Declared before `conn` so that it is dropped after it.
     let wal_pages = Box::new(AtomicI32::new(0));
@@ -600,28 +619,39 @@ fn writer_loop(
         for answer in answers {
             answer.send();
         }
-        if caught_up.swap(false, Ordering::Acquire) {
-            // The bulk is copied; copying what was committed since (a few
-            // pages) lets the next write start the WAL over.
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                tracing::warn!(error = %e, "WAL checkpoint failed; the next one retries");
-            }
-        } else if wal_pages.load(Ordering::Relaxed) >= WAL_LIMIT_PAGES {
-            // The checkpointer is not keeping up (a slow disk, a reader
-            // holding an old snapshot): the writer copies everything and
-            // empties the WAL itself, holding back commits meanwhile, so
-            // the WAL stays bounded whatever the load.
+        let pages = wal_pages.load(Ordering::Relaxed);
+        if pages >= WAL_LIMIT_PAGES {
+            // The checkpointer is not keeping up (a slow disk, a loaded
+            // machine): the writer waits for the checkpoint in progress,
+            // then copies everything and empties the WAL itself, holding
+            // back commits meanwhile, so the WAL stays bounded whatever the
+            // load. A reader on an old snapshot can still hold it up for
+            // the busy timeout; the next commit retries.
+            let _running = checkpoints
+                .running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            checkpoints.caught_up.store(false, Ordering::Relaxed);
             match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
                 r.get::<_, i64>(0)
             }) {
                 Ok(0) => wal_pages.store(0, Ordering::Relaxed),
-                Ok(_) => tracing::warn!("WAL checkpoint blocked by a reader; the next one retries"),
+                Ok(_) => tracing::warn!("WAL checkpoint held up by a reader; the next one retries"),
                 Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; the next one retries"),
             }
-        } else if wal_pages.load(Ordering::Relaxed) >= CHECKPOINT_PAGES {
+        } else if checkpoints.caught_up.swap(false, Ordering::Acquire) {
+            // The bulk is copied; copying what was committed since (a few
+            // pages) lets the next write start the WAL over. Skipped if the
+            // checkpointer is at it again: it raises the flag when done.
+            if let Ok(_running) = checkpoints.running.try_lock() {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "WAL checkpoint failed; the next one retries");
+                }
+            }
+        } else if pages >= CHECKPOINT_PAGES {
             // A long WAL wakes the checkpointer; commits while it is busy
             // coalesce into one wake-up.
-            let _ = checkpoint.try_send(());
+            let _ = checkpoints.wake.try_send(());
         }
     }
     tracing::debug!("sqlite writer stopped");
@@ -656,8 +686,14 @@ pub const WAL_LIMIT_PAGES: i32 = 4 * CHECKPOINT_PAGES;
 /// write, so the checkpointer raises `caught_up` and the writer copies
 /// the few pages of its latest commits itself (see `writer_loop`). Stops
 /// with the writer.
-fn checkpoint_loop(conn: Connection, wakes: mpsc::Receiver<()>, caught_up: Arc<AtomicBool>) {
+fn checkpoint_loop(
+    conn: Connection,
+    wakes: mpsc::Receiver<()>,
+    caught_up: Arc<AtomicBool>,
+    running: Arc<Mutex<()>>,
+) {
     while wakes.recv().is_ok() {
+        let _running = running.lock().unwrap_or_else(|p| p.into_inner());
         match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             Ok(()) => caught_up.store(true, Ordering::Release),
             Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; the next one retries"),

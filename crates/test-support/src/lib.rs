@@ -21,6 +21,8 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use chat_proto::AuthedChatClient;
 
+pub mod fault;
+
 /// The longest any test waits for an event that should come.
 pub const WAIT: Duration = Duration::from_secs(10);
 

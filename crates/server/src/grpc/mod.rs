@@ -22,6 +22,9 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    // Incoming messages are bounded; answers are not, beyond what the API
+    // itself bounds (a history page is at most 200 messages of at most
+    // `max_body_bytes`), so a full page is never refused on its way out.
     let limit = state.config.limits.max_frame_bytes;
     // Nagle's algorithm would hold small frames back for up to 40 ms.
     let incoming = TcpIncoming::from_listener(listener, true, None)
@@ -29,11 +32,8 @@ pub async fn serve(
     let chat = ChatServiceServer::new(chat::ChatApi {
         state: state.clone(),
     })
-    .max_decoding_message_size(limit)
-    .max_encoding_message_size(limit);
-    let users = UserServiceServer::new(users::UserApi { state })
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
+    .max_decoding_message_size(limit);
+    let users = UserServiceServer::new(users::UserApi { state }).max_decoding_message_size(limit);
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(chat)
