@@ -65,7 +65,12 @@ impl Proxy {
             accepted: AtomicU64::new(0),
         });
         let stop = CancellationToken::new();
-        tokio::spawn(accept_loop(listener, upstream, shared.clone(), stop.clone()));
+        tokio::spawn(accept_loop(
+            listener,
+            upstream,
+            shared.clone(),
+            stop.clone(),
+        ));
         Self { addr, shared, stop }
     }
 

@@ -230,6 +230,15 @@ impl Live {
             .expect("the stream accepts frames");
     }
 
+    /// Like [`Live::push`], but `false` instead of a panic when the stream
+    /// has ended (a server going away under traffic).
+    pub async fn try_push(&mut self, frame: pb::client_frame::Frame) -> bool {
+        self.frames_out
+            .send(pb::ClientFrame { frame: Some(frame) })
+            .await
+            .is_ok()
+    }
+
     /// Sends a direct message over the stream (its ack comes later).
     pub async fn send_to(&self, to: &str, body: &str, client_msg_id: &str) {
         self.push(pb::client_frame::Frame::Send(send_request(
