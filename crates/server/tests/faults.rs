@@ -13,124 +13,14 @@ use std::time::Duration;
 use chat_proto as pb;
 use chat_server::config::{BusBackend, RegistryBackend, StoreBackend};
 use chat_test_support::fault::{Fault, Proxy};
+use chat_test_support::ledger::{catch_up, chat_via, show, Ledger};
 use chat_test_support::process::{free_addr, ServerProcess};
 use chat_test_support::services::{fresh_postgres, redis_url, unique};
-use chat_test_support::{await_metric, send_request, AuthedChatClient, Live, TestServer, WAIT};
+use chat_test_support::{await_metric, send_request, Live, TestServer, WAIT};
 use pb::server_frame::Frame;
-use tonic::transport::Endpoint;
 use tonic::Code;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_chat-server");
-
-/// A chat client for `secret` whose connection goes through `addr` (a
-/// proxy), opened afresh.
-async fn chat_via(addr: SocketAddr, secret: &str) -> AuthedChatClient {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
-        .connect_timeout(WAIT)
-        .connect()
-        .await
-        .expect("connect through the proxy");
-    let bearer = pb::Bearer::new(secret).expect("a header-safe secret");
-    pb::chat_service_client::ChatServiceClient::with_interceptor(channel, bearer)
-}
-
-/// The whole history of `conversation_id` as `client` sees it, oldest
-/// first.
-async fn history(client: &mut AuthedChatClient, conversation_id: &str) -> Vec<pb::Message> {
-    let mut all = Vec::new();
-    let mut before_seq = 0;
-    loop {
-        let page = client
-            .get_history(pb::GetHistoryRequest {
-                conversation_id: conversation_id.into(),
-                limit: 200,
-                before_seq,
-                ..Default::default()
-            })
-            .await
-            .expect("history")
-            .into_inner();
-        let oldest = page.messages.first().map(|m| m.seq);
-        all.splice(0..0, page.messages);
-        match oldest {
-            Some(seq) if page.has_more => before_seq = seq,
-            _ => return all,
-        }
-    }
-}
-
-/// The unread count `client` sees for `conversation_id`.
-async fn unread(client: &mut AuthedChatClient, conversation_id: &str) -> u64 {
-    client
-        .list_conversations(pb::ListConversationsRequest::default())
-        .await
-        .expect("conversations")
-        .into_inner()
-        .conversations
-        .into_iter()
-        .find(|c| c.conversation_id == conversation_id)
-        .expect("the conversation is listed")
-        .unread_count
-}
-
-/// What the messages a sender saw acknowledged must add up to.
-#[derive(Default)]
-struct Ledger {
-    /// seq → the acknowledged message.
-    acked: BTreeMap<u64, pb::Message>,
-}
-
-impl Ledger {
-    fn ack(&mut self, message: pb::Message) {
-        if let Some(before) = self.acked.insert(message.seq, message.clone()) {
-            assert_eq!(before, message, "two messages acknowledged with one seq");
-        }
-    }
-
-    /// The history holds exactly the acknowledged messages, once each, in
-    /// seq order with no gap, and the recipient's unread count is theirs.
-    async fn check(
-        &self,
-        recipient: &mut AuthedChatClient,
-        conversation_id: &str,
-        shown: &BTreeMap<u64, pb::Message>,
-    ) {
-        let history = history(recipient, conversation_id).await;
-        let seqs: Vec<u64> = history.iter().map(|m| m.seq).collect();
-        let expected: Vec<u64> = (1..=self.acked.len() as u64).collect();
-        assert_eq!(seqs, expected, "history is every acknowledged seq, once");
-        for message in &history {
-            assert_eq!(
-                self.acked.get(&message.seq),
-                Some(message),
-                "history holds a message nobody saw acknowledged"
-            );
-        }
-        assert_eq!(
-            shown.keys().collect::<Vec<_>>(),
-            self.acked.keys().collect::<Vec<_>>(),
-            "the recipient was shown every acknowledged seq, and only those"
-        );
-        assert!(
-            shown == &self.acked,
-            "the recipient was shown other messages than those acknowledged"
-        );
-        assert_eq!(
-            unread(recipient, conversation_id).await,
-            self.acked.len() as u64,
-            "unread count"
-        );
-    }
-}
-
-/// Records a message shown to a recipient; a seq already shown is dropped
-/// as a client does, and must be the same message.
-fn show(shown: &mut BTreeMap<u64, pb::Message>, message: pb::Message) {
-    if let Some(before) = shown.insert(message.seq, message.clone()) {
-        assert_eq!(before, message, "one seq, two different messages");
-    }
-}
 
 /// Fault 5: the connection is cut after the server committed a send but
 /// before its reply arrived; the client retries with the same
@@ -385,46 +275,6 @@ async fn sends_fail_unavailable_while_postgres_is_down_and_recover() {
     let conversation = ledger.acked[&1].conversation_id.clone();
     let mut bob_client = server.chat(&bob).await;
     ledger.check(&mut bob_client, &conversation, &shown).await;
-}
-
-/// Fills the gaps in what a recipient was shown from the history, as a
-/// client does on reconnect: everything after the last seq it has without
-/// a gap.
-async fn catch_up(
-    client: &mut AuthedChatClient,
-    conversation_id: &str,
-    shown: &mut BTreeMap<u64, pb::Message>,
-) {
-    let mut after_seq = 0;
-    while shown.contains_key(&(after_seq + 1)) {
-        after_seq += 1;
-    }
-    if after_seq == 0 {
-        // after_seq 0 means "no lower bound" (the newest page): read it all.
-        for message in history(client, conversation_id).await {
-            show(shown, message);
-        }
-        return;
-    }
-    loop {
-        let page = client
-            .get_history(pb::GetHistoryRequest {
-                conversation_id: conversation_id.into(),
-                after_seq,
-                limit: 200,
-                ..Default::default()
-            })
-            .await
-            .expect("history")
-            .into_inner();
-        for message in page.messages {
-            after_seq = message.seq;
-            show(shown, message);
-        }
-        if !page.has_more {
-            return;
-        }
-    }
 }
 
 /// Fault 2: Redis, which holds the session registry and carries the bus,

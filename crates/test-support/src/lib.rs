@@ -22,6 +22,7 @@ use tonic::transport::{Channel, Endpoint};
 pub use chat_proto::AuthedChatClient;
 
 pub mod fault;
+pub mod ledger;
 
 /// The longest any test waits for an event that should come.
 pub const WAIT: Duration = Duration::from_secs(10);
