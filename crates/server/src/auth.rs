@@ -8,6 +8,9 @@
 use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
 
+use std::sync::Arc;
+
+use crate::sessions::Event;
 use crate::{ApiError, AppState};
 
 /// A new secret from the operating system's random generator.
@@ -31,6 +34,13 @@ pub fn bearer_secret(header: &str) -> Option<&str> {
     .then_some(secret)
 }
 
+/// A short, public name for a secret: the first 8 bytes of its hash. It
+/// tells sessions which secret was revoked without putting the hash (what
+/// the store looks secrets up by) on the bus.
+pub fn fingerprint(hash: &[u8; 32]) -> u64 {
+    u64::from_be_bytes(hash[..8].try_into().expect("8 bytes"))
+}
+
 impl AppState {
     /// The user a request's bearer secret belongs to. Every failure (no
     /// header, a malformed one, an unknown secret) is the same
@@ -44,12 +54,58 @@ impl AppState {
     }
 
     pub async fn authenticate_header(&self, header: &str) -> Result<String, ApiError> {
+        Ok(self.authenticate_secret(header).await?.0)
+    }
+
+    /// The user a request's bearer secret belongs to, and the secret's hash.
+    pub async fn authenticate_token(
+        &self,
+        metadata: &MetadataMap,
+    ) -> Result<(String, [u8; 32]), ApiError> {
+        let header = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or(ApiError::Unauthenticated)?;
+        self.authenticate_secret(header).await
+    }
+
+    async fn authenticate_secret(&self, header: &str) -> Result<(String, [u8; 32]), ApiError> {
         let secret = bearer_secret(header).ok_or(ApiError::Unauthenticated)?;
         let hash = hash_secret(&secret.to_ascii_lowercase());
-        self.store
+        let user = self
+            .store
             .user_by_token_hash(&hash)
             .await?
-            .ok_or(ApiError::Unauthenticated)
+            .ok_or(ApiError::Unauthenticated)?;
+        Ok((user, hash))
+    }
+
+    /// Replaces the secret whose hash is `old` (of `username`) with a new
+    /// one, returned to be shown once, and ends the streams opened with
+    /// the old one on every server.
+    pub async fn rotate_secret(
+        self: &Arc<Self>,
+        username: &str,
+        old: &[u8; 32],
+    ) -> Result<String, ApiError> {
+        let secret = new_secret();
+        if !self
+            .store
+            .replace_token(username, old, &hash_secret(&secret))
+            .await?
+        {
+            // Rotated meanwhile by another request: the old secret is gone.
+            return Err(ApiError::Unauthenticated);
+        }
+        tracing::info!(user = %username, "secret rotated");
+        self.deliver(
+            vec![username.to_owned()],
+            Event::Revoked {
+                token: fingerprint(old),
+            },
+            None,
+        );
+        Ok(secret)
     }
 }
 

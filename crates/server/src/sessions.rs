@@ -37,6 +37,9 @@ pub enum Event {
         conversation_id: String,
         username: String,
     },
+    /// The user's secret with this fingerprint ([`crate::auth::fingerprint`])
+    /// was replaced: the sessions opened with it end.
+    Revoked { token: u64 },
 }
 
 pub type SessionId = u64;

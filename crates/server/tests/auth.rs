@@ -2,7 +2,7 @@
 //! looks the same.
 
 use chat_proto as pb;
-use chat_test_support::TestServer;
+use chat_test_support::{Live, TestServer};
 use tonic::Code;
 
 #[tokio::test]
@@ -98,4 +98,106 @@ async fn get_user_never_returns_the_secret() {
         .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
     server.stop().await;
+}
+
+/// Rotating a secret: the new one works at once, the old one finds no one,
+/// the streams opened with the old one end with UNAUTHENTICATED on every
+/// server of the cluster, and a stream opened with the new one stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_stops_working_and_ends_its_streams_everywhere() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn chat_store::Store> = Arc::new(
+        chat_store::sqlite::SqliteStore::open(chat_store::sqlite::SqliteConfig::new(
+            dir.path().join("chat.db"),
+        ))
+        .unwrap(),
+    );
+    let backends = chat_server::Backends {
+        store,
+        registry: Arc::new(chat_cluster::registry::MemoryRegistry::new(
+            Duration::from_secs(15),
+        )),
+        bus: Arc::new(chat_cluster::bus::MemoryBus::default()),
+    };
+    let a = TestServer::start_node(Some(backends.clone()), |c| {
+        c.cluster.node_id = "a".into();
+    })
+    .await;
+    let b = TestServer::start_node(Some(backends), |c| c.cluster.node_id = "b".into()).await;
+    let alice = a.register("alice").await;
+    let bob = a.register("bob").await;
+    let mut old_on_a = a.connect(&alice).await;
+    let mut old_on_b = b.connect(&alice).await;
+
+    let rotated = pb::user_service_client::UserServiceClient::with_interceptor(
+        a.channel().await,
+        pb::Bearer::new(&alice.secret).unwrap(),
+    )
+    .rotate_secret(pb::RotateSecretRequest {})
+    .await
+    .expect("rotate")
+    .into_inner()
+    .secret;
+    assert_eq!(rotated.len(), 64);
+    assert_ne!(rotated, alice.secret);
+
+    for (server, stream) in [(&a, &mut old_on_a), (&b, &mut old_on_b)] {
+        let status = loop {
+            match stream.next().await {
+                Some(Err(status)) => break status,
+                Some(Ok(_)) => {}
+                None => panic!("a stream of the old secret ended without a reason"),
+            }
+        };
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        let old = server
+            .chat_as(&alice.secret)
+            .await
+            .list_conversations(pb::ListConversationsRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(old.code(), Code::Unauthenticated);
+    }
+
+    // The new secret works on both servers; its stream stays open and
+    // gets what is sent after the rotation.
+    let mut new_on_b = Live::open(b.chat_as(&rotated).await).await;
+    let again = a
+        .users()
+        .await
+        .rotate_secret(pb::RotateSecretRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(
+        again.code(),
+        Code::Unauthenticated,
+        "rotation needs a secret"
+    );
+    let sent = a
+        .chat(&bob)
+        .await
+        .send_message(chat_test_support::send_request(
+            "alice",
+            "still here?",
+            "k1",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .message
+        .unwrap();
+    assert_eq!(new_on_b.message().await, sent);
+
+    // Rotating the old secret again fails: it is gone.
+    let mut stale = pb::user_service_client::UserServiceClient::with_interceptor(
+        a.channel().await,
+        pb::Bearer::new(&alice.secret).unwrap(),
+    );
+    let stale = stale
+        .rotate_secret(pb::RotateSecretRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::Unauthenticated);
 }

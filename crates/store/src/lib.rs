@@ -91,6 +91,11 @@ pub trait UserStore: Send + Sync + 'static {
     async fn get_user(&self, username: &str) -> Result<Option<UserProfile>>;
     /// The username owning the token whose SHA-256 is `token_hash`.
     async fn user_by_token_hash(&self, token_hash: &[u8; 32]) -> Result<Option<String>>;
+    /// Replaces the token of `username` whose SHA-256 is `old` with the one
+    /// whose SHA-256 is `new`: from the commit on, the old token finds no
+    /// one. `false` (and nothing changed) when `username` has no token
+    /// `old`, so of two rotations of one token only one succeeds.
+    async fn replace_token(&self, username: &str, old: &[u8; 32], new: &[u8; 32]) -> Result<bool>;
 }
 
 /// Conversations, members, messages and cursors.

@@ -1784,6 +1784,24 @@ impl UserStore for PostgresStore {
         .await;
         self.settle(client, outcome)
     }
+
+    async fn replace_token(&self, username: &str, old: &[u8; 32], new: &[u8; 32]) -> Result<bool> {
+        if has_nul(username) {
+            return Ok(false);
+        }
+        let client = self.client().await?;
+        let (old, new): (&[u8], &[u8]) = (old, new);
+        let outcome = tokio::time::timeout(
+            self.operation_timeout,
+            execute(
+                &client,
+                "UPDATE users SET token_hash = $3 WHERE username = $1 AND token_hash = $2",
+                &[&username, &old, &new],
+            ),
+        )
+        .await;
+        self.settle(client, outcome).map(|rows| rows == 1)
+    }
 }
 
 #[async_trait]

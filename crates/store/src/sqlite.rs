@@ -500,6 +500,7 @@ fn members(conn: &Connection, conversation_id: &str) -> Result<Vec<String>> {
 
 enum WriteOp {
     CreateUser(NewUser, oneshot::Sender<Result<UserProfile>>),
+    ReplaceToken(String, [u8; 32], [u8; 32], oneshot::Sender<Result<bool>>),
     Append(NewMessage, oneshot::Sender<Result<Appended>>),
     AppendMany(
         Vec<NewMessage>,
@@ -529,6 +530,7 @@ enum WriteOp {
 /// An answer computed inside the batch, sent only after the commit.
 enum Answer {
     User(oneshot::Sender<Result<UserProfile>>, Result<UserProfile>),
+    Done(oneshot::Sender<Result<bool>>, Result<bool>),
     Appended(oneshot::Sender<Result<Appended>>, Result<Appended>),
     AppendedMany(
         oneshot::Sender<Result<Vec<Result<Appended>>>>,
@@ -548,6 +550,7 @@ impl Answer {
         }
         match self {
             Answer::User(tx, r) => Answer::User(tx, e(r, error)),
+            Answer::Done(tx, r) => Answer::Done(tx, e(r, error)),
             Answer::Appended(tx, r) => Answer::Appended(tx, e(r, error)),
             Answer::AppendedMany(tx, rs) => {
                 Answer::AppendedMany(tx, rs.into_iter().map(|r| e(r, error)).collect())
@@ -563,6 +566,7 @@ impl Answer {
         // A caller that went away no longer needs its answer.
         let _ = match self {
             Answer::User(tx, r) => tx.send(r).is_ok(),
+            Answer::Done(tx, r) => tx.send(r).is_ok(),
             Answer::Appended(tx, r) => tx.send(r).is_ok(),
             Answer::AppendedMany(tx, rs) => tx.send(Ok(rs)).is_ok(),
             Answer::Read(tx, r) => tx.send(r).is_ok(),
@@ -730,6 +734,7 @@ fn unapplied(op: WriteOp, e: &StoreError) -> Answer {
     }
     match op {
         WriteOp::CreateUser(_, tx) => Answer::User(tx, err(e)),
+        WriteOp::ReplaceToken(_, _, _, tx) => Answer::Done(tx, err(e)),
         WriteOp::Append(_, tx) => Answer::Appended(tx, err(e)),
         WriteOp::AppendMany(msgs, tx) => {
             Answer::AppendedMany(tx, msgs.iter().map(|_| err(e)).collect())
@@ -762,6 +767,17 @@ fn apply_one(conn: &Connection, op: WriteOp, now: i64) -> Answer {
         WriteOp::CreateUser(user, tx) => {
             Answer::User(tx, in_savepoint(conn, |c| create_user(c, user, now)))
         }
+        WriteOp::ReplaceToken(username, old, new, tx) => Answer::Done(
+            tx,
+            in_savepoint(conn, |c| {
+                let sql =
+                    "UPDATE users SET token_hash = ?3 WHERE username = ?1 AND token_hash = ?2";
+                let changed =
+                    c.prepare_cached(sql)?
+                        .execute(params![username, &old[..], &new[..]])?;
+                Ok(changed == 1)
+            }),
+        ),
         WriteOp::Append(msg, tx) => {
             Answer::Appended(tx, in_savepoint(conn, |c| append(c, msg, now)))
         }
@@ -1383,6 +1399,13 @@ fn change_group(
 impl UserStore for SqliteStore {
     async fn create_user(&self, user: NewUser) -> Result<UserProfile> {
         self.write(|reply| WriteOp::CreateUser(user, reply)).await
+    }
+
+    async fn replace_token(&self, username: &str, old: &[u8; 32], new: &[u8; 32]) -> Result<bool> {
+        let username = username.to_owned();
+        let (old, new) = (*old, *new);
+        self.write(|reply| WriteOp::ReplaceToken(username, old, new, reply))
+            .await
     }
 
     async fn get_user(&self, username: &str) -> Result<Option<UserProfile>> {

@@ -21,8 +21,9 @@ impl pb::chat_service_server::ChatService for ChatApi {
         &self,
         request: Request<Streaming<pb::ClientFrame>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        let user = self.state.authenticate(request.metadata()).await?;
-        let frames = session::start(self.state.clone(), user, request.into_inner());
+        let (user, token) = self.state.authenticate_token(request.metadata()).await?;
+        let token = crate::auth::fingerprint(&token);
+        let frames = session::start(self.state.clone(), user, token, request.into_inner());
         Ok(Response::new(frames))
     }
 

@@ -142,5 +142,10 @@ pub fn event(e: &Event) -> pb::ServerFrame {
             username: username.clone(),
             expires_in_ms: crate::chat::TYPING_EXPIRES_MS,
         }),
+        // The session ends on it before any frame is made (see `session`).
+        Event::Revoked { .. } => Frame::Error(pb::Error {
+            kind: "unauthenticated".into(),
+            message: "the secret this stream was opened with was replaced".into(),
+        }),
     })
 }

@@ -35,6 +35,7 @@ type Outbound = mpsc::Sender<Item>;
 pub fn start(
     state: Arc<AppState>,
     username: String,
+    token: u64,
     inbound: Streaming<pb::ClientFrame>,
 ) -> Frames {
     // Small on purpose: the real buffer is the session's event queue, whose
@@ -48,7 +49,8 @@ pub fn start(
         ended: false,
     };
     tokio::spawn(async move {
-        let (reason, session_id, contacts) = run(&state, &username, inbound, &out, closed).await;
+        let (reason, session_id, contacts) =
+            run(&state, &username, token, inbound, &out, closed).await;
         state.retire_session(&username, session_id).await;
         state.presence_on_disconnect(&username, &contacts).await;
         tracing::info!(user = %username, session = session_id, reason, "session ended");
@@ -166,6 +168,7 @@ fn unbox(item: Item) -> Result<pb::ServerFrame, Status> {
 async fn run(
     state: &Arc<AppState>,
     username: &str,
+    token: u64,
     mut inbound: Streaming<pb::ClientFrame>,
     out: &Outbound,
     closed: CancellationToken,
@@ -190,6 +193,7 @@ async fn run(
     let reason = serve(
         state,
         username,
+        token,
         &mut inbound,
         out,
         &closed,
@@ -204,6 +208,7 @@ async fn run(
 async fn serve(
     state: &Arc<AppState>,
     username: &str,
+    token: u64,
     inbound: &mut Streaming<pb::ClientFrame>,
     out: &Outbound,
     closed: &CancellationToken,
@@ -296,6 +301,16 @@ async fn serve(
             _ = closed.cancelled() => return "slow reader disconnected",
             event = session.events.recv() => {
                 let Some(event) = event else { return "session closed" };
+                if let Event::Revoked { token: revoked } = event {
+                    if revoked != token {
+                        // Another device's secret (an older one).
+                        continue;
+                    }
+                    let _ = out.send(Err(Box::new(Status::unauthenticated(
+                        "the secret this stream was opened with was replaced",
+                    )))).await;
+                    return "secret revoked";
+                }
                 if let Event::Message(m) = &event {
                     let window = sent.entry(m.conversation_id.clone()).or_default();
                     if !window.insert(m.seq) {

@@ -72,6 +72,15 @@ impl pb::user_service_server::UserService for UserApi {
         }))
     }
 
+    async fn rotate_secret(
+        &self,
+        request: Request<pb::RotateSecretRequest>,
+    ) -> Result<Response<pb::RotateSecretResponse>, Status> {
+        let (user, old) = self.state.authenticate_token(request.metadata()).await?;
+        let secret = self.state.rotate_secret(&user, &old).await?;
+        Ok(Response::new(pb::RotateSecretResponse { secret }))
+    }
+
     async fn get_user(
         &self,
         request: Request<pb::GetUserRequest>,

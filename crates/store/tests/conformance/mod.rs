@@ -52,6 +52,33 @@ pub async fn users_are_unique_and_found_by_token(store: Arc<dyn Store>) {
         Some("alice")
     );
     assert!(store.user_by_token_hash(&[9; 32]).await.unwrap().is_none());
+
+    // A replaced token finds no one; the new one finds its user; a second
+    // replacement of the old token fails and changes nothing.
+    let first = user("alice").token_hash;
+    assert!(store
+        .replace_token("alice", &first, &[7; 32])
+        .await
+        .unwrap());
+    assert!(!store
+        .replace_token("alice", &first, &[6; 32])
+        .await
+        .unwrap());
+    assert!(store.user_by_token_hash(&[6; 32]).await.unwrap().is_none());
+    assert!(store
+        .user_by_token_hash(&user("alice").token_hash)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        store.user_by_token_hash(&[7; 32]).await.unwrap().as_deref(),
+        Some("alice")
+    );
+    assert!(!store
+        .replace_token("nobody", &[9; 32], &[8; 32])
+        .await
+        .unwrap());
+    assert!(store.user_by_token_hash(&[8; 32]).await.unwrap().is_none());
 }
 
 pub async fn direct_messages_get_gap_free_seqs_and_members(store: Arc<dyn Store>) {
