@@ -192,8 +192,7 @@ async fn run(
         .collect();
     let reason = serve(
         state,
-        username,
-        token,
+        Caller { username, token },
         &mut inbound,
         out,
         &closed,
@@ -204,17 +203,23 @@ async fn run(
     (reason, session_id, contacts)
 }
 
+/// Who opened a session: the user, and the fingerprint of the secret used.
+struct Caller<'a> {
+    username: &'a str,
+    token: u64,
+}
+
 /// Ready, replay, then live until the session ends; returns why it ended.
 async fn serve(
     state: &Arc<AppState>,
-    username: &str,
-    token: u64,
+    caller: Caller<'_>,
     inbound: &mut Streaming<pb::ClientFrame>,
     out: &Outbound,
     closed: &CancellationToken,
     session: &mut crate::sessions::Session<'_>,
     presence: Vec<pb::Presence>,
 ) -> &'static str {
+    let Caller { username, token } = caller;
     let limits = &state.config.limits;
     let session_id = session.id;
     let shutdown = state.shutdown.clone();
