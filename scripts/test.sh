@@ -17,11 +17,18 @@
 # PostgreSQL and Redis come from Debian's packages, installed with apt-get
 # (through sudo when not root) when missing. The broker is $TANSU_BIN, else
 # `tansu` on PATH, else built once with cargo install (12-20 minutes,
-# then cached). Everything is stopped and deleted on exit, also on failure
-# or ctrl-c. The exit code is that of the first failing check, or of cargo
-# test.
+# then cached). The HTTP API is checked against its OpenAPI document with
+# schemathesis: CHAT_TEST_SCHEMATHESIS names its executable if set, else it
+# is installed with pip from PyPI into a virtualenv in the same temporary
+# directory (needs python3 with venv; Debian's python3-venv is installed
+# with apt-get when missing). Everything is stopped and deleted on exit,
+# also on failure or ctrl-c. The exit code is that of the first failing
+# check, or of cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The schemathesis release the OpenAPI test is known to pass with.
+SCHEMATHESIS_VERSION=4.32.5
 
 usage() { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; }
 
@@ -77,6 +84,24 @@ for var in CHAT_TEST_POSTGRES_URL CHAT_TEST_REDIS_URL CHAT_TEST_REDIS_SERVER \
   CHAT_TEST_KAFKA_BROKERS CHAT_TEST_TANSU_BIN; do
   echo "   $var=${!var}"
 done
+
+if [[ -z ${CHAT_TEST_SCHEMATHESIS:-} ]]; then
+  echo "== installing schemathesis $SCHEMATHESIS_VERSION (pip, into a virtualenv)"
+  need python3 "install Python 3 (Debian: apt-get install python3 python3-venv)"
+  venv=$svc_dir/schemathesis
+  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    rm -rf "$venv"
+    # For svc_apt_install.
+    # shellcheck source=scripts/services.sh
+    . scripts/services.sh
+    svc_apt_install python3-venv
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "schemathesis==$SCHEMATHESIS_VERSION"
+  export CHAT_TEST_SCHEMATHESIS=$venv/bin/schemathesis
+fi
+echo "   CHAT_TEST_SCHEMATHESIS=$CHAT_TEST_SCHEMATHESIS"
 
 if ((lint)); then
   echo "== cargo fmt --check"

@@ -24,6 +24,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
@@ -112,7 +113,12 @@ fn limit(query: &HashMap<String, String>, default: u32) -> Result<u32, ApiError>
     }
 }
 
-fn id(raw: &str) -> Result<u64, ApiError> {
+/// The `{id}` of a path. Extracted leniently (a segment that is not UTF-8
+/// is an invalid id too), so that the token check still comes first.
+fn id(raw: Result<Path<String>, PathRejection>) -> Result<u64, ApiError> {
+    let Ok(Path(raw)) = raw else {
+        return Err(invalid("invalid dead letter id: not UTF-8"));
+    };
     raw.parse()
         .map_err(|_| invalid(format!("invalid dead letter id: {raw:?}")))
 }
@@ -187,12 +193,12 @@ pub async fn list(
 pub async fn show(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(raw): Path<String>,
+    raw: Result<Path<String>, PathRejection>,
 ) -> Response {
     admin(&state, &headers, async {
         let letter = state
             .store
-            .dead_letter(id(&raw)?)
+            .dead_letter(id(raw)?)
             .await?
             .ok_or(ApiError::NotFound("dead letter"))?;
         Ok(letter_json(&letter, true))
@@ -205,10 +211,10 @@ pub async fn show(
 pub async fn replay(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(raw): Path<String>,
+    raw: Result<Path<String>, PathRejection>,
 ) -> Response {
     admin(&state, &headers, async {
-        let replayed = state.replay_dead_letter(id(&raw)?).await?;
+        let replayed = state.replay_dead_letter(id(raw)?).await?;
         match &replayed.replay {
             Replay::Delivered { .. } => {
                 let mut out = replayed_json(&replayed);

@@ -6,12 +6,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
 use chat_store::HistoryQuery;
 use serde::Deserialize;
 
+use super::users::json_body;
 use super::{failure, req_id, success};
 use crate::chat::{SendInput, SendTarget};
 use crate::{ApiError, AppState};
@@ -22,6 +24,24 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> Result<String, ApiErro
         .and_then(|v| v.to_str().ok())
         .ok_or(ApiError::Unauthenticated)?;
     state.authenticate_header(header).await
+}
+
+/// The envelope around `result`; a 401 names the scheme to use
+/// (`WWW-Authenticate: Bearer`), as HTTP requires and as the admin API does.
+fn respond(req_id: String, result: Result<serde_json::Value, ApiError>) -> Response {
+    match result {
+        Ok(data) => success(req_id, data),
+        Err(e) => {
+            let unauthenticated = matches!(e, ApiError::Unauthenticated);
+            let mut answer = failure(&req_id, e);
+            if unauthenticated {
+                answer
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            answer
+        }
+    }
 }
 
 fn seq_param(query: &HashMap<String, String>, name: &str) -> Result<u64, ApiError> {
@@ -57,23 +77,24 @@ pub async fn conversations(State(state): State<Arc<AppState>>, headers: HeaderMa
             .collect();
         Ok::<_, ApiError>(serde_json::json!({ "conversations": items }))
     };
-    match answer.await {
-        Ok(data) => success(req_id, data),
-        Err(e) => failure(&req_id, e),
-    }
+    respond(req_id, answer.await)
 }
 
 /// `GET /v1/chat-apps/conversations/{id}/messages?before_seq=&after_seq=&limit=`:
-/// a page of history, ascending seq (as `GetHistory`).
+/// a page of history, ascending seq (as `GetHistory`). The caller is
+/// authenticated first; an id that is not even UTF-8 names no conversation.
 pub async fn messages(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(conversation_id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let req_id = req_id(&headers);
     let answer = async {
         let user = caller(&state, &headers).await?;
+        let Ok(Path(conversation_id)) = path else {
+            return Err(ApiError::NotFound("conversation"));
+        };
         let before = seq_param(&query, "before_seq")?;
         let after = seq_param(&query, "after_seq")?;
         let limit = u32::try_from(seq_param(&query, "limit")?).unwrap_or(u32::MAX);
@@ -93,10 +114,7 @@ pub async fn messages(
             serde_json::json!({ "messages": page.messages, "has_more": page.has_more }),
         )
     };
-    match answer.await {
-        Ok(data) => success(req_id, data),
-        Err(e) => failure(&req_id, e),
-    }
+    respond(req_id, answer.await)
 }
 
 #[derive(Deserialize)]
@@ -115,8 +133,7 @@ pub async fn send(State(state): State<Arc<AppState>>, headers: HeaderMap, body: 
     let req_id = req_id(&headers);
     let answer = async {
         let user = caller(&state, &headers).await?;
-        let parsed: SendBody = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::InvalidArgument(format!("invalid JSON body: {e}")))?;
+        let parsed: SendBody = json_body(&body)?;
         let target = match (parsed.to_user, parsed.group_id) {
             (Some(user), None) => Some(SendTarget::User(user)),
             (None, Some(group)) => Some(SendTarget::Group(group)),
@@ -130,8 +147,5 @@ pub async fn send(State(state): State<Arc<AppState>>, headers: HeaderMap, body: 
         let appended = state.send_message(&user, input, None).await?;
         Ok::<_, ApiError>(serde_json::to_value(&appended.message).unwrap_or_default())
     };
-    match answer.await {
-        Ok(data) => success(req_id, data),
-        Err(e) => failure(&req_id, e),
-    }
+    respond(req_id, answer.await)
 }

@@ -1,7 +1,8 @@
 //! The JSON API over HTTP: registration and profiles in the seed's
 //! envelope, conversations, history and sending (`chat.rs`, bearer
-//! secret), health, metrics, and the admin API (`admin.rs`, the
-//! dead-letter queue, behind the admin token).
+//! secret), health, metrics, the admin API (`admin.rs`, the dead-letter
+//! queue, behind the admin token), and the OpenAPI document describing
+//! all of it (`openapi.rs`, `crates/server/openapi.json`).
 //!
 //! Every answer is `{"req_id", "status", "data" | "error", "code"}` and the
 //! HTTP status equals `code`.
@@ -9,6 +10,7 @@
 mod admin;
 mod chat;
 mod metrics;
+mod openapi;
 mod users;
 
 use std::future::Future;
@@ -39,6 +41,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat-apps/messages", post(chat::send))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
+        .route("/openapi.json", get(openapi::document))
         .route(
             "/admin/dead-letters",
             get(admin::list)

@@ -7,6 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::{failure, req_id, success};
@@ -22,6 +23,17 @@ struct RegisterBody {
     phone: String,
 }
 
+/// A request body: one JSON object. (serde alone would also read a struct
+/// from an array of its fields in order, which no client means to send.)
+pub(super) fn json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let invalid =
+        |detail: String| ApiError::InvalidArgument(format!("invalid JSON body: {detail}"));
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(invalid("expected an object".into()));
+    }
+    serde_json::from_slice(body).map_err(|e| invalid(e.to_string()))
+}
+
 /// `POST /v1/chat-apps/users` `{"username","name","phone"}`: registers a
 /// user and returns its profile with the secret, which no other answer
 /// ever shows. The body is read as JSON whatever its content type, as
@@ -32,14 +44,9 @@ pub async fn register(
     body: Bytes,
 ) -> Response {
     let req_id = req_id(&headers);
-    let parsed: RegisterBody = match serde_json::from_slice(&body) {
+    let parsed: RegisterBody = match json_body(&body) {
         Ok(b) => b,
-        Err(e) => {
-            return failure(
-                &req_id,
-                ApiError::InvalidArgument(format!("invalid JSON body: {e}")),
-            )
-        }
+        Err(e) => return failure(&req_id, e),
     };
     match state
         .register(&parsed.username, &parsed.name, &parsed.phone)
