@@ -102,6 +102,13 @@ impl AppState {
         };
         self.check_body(&input.body)?;
         check_client_msg_id(&input.client_msg_id)?;
+        self.rates
+            .send
+            .check(&sender.to_owned())
+            .map_err(|retry_after| ApiError::RateLimited {
+                what: "messages",
+                retry_after,
+            })?;
         let is_direct = matches!(target, Target::Direct(_));
         let message = NewMessage {
             sender: sender.to_owned(),

@@ -182,6 +182,16 @@ pub struct Limits {
     /// at error level and counted in `chat_dead_letter_failures_total`):
     /// a bus outage must not fill the disk. Default: 100 000.
     pub max_dead_letters: u64,
+    /// Registrations one client address may make per minute (HTTP and
+    /// gRPC together); more are refused with 429 / `RESOURCE_EXHAUSTED`
+    /// and the time to wait. 0: no limit (the default).
+    pub registrations_per_minute: u32,
+    /// `Connect` streams one client address may open per minute. 0: no
+    /// limit (the default).
+    pub connects_per_minute: u32,
+    /// Messages one user may send per second, from all devices together.
+    /// 0: no limit (the default).
+    pub sends_per_second: u32,
 }
 
 impl Default for Limits {
@@ -196,6 +206,9 @@ impl Default for Limits {
             max_groups_per_user: 1000,
             presence_group_members: 100,
             max_dead_letters: 100_000,
+            registrations_per_minute: 0,
+            connects_per_minute: 0,
+            sends_per_second: 0,
         }
     }
 }

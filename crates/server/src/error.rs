@@ -23,6 +23,12 @@ pub enum ApiError {
     PermissionDenied(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A rate limit: retry after this long.
+    #[error("too many {what}: retry in {} ms", retry_after.as_millis())]
+    RateLimited {
+        what: &'static str,
+        retry_after: std::time::Duration,
+    },
     /// A backend is down or the server is stopping; nothing was committed.
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -39,7 +45,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::AlreadyExists(_) => "already_exists",
             ApiError::PermissionDenied(_) => "permission_denied",
-            ApiError::ResourceExhausted(_) => "resource_exhausted",
+            ApiError::ResourceExhausted(_) | ApiError::RateLimited { .. } => "resource_exhausted",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -52,7 +58,7 @@ impl ApiError {
             ApiError::NotFound(_) => 404,
             ApiError::AlreadyExists(_) => 409,
             ApiError::PermissionDenied(_) => 403,
-            ApiError::ResourceExhausted(_) => 429,
+            ApiError::ResourceExhausted(_) | ApiError::RateLimited { .. } => 429,
             ApiError::Unavailable(_) => 503,
             ApiError::Internal(_) => 500,
         }
@@ -84,17 +90,31 @@ impl From<ApiError> for tonic::Status {
     fn from(e: ApiError) -> Self {
         use tonic::Code;
         e.log();
+        let retry_after = match &e {
+            ApiError::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        };
         let code = match e {
             ApiError::InvalidArgument(_) => Code::InvalidArgument,
             ApiError::Unauthenticated => Code::Unauthenticated,
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::AlreadyExists(_) => Code::AlreadyExists,
             ApiError::PermissionDenied(_) => Code::PermissionDenied,
-            ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
+            ApiError::ResourceExhausted(_) | ApiError::RateLimited { .. } => {
+                Code::ResourceExhausted
+            }
             ApiError::Unavailable(_) => Code::Unavailable,
             ApiError::Internal(_) => Code::Internal,
         };
-        tonic::Status::new(code, e.to_string())
+        let mut status = tonic::Status::new(code, e.to_string());
+        if let Some(wait) = retry_after {
+            // Whole milliseconds, at least 1: when to try again.
+            let ms = wait.as_millis().max(1).to_string();
+            if let Ok(value) = ms.parse() {
+                status.metadata_mut().insert("retry-after-ms", value);
+            }
+        }
+        status
     }
 }
 

@@ -31,6 +31,7 @@ pub mod grpc;
 pub mod http;
 pub mod names;
 pub mod presence;
+pub mod rate;
 pub mod routing;
 pub mod sessions;
 
@@ -99,6 +100,8 @@ pub struct AppState {
     pub presence: presence::PresenceWatch,
     /// Cancelled when the server shuts down; every session watches it.
     pub shutdown: CancellationToken,
+    /// Registrations, connects and sends per client address or user.
+    pub rates: rate::Rates,
 }
 
 impl AppState {
@@ -183,6 +186,7 @@ pub async fn run_with(
 ) -> Result<(), ServerError> {
     let token = CancellationToken::new();
     let (dead_letter_queue, dead_letters) = dead_letters::queue();
+    let rates = rate::Rates::new(&config.limits);
     let state = Arc::new(AppState {
         config,
         store: backends.store,
@@ -193,6 +197,7 @@ pub async fn run_with(
         dead_letters: dead_letter_queue,
         presence: presence::PresenceWatch::default(),
         shutdown: token.clone(),
+        rates,
     });
     // This node's inbox is open before its first session can exist.
     let inbox = state.bus.subscribe(state.node_id()).await?;

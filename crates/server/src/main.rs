@@ -112,6 +112,15 @@ struct Args {
     /// (online/offline); in larger groups only direct contacts do.
     #[arg(long, env = "CHAT_PRESENCE_GROUP_MEMBERS", default_value_t = Limits::default().presence_group_members)]
     presence_group_members: usize,
+    /// Registrations per client address per minute (0: no limit).
+    #[arg(long, env = "CHAT_REGISTRATIONS_PER_MINUTE", default_value_t = Limits::default().registrations_per_minute)]
+    registrations_per_minute: u32,
+    /// `Connect` streams opened per client address per minute (0: no limit).
+    #[arg(long, env = "CHAT_CONNECTS_PER_MINUTE", default_value_t = Limits::default().connects_per_minute)]
+    connects_per_minute: u32,
+    /// Messages per user per second (0: no limit).
+    #[arg(long, env = "CHAT_SENDS_PER_SECOND", default_value_t = Limits::default().sends_per_second)]
+    sends_per_second: u32,
     /// Enables the admin HTTP API (`/admin/…`, the dead-letter queue) for
     /// requests with `Authorization: Bearer <token>`; at least 16
     /// characters. Without it the admin API does not exist (404).
@@ -224,6 +233,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             max_group_members: args.max_group_members,
             max_groups_per_user: args.max_groups_per_user,
             presence_group_members: args.presence_group_members,
+            registrations_per_minute: args.registrations_per_minute,
+            connects_per_minute: args.connects_per_minute,
+            sends_per_second: args.sends_per_second,
             ..Limits::default()
         },
         cluster,

@@ -21,6 +21,16 @@ impl pb::chat_service_server::ChatService for ChatApi {
         &self,
         request: Request<Streaming<pb::ClientFrame>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
+        if let Some(client) = request.remote_addr() {
+            self.state
+                .rates
+                .connect
+                .check(&client.ip())
+                .map_err(|retry_after| ApiError::RateLimited {
+                    what: "connection attempts",
+                    retry_after,
+                })?;
+        }
         let (user, token) = self.state.authenticate_token(request.metadata()).await?;
         let token = crate::auth::fingerprint(&token);
         let frames = session::start(self.state.clone(), user, token, request.into_inner());

@@ -20,7 +20,17 @@ impl AppState {
         username: &str,
         name: &str,
         phone: &str,
+        client: Option<std::net::IpAddr>,
     ) -> Result<(chat_store::UserProfile, String), ApiError> {
+        if let Some(client) = client {
+            self.rates
+                .register
+                .check(&client)
+                .map_err(|retry_after| ApiError::RateLimited {
+                    what: "registrations",
+                    retry_after,
+                })?;
+        }
         let username = names::normalize_username(username)?;
         let name = names::profile_field("name", name, 64)?;
         let phone = names::profile_field("phone", phone, 32)?;
@@ -61,10 +71,11 @@ impl pb::user_service_server::UserService for UserApi {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let client = request.remote_addr().map(|a| a.ip());
         let req = request.into_inner();
         let (profile, secret) = self
             .state
-            .register(&req.username, &req.name, &req.phone)
+            .register(&req.username, &req.name, &req.phone, client)
             .await?;
         Ok(Response::new(pb::RegisterResponse {
             user: Some(convert::user(profile)),

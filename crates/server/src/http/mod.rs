@@ -70,7 +70,9 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    axum::serve(listener, router(state))
+    // The client's address, for the per-address rate limits.
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())
@@ -98,7 +100,15 @@ pub fn success(req_id: String, data: serde_json::Value) -> Response {
 pub fn failure(req_id: &str, error: ApiError) -> Response {
     let status =
         StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, Json(error.envelope(req_id))).into_response()
+    let mut response = (status, Json(error.envelope(req_id))).into_response();
+    if let ApiError::RateLimited { retry_after, .. } = error {
+        // Whole seconds, rounded up: RFC 9110 has no finer unit.
+        let secs = retry_after.as_millis().div_ceil(1000).max(1);
+        if let Ok(value) = secs.to_string().parse() {
+            response.headers_mut().insert("retry-after", value);
+        }
+    }
+    response
 }
 
 /// `GET /healthz`: the process is up and serving HTTP.

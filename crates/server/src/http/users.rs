@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::de::DeserializeOwned;
@@ -40,6 +40,7 @@ pub(super) fn json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
 /// `curl -d` sends it as a form.
 pub async fn register(
     State(state): State<Arc<AppState>>,
+    client: Option<ConnectInfo<std::net::SocketAddr>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -49,7 +50,12 @@ pub async fn register(
         Err(e) => return failure(&req_id, e),
     };
     match state
-        .register(&parsed.username, &parsed.name, &parsed.phone)
+        .register(
+            &parsed.username,
+            &parsed.name,
+            &parsed.phone,
+            client.map(|ConnectInfo(addr)| addr.ip()),
+        )
         .await
     {
         Ok((profile, secret)) => success(
