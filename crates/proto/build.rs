@@ -8,8 +8,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `build_transport(false)`: the generated clients would otherwise get a
     // `connect` constructor, which clashes with the `Connect` RPC. Clients
     // are built from a `Channel` with `new` instead.
+    // `codec_path`: undecodable requests are INVALID_ARGUMENT (see
+    // `src/codec.rs`), not tonic's default INTERNAL.
     tonic_build::configure()
         .build_transport(false)
+        .codec_path("crate::codec::StrictCodec")
         .compile_protos(&["proto/chat/v1/chat.proto"], &["proto"])?;
     Ok(())
 }

@@ -11,6 +11,8 @@ pub mod v1 {
 
 pub use v1::*;
 
+pub mod codec;
+
 /// Client-side authentication: adds `authorization: Bearer <secret>` to
 /// every call of a generated client.
 #[derive(Clone)]
