@@ -164,6 +164,12 @@ async fn a_reader_that_stops_is_disconnected_and_memory_stays_flat() {
     await_metric(server.http_addr, "chat_sessions", 2).await;
     let after = rss_bytes(pid);
     let pushed = (MESSAGES * body.len()) as u64;
+    eprintln!(
+        "stalled reader: {MESSAGES} messages ({} MiB) sent to it, server RSS {} -> {} MiB",
+        pushed >> 20,
+        before >> 20,
+        after >> 20
+    );
     assert!(
         after < before + pushed / 3,
         "the server grew from {before} to {after} bytes while {pushed} bytes were \
@@ -258,10 +264,14 @@ async fn sends_fail_unavailable_while_postgres_is_down_and_recover() {
     // The first send after the outage may still meet a connection that
     // died with it; the retry of the same client_msg_id is the client's
     // answer to UNAVAILABLE.
+    let mut recovered = None;
     for i in 20..30 {
         let message = loop {
             match send(i).await {
-                Ok(reply) => break reply.into_inner().message.unwrap(),
+                Ok(reply) => {
+                    recovered.get_or_insert(down_since.elapsed());
+                    break reply.into_inner().message.unwrap();
+                }
                 Err(status) if status.code() == Code::Unavailable => {
                     assert!(down_since.elapsed() < WAIT, "the store never came back");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -272,6 +282,12 @@ async fn sends_fail_unavailable_while_postgres_is_down_and_recover() {
         ledger.ack(message);
         show(&mut shown, bob_live.message().await);
     }
+    eprintln!(
+        "postgres down: 5 sends refused with UNAVAILABLE, {} acknowledged in all, \
+         sends committing again {:?} after PostgreSQL came back",
+        ledger.acked.len(),
+        recovered.expect("a send after the outage")
+    );
     let conversation = ledger.acked[&1].conversation_id.clone();
     let mut bob_client = server.chat(&bob).await;
     ledger.check(&mut bob_client, &conversation, &shown).await;
