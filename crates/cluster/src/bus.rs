@@ -18,7 +18,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
@@ -247,6 +247,10 @@ impl KafkaBus {
                 config.publish_timeout.as_millis().to_string(),
             )
             .set("acks", "1")
+            // librdkafka backs off reconnecting up to 10 s by default:
+            // after an outage the bus would stay down that long after the
+            // broker is back.
+            .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS)
             .create()?;
         Ok(Self { config, producer })
     }
@@ -254,31 +258,170 @@ impl KafkaBus {
     fn topic(&self, node: &str) -> String {
         format!("{}{node}", self.config.topic_prefix)
     }
+}
 
-    async fn create_topic(&self, topic: &str) -> Result<()> {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.config.brokers)
-            .create()?;
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let results = admin
-            .create_topics(
-                &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
-                &options,
-            )
-            .await?;
-        for result in results {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((name, code)) => {
-                    return Err(ClusterError::Unavailable {
-                        backend: "kafka",
-                        detail: format!("cannot create topic {name}: {code}"),
-                    })
-                }
+/// Creates `topic` (one partition) unless it exists.
+async fn create_topic(config: &KafkaConfig, topic: &str) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .create()?;
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        // Without it a request to a broker that is down waits for
+        // socket.timeout.ms (60 s).
+        .request_timeout(Some(INBOX_OPEN_TIMEOUT));
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
+            &options,
+        )
+        .await?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(ClusterError::Unavailable {
+                    backend: "kafka",
+                    detail: format!("cannot create topic {name}: {code}"),
+                })
             }
         }
-        Ok(())
     }
+    Ok(())
+}
+
+/// The longest wait between two attempts to reach a broker (librdkafka's
+/// default is 10 s).
+const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
+
+/// How long one attempt to open an inbox (create its topic, find its
+/// end) may wait for the broker.
+const INBOX_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens the inbox `topic`: creates it if missing and assigns a new
+/// consumer to its partition at `resume` (the next offset to read) if the
+/// partition still holds it, else at its current end, resolved now rather
+/// than on the first fetch so that a record published after this returns
+/// is never skipped. Returns the consumer and the offset it reads from.
+async fn open_inbox(
+    config: &KafkaConfig,
+    topic: &str,
+    resume: Option<i64>,
+) -> Result<(StreamConsumer, i64)> {
+    create_topic(config, topic).await?;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        // librdkafka wants a group id; no group is joined with assign().
+        .set("group.id", format!("{topic}-reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.wait.max.ms", config.fetch_wait_ms.to_string())
+        .set("fetch.min.bytes", "1")
+        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS)
+        .create()?;
+    let (consumer, watermarks) = {
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let watermarks = consumer.fetch_watermarks(&topic, 0, INBOX_OPEN_TIMEOUT);
+            (consumer, watermarks)
+        })
+        .await
+        .map_err(|e| ClusterError::Unavailable {
+            backend: "kafka",
+            detail: e.to_string(),
+        })?
+    };
+    let (low, end) = watermarks?;
+    let start = match resume {
+        Some(next) if (low..=end).contains(&next) => next,
+        _ => end,
+    };
+    let mut partitions = TopicPartitionList::new();
+    partitions.add_partition_offset(topic, 0, Offset::Offset(start))?;
+    consumer.assign(&partitions)?;
+    Ok((consumer, start))
+}
+
+/// Drops a consumer off the async threads: closing one waits for
+/// librdkafka's threads.
+async fn close_consumer(consumer: StreamConsumer) {
+    let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+}
+
+/// Reads the inbox `topic` into `inbox` until the receiver is dropped.
+///
+/// When every broker connection is lost, the consumer is closed and the
+/// inbox opened again with a new one once the broker answers: a broker
+/// that comes back may have lost its topics (it kept them in memory, or
+/// the topic was deleted), and librdkafka's consumer does not survive
+/// that: with the old topic id cached, the first fetch answer about the
+/// unknown topic crashes the process (a NULL topic name in
+/// `rd_kafka_metadata_update_op`, librdkafka 2.12). The new consumer
+/// resumes where the old one stopped if the partition still has that
+/// offset, else at the end (what was published meanwhile is skipped: the
+/// recipients catch up from the store).
+async fn read_kafka_inbox(
+    config: KafkaConfig,
+    topic: String,
+    mut consumer: StreamConsumer,
+    mut next: i64,
+    inbox: mpsc::Sender<Bytes>,
+) {
+    loop {
+        let lost_broker = tokio::select! {
+            record = consumer.recv() => match record {
+                Ok(record) => {
+                    next = record.offset() + 1;
+                    let payload = Bytes::copy_from_slice(record.payload().unwrap_or_default());
+                    if !forward(&inbox, "kafka", payload) {
+                        break;
+                    }
+                    false
+                }
+                Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown)) => true,
+                Err(e) => {
+                    tracing::warn!(%topic, error = %e, "kafka inbox: consume error");
+                    false
+                }
+            },
+            _ = inbox.closed() => break,
+        };
+        if !lost_broker {
+            continue;
+        }
+        tracing::warn!(%topic, "kafka inbox: every broker connection lost; reopening the inbox");
+        close_consumer(consumer).await;
+        let mut backoff = Duration::from_millis(100);
+        consumer = loop {
+            let attempt = tokio::time::timeout(
+                INBOX_OPEN_TIMEOUT * 2,
+                open_inbox(&config, &topic, Some(next)),
+            );
+            let error = tokio::select! {
+                opened = attempt => match opened {
+                    Ok(Ok((consumer, start))) => {
+                        if start != next {
+                            tracing::warn!(%topic, from = next, to = start,
+                                "kafka inbox: the broker lost the inbox's records; reading from its end");
+                        }
+                        tracing::info!(%topic, offset = start, "kafka inbox reopened");
+                        next = start;
+                        break consumer;
+                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "timed out".to_owned(),
+                },
+                _ = inbox.closed() => return,
+            };
+            tracing::warn!(%topic, %error, "kafka inbox: cannot reopen yet, retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = inbox.closed() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        };
+    }
+    close_consumer(consumer).await;
 }
 
 #[async_trait]
@@ -298,53 +441,15 @@ impl Bus for KafkaBus {
     async fn subscribe(&self, node: &str) -> Result<Inbox> {
         check_node_id(node)?;
         let topic = self.topic(node);
-        self.create_topic(&topic).await?;
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.config.brokers)
-            // librdkafka wants a group id; no group is joined with assign().
-            .set("group.id", format!("{topic}-reader"))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("fetch.wait.max.ms", self.config.fetch_wait_ms.to_string())
-            .set("fetch.min.bytes", "1")
-            .create()?;
-        // Start at the current end, resolved now rather than on the first
-        // fetch: a record published after this returns is never skipped.
-        let (consumer, watermarks) = {
-            let topic = topic.clone();
-            tokio::task::spawn_blocking(move || {
-                let watermarks = consumer.fetch_watermarks(&topic, 0, Duration::from_secs(10));
-                (consumer, watermarks)
-            })
-            .await
-            .map_err(|e| ClusterError::Unavailable {
-                backend: "kafka",
-                detail: e.to_string(),
-            })?
-        };
-        let (_, end) = watermarks?;
-        let mut partitions = TopicPartitionList::new();
-        partitions.add_partition_offset(&topic, 0, Offset::Offset(end))?;
-        consumer.assign(&partitions)?;
+        let (consumer, start) = open_inbox(&self.config, &topic, None).await?;
         let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    record = consumer.recv() => match record {
-                        Ok(record) => {
-                            let payload = Bytes::copy_from_slice(record.payload().unwrap_or_default());
-                            if !forward(&tx, "kafka", payload) {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(%topic, error = %e, "kafka inbox: consume error");
-                        }
-                    },
-                    _ = tx.closed() => return,
-                }
-            }
-        });
+        tokio::spawn(read_kafka_inbox(
+            self.config.clone(),
+            topic,
+            consumer,
+            start,
+            tx,
+        ));
         Ok(rx)
     }
 }

@@ -15,7 +15,7 @@
 //! [`PUBLISH_ATTEMPTS`] attempts) also goes to the dead-letter queue
 //! ([`crate::dead_letters`]), from which an operator can replay it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -321,9 +321,23 @@ pub async fn heartbeat(state: Arc<AppState>) {
             _ = state.shutdown.cancelled() => break,
             _ = beat.tick() => {}
         }
-        if let Err(e) = state.registry.refresh(&entries(&state)).await {
+        let refreshed = entries(&state);
+        if let Err(e) = state.registry.refresh(&refreshed).await {
             bump(&state.stats.registry_failures);
             tracing::warn!(error = %e, "registry heartbeat failed");
+        }
+        // A session that ended while this refresh was on its way may have
+        // been removed from the registry before the refresh added it back:
+        // remove it again, or it lingers until it expires (its user looks
+        // online, other nodes publish to it).
+        let open: HashSet<SessionId> = state
+            .sessions
+            .entries()
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
+        for entry in refreshed.iter().filter(|e| !open.contains(&e.session)) {
+            let _ = state.registry.remove(entry).await;
         }
         state.sweep_presence().await;
     }

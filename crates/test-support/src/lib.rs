@@ -240,6 +240,26 @@ impl Live {
             .is_ok()
     }
 
+    /// The next frame, however long it takes (`None` when the stream
+    /// ended): for a reader task that the test itself stops or bounds.
+    pub async fn recv(&mut self) -> Option<Result<pb::server_frame::Frame, tonic::Status>> {
+        match self.frames_in.message().await {
+            Ok(Some(frame)) => Some(Ok(frame.frame.expect("a frame with content"))),
+            Ok(None) => None,
+            Err(status) => Some(Err(status)),
+        }
+    }
+
+    /// The next frame if one comes within `wait`, `None` if none does; the
+    /// stream must stay open.
+    pub async fn frame_within(&mut self, wait: Duration) -> Option<pb::server_frame::Frame> {
+        let frame = tokio::time::timeout(wait, self.frames_in.message())
+            .await
+            .ok()?;
+        let frame = frame.expect("no stream error").expect("the stream is open");
+        Some(frame.frame.expect("a frame with content"))
+    }
+
     /// Sends a direct message over the stream (its ack comes later).
     pub async fn send_to(&self, to: &str, body: &str, client_msg_id: &str) {
         self.push(pb::client_frame::Frame::Send(send_request(
@@ -425,6 +445,18 @@ pub mod services {
         env("CHAT_TEST_REDIS_URL")
     }
 
+    /// The tansu broker binary (`CHAT_TEST_TANSU_BIN`), for a test that
+    /// runs a broker of its own to stop and start it.
+    pub fn tansu_bin() -> std::path::PathBuf {
+        let bin = std::path::PathBuf::from(env("CHAT_TEST_TANSU_BIN"));
+        assert!(
+            bin.is_file(),
+            "CHAT_TEST_TANSU_BIN={} is not a file: run the tests with scripts/test.sh",
+            bin.display()
+        );
+        bin
+    }
+
     /// `127.0.0.1:<port>` of a Kafka-protocol broker.
     pub fn kafka_brokers() -> String {
         env("CHAT_TEST_KAFKA_BROKERS")
@@ -566,6 +598,113 @@ pub mod process {
                 .expect("register")
                 .into_inner()
                 .secret
+        }
+    }
+
+    /// A port for a service the test stops and starts again on the same
+    /// port: free now, and below Linux's ephemeral range (32768 and up),
+    /// so that no outgoing connection takes it while the service is down.
+    pub fn free_service_port() -> u16 {
+        for _ in 0..200 {
+            let port = 20000 + (rand::random::<u16>() % 12768);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+        panic!("found no free port in 20000-32767");
+    }
+
+    /// Whether process `pid` holds a listening TCP socket on `port` (so
+    /// that what answers there is that process, not another one).
+    pub fn listens_on(pid: u32, port: u16) -> bool {
+        let hex = format!(":{port:04X}");
+        let mut inodes = Vec::new();
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            let Ok(text) = std::fs::read_to_string(table) else {
+                continue;
+            };
+            for line in text.lines().skip(1) {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                // local_address, state 0A (LISTEN), inode.
+                if fields.len() > 9 && fields[1].ends_with(&hex) && fields[3] == "0A" {
+                    inodes.push(format!("socket:[{}]", fields[9]));
+                }
+            }
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return false;
+        };
+        fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+        })
+    }
+
+    /// A Kafka-protocol broker (tansu, in-memory storage) of the test's
+    /// own, on a loopback port, that the test can kill and start again.
+    /// Killed when dropped.
+    pub struct Broker {
+        pub port: u16,
+        child: Option<Child>,
+    }
+
+    impl Broker {
+        /// Starts tansu (`CHAT_TEST_TANSU_BIN`) on `127.0.0.1:port` and
+        /// waits until it listens there.
+        pub async fn start(port: u16) -> Self {
+            let mut broker = Self { port, child: None };
+            broker.restart().await;
+            broker
+        }
+
+        /// `127.0.0.1:<port>`, for `CHAT_KAFKA_BROKERS`.
+        pub fn address(&self) -> String {
+            format!("127.0.0.1:{}", self.port)
+        }
+
+        /// Starts the broker (again) on its port, as `scripts/services.sh`
+        /// does, and waits until it listens.
+        pub async fn restart(&mut self) {
+            assert!(self.child.is_none(), "the broker is running");
+            let url = format!("tcp://127.0.0.1:{}", self.port);
+            let mut child = Command::new(crate::services::tansu_bin())
+                .arg("broker")
+                .args(["--listener-url", &url])
+                .args(["--advertised-listener-url", &url])
+                .args(["--storage-engine", "memory://tansu/"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start tansu");
+            let pid = child.id().expect("the broker's pid");
+            let started = tokio::time::Instant::now();
+            loop {
+                if let Some(status) = child.try_wait().expect("broker status") {
+                    panic!(
+                        "tansu exited with {status} before listening on port {}",
+                        self.port
+                    );
+                }
+                if listens_on(pid, self.port) {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < WAIT,
+                    "tansu did not listen on port {} within {WAIT:?}",
+                    self.port
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            self.child = Some(child);
+        }
+
+        /// SIGKILL, and wait until the process is gone.
+        pub async fn kill(&mut self) {
+            let mut child = self.child.take().expect("the broker is running");
+            child.start_kill().expect("SIGKILL the broker");
+            child.wait().await.expect("the broker is reaped");
         }
     }
 }
