@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::setup::{bounded, run_tag, Stream, Target};
+use crate::setup::{ack, bounded, next_frame, run_tag, Next, Stream, Target};
 use crate::{histogram, micros, percentiles, Outcome, Progress, Rate};
 
 #[derive(clap::Args, Debug)]
@@ -394,17 +394,10 @@ async fn read_acks(
     abandon: CancellationToken,
 ) {
     loop {
-        let frame = tokio::select! {
-            f = frames.message() => f,
-            _ = abandon.cancelled() => break,
-        };
-        let ack = match frame {
-            Ok(Some(pb::ServerFrame {
-                frame: Some(Out::Ack(ack)),
-            })) => ack,
-            Ok(Some(_)) => continue,
-            Ok(None) => break,
-            Err(status) => {
+        let ack = match next_frame(&mut frames, &abandon, ack).await {
+            Next::Frame(ack) => ack,
+            Next::Ended | Next::Stopped => break,
+            Next::Failed(status) => {
                 shared.stream_errors.fetch_add(1, Relaxed);
                 shared.error(format!("the owner's stream ended: {status}"));
                 break;

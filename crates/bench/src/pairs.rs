@@ -22,7 +22,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::proc::Sample;
-use crate::setup::{bounded, run_tag, Stream, Target};
+use crate::setup::{ack, bounded, next_frame, run_tag, Next, Stream, Target};
 use crate::{histogram, micros, Progress, Rate};
 
 /// How long, after the last send, acks and deliveries may take to arrive
@@ -597,17 +597,10 @@ async fn read_acks(
     abandon: CancellationToken,
 ) {
     loop {
-        let frame = tokio::select! {
-            f = frames.message() => f,
-            _ = abandon.cancelled() => break,
-        };
-        let ack = match frame {
-            Ok(Some(pb::ServerFrame {
-                frame: Some(Out::Ack(ack)),
-            })) => ack,
-            Ok(Some(_)) => continue,
-            Ok(None) => break,
-            Err(status) => {
+        let ack = match next_frame(&mut frames, &abandon, ack).await {
+            Next::Frame(ack) => ack,
+            Next::Ended | Next::Stopped => break,
+            Next::Failed(status) => {
                 shared.stream_errors.fetch_add(1, Relaxed);
                 shared.error(format!("sender stream ended: {status}"));
                 break;
@@ -644,18 +637,15 @@ async fn receive(stream: Stream, shared: Arc<Shared>, finish: CancellationToken)
         mut frames,
     } = stream;
     let mut seen = HashSet::new();
+    let message = |f: Out| match f {
+        Out::Message(m) => Some(m),
+        _ => None,
+    };
     loop {
-        let frame = tokio::select! {
-            f = frames.message() => f,
-            _ = finish.cancelled() => break,
-        };
-        let m = match frame {
-            Ok(Some(pb::ServerFrame {
-                frame: Some(Out::Message(m)),
-            })) => m,
-            Ok(Some(_)) => continue,
-            Ok(None) => break,
-            Err(status) => {
+        let m = match next_frame(&mut frames, &finish, message).await {
+            Next::Frame(m) => m,
+            Next::Ended | Next::Stopped => break,
+            Next::Failed(status) => {
                 shared.stream_errors.fetch_add(1, Relaxed);
                 shared.error(format!("recipient stream ended: {status}"));
                 break;

@@ -507,3 +507,48 @@ pub fn raise_fd_limit() {
         }
     }
 }
+
+/// What [`next_frame`] found.
+pub enum Next<T> {
+    /// The next frame of the wanted kind.
+    Frame(T),
+    /// The server ended the stream.
+    Ended,
+    /// The stream failed.
+    Failed(tonic::Status),
+    /// `stop` was cancelled first.
+    Stopped,
+}
+
+/// The next frame of a stream that `pick` keeps (it returns `None` for the
+/// kinds to skip), unless the stream ends or `stop` is cancelled first.
+pub async fn next_frame<T>(
+    frames: &mut tonic::Streaming<pb::ServerFrame>,
+    stop: &CancellationToken,
+    pick: impl Fn(Out) -> Option<T>,
+) -> Next<T> {
+    loop {
+        let frame = tokio::select! {
+            f = frames.message() => f,
+            _ = stop.cancelled() => return Next::Stopped,
+        };
+        match frame {
+            Ok(Some(pb::ServerFrame { frame: Some(f) })) => {
+                if let Some(wanted) = pick(f) {
+                    return Next::Frame(wanted);
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return Next::Ended,
+            Err(status) => return Next::Failed(status),
+        }
+    }
+}
+
+/// The `ack` frames of a stream, for [`next_frame`].
+pub fn ack(frame: Out) -> Option<pb::SendAck> {
+    match frame {
+        Out::Ack(ack) => Some(ack),
+        _ => None,
+    }
+}
