@@ -114,6 +114,10 @@ async fn send_list_and_page_over_http() {
         r#"{"to_user":"bob","body":"","client_msg_id":"e1"}"#.to_owned(),
         r#"{"to_user":"bob","group_id":"g","body":"x","client_msg_id":"e2"}"#.to_owned(),
         r#"{"to_user":"bob","body":"x"}"#.to_owned(),
+        // Fields the server sets cannot come from a client.
+        r#"{"to_user":"bob","body":"x","client_msg_id":"e3","sender":"carol"}"#.to_owned(),
+        r#"{"to_user":"bob","body":"x","client_msg_id":"e4","seq":99,"id":"m1"}"#.to_owned(),
+        r#"{"to_user":"bob","body":"x","client_msg_id":"e5","sent_at_unix_ms":1}"#.to_owned(),
     ] {
         let refused = post(&a, bad.clone()).await;
         assert_eq!(refused.status, 400, "{bad}: {}", refused.body);
