@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::setup::{ack, bounded, next_frame, run_tag, Next, Stream, Target};
+use crate::setup::{bounded, match_acks, run_tag, Stream, Target};
 use crate::{histogram, micros, percentiles, Outcome, Progress, Rate};
 
 #[derive(clap::Args, Debug)]
@@ -393,37 +393,30 @@ async fn read_acks(
     shared: Arc<Shared>,
     abandon: CancellationToken,
 ) {
-    loop {
-        let ack = match next_frame(&mut frames, &abandon, ack).await {
-            Next::Frame(ack) => ack,
-            Next::Ended | Next::Stopped => break,
-            Next::Failed(status) => {
-                shared.stream_errors.fetch_add(1, Relaxed);
-                shared.error(format!("the owner's stream ended: {status}"));
-                break;
+    let failed = match_acks(
+        &mut frames,
+        &outstanding,
+        &abandon,
+        |intended, error, now| {
+            if let Some(error) = error {
+                shared.failed.fetch_add(1, Relaxed);
+                shared.error(format!("send refused: {}: {}", error.kind, error.message));
+                return;
             }
-        };
-        let now = Instant::now();
-        let Some(intended) = outstanding
-            .lock()
-            .expect("outstanding")
-            .remove(&ack.client_msg_id)
-        else {
-            continue;
-        };
-        if let Some(error) = ack.error {
-            shared.failed.fetch_add(1, Relaxed);
-            shared.error(format!("send refused: {}: {}", error.kind, error.message));
-            continue;
-        }
-        shared.acked.fetch_add(1, Relaxed);
-        if intended >= shared.measure_from {
-            let _ = shared
-                .ack
-                .lock()
-                .expect("histogram")
-                .record(micros(now - intended));
-        }
+            shared.acked.fetch_add(1, Relaxed);
+            if intended >= shared.measure_from {
+                let _ = shared
+                    .ack
+                    .lock()
+                    .expect("histogram")
+                    .record(micros(now - intended));
+            }
+        },
+    )
+    .await;
+    if let Some(status) = failed {
+        shared.stream_errors.fetch_add(1, Relaxed);
+        shared.error(format!("the owner's stream ended: {status}"));
     }
 }
 

@@ -22,7 +22,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::proc::Sample;
-use crate::setup::{ack, bounded, next_frame, run_tag, Next, Stream, Target};
+use crate::setup::{bounded, match_acks, next_frame, run_tag, Next, Stream, Target};
 use crate::{histogram, micros, Progress, Rate};
 
 /// How long, after the last send, acks and deliveries may take to arrive
@@ -596,37 +596,30 @@ async fn read_acks(
     shared: Arc<Shared>,
     abandon: CancellationToken,
 ) {
-    loop {
-        let ack = match next_frame(&mut frames, &abandon, ack).await {
-            Next::Frame(ack) => ack,
-            Next::Ended | Next::Stopped => break,
-            Next::Failed(status) => {
-                shared.stream_errors.fetch_add(1, Relaxed);
-                shared.error(format!("sender stream ended: {status}"));
-                break;
+    let failed = match_acks(
+        &mut frames,
+        &outstanding,
+        &abandon,
+        |(intended, k), error, now| {
+            if let Some(error) = error {
+                shared.failed.fetch_add(1, Relaxed);
+                shared.step(k).failed += 1;
+                shared.error(format!("send refused: {}: {}", error.kind, error.message));
+                return;
             }
-        };
-        let now = Instant::now();
-        let Some((intended, k)) = outstanding
-            .lock()
-            .expect("outstanding")
-            .remove(&ack.client_msg_id)
-        else {
-            continue;
-        };
-        if let Some(error) = ack.error {
-            shared.failed.fetch_add(1, Relaxed);
-            shared.step(k).failed += 1;
-            shared.error(format!("send refused: {}: {}", error.kind, error.message));
-            continue;
-        }
-        shared.acked.fetch_add(1, Relaxed);
-        let mut step = shared.step(k);
-        step.acked += 1;
-        let _ = step
-            .ack
-            .get_or_insert_with(histogram)
-            .record(micros(now - intended));
+            shared.acked.fetch_add(1, Relaxed);
+            let mut step = shared.step(k);
+            step.acked += 1;
+            let _ = step
+                .ack
+                .get_or_insert_with(histogram)
+                .record(micros(now - intended));
+        },
+    )
+    .await;
+    if let Some(status) = failed {
+        shared.stream_errors.fetch_add(1, Relaxed);
+        shared.error(format!("sender stream ended: {status}"));
     }
 }
 

@@ -546,9 +546,37 @@ pub async fn next_frame<T>(
 }
 
 /// The `ack` frames of a stream, for [`next_frame`].
-pub fn ack(frame: Out) -> Option<pb::SendAck> {
+fn ack(frame: Out) -> Option<pb::SendAck> {
     match frame {
         Out::Ack(ack) => Some(ack),
         _ => None,
+    }
+}
+
+/// A sender's acks matched to its sends: for each ack of a `client_msg_id`
+/// still in `outstanding`, `on_ack` gets what was recorded when it was
+/// sent, the error if the send was refused, and when the ack arrived.
+/// Runs until the stream ends or `abandon` is cancelled; returns the status
+/// if the stream failed.
+pub async fn match_acks<V>(
+    frames: &mut tonic::Streaming<pb::ServerFrame>,
+    outstanding: &Mutex<std::collections::HashMap<String, V>>,
+    abandon: &CancellationToken,
+    mut on_ack: impl FnMut(V, Option<pb::Error>, Instant),
+) -> Option<tonic::Status> {
+    loop {
+        let ack = match next_frame(frames, abandon, ack).await {
+            Next::Frame(ack) => ack,
+            Next::Ended | Next::Stopped => return None,
+            Next::Failed(status) => return Some(status),
+        };
+        let now = Instant::now();
+        let sent = outstanding
+            .lock()
+            .expect("outstanding")
+            .remove(&ack.client_msg_id);
+        if let Some(sent) = sent {
+            on_ack(sent, ack.error, now);
+        }
     }
 }

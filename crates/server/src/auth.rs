@@ -46,11 +46,7 @@ impl AppState {
     /// header, a malformed one, an unknown secret) is the same
     /// [`ApiError::Unauthenticated`].
     pub async fn authenticate(&self, metadata: &MetadataMap) -> Result<String, ApiError> {
-        let header = metadata
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .ok_or(ApiError::Unauthenticated)?;
-        self.authenticate_header(header).await
+        Ok(self.authenticate_token(metadata).await?.0)
     }
 
     pub async fn authenticate_header(&self, header: &str) -> Result<String, ApiError> {
