@@ -24,6 +24,10 @@ pub struct Config {
     /// queue). Default: none, and the admin API answers 404 as if it did
     /// not exist.
     pub admin_token: Option<AdminToken>,
+    /// How long a stopping server lets its sessions finish the sends they
+    /// have read (commit and ack them) before it closes them anyway.
+    /// Default: 10 s.
+    pub shutdown_grace: Duration,
 }
 
 /// The admin API's bearer token. A newtype rather than a `String` so that
@@ -223,6 +227,7 @@ impl Default for Config {
             limits: Limits::default(),
             cluster: ClusterConfig::default(),
             admin_token: None,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }

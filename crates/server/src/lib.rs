@@ -3,7 +3,9 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: every setting, with its default.
+//! - [`config`]: the configuration the server runs with.
+//! - [`settings`]: the same as an operator writes it (TOML file, `CHAT_…`
+//!   variables, flags), checked into a [`Config`].
 //! - [`names`]: what a valid username, display name and phone look like.
 //! - [`auth`]: secrets: generation, hashing, and the bearer check.
 //! - [`error`]: [`ApiError`], the one error type of the request handlers,
@@ -34,6 +36,7 @@ pub mod presence;
 pub mod rate;
 pub mod routing;
 pub mod sessions;
+pub mod settings;
 
 use std::future::Future;
 use std::sync::Arc;
