@@ -101,8 +101,15 @@ pub struct AppState {
     pub dead_letters: dead_letters::DeadLetterQueue,
     /// The contacts this node's sessions watch, for the presence sweep.
     pub presence: presence::PresenceWatch,
-    /// Cancelled when the server shuts down; every session watches it.
+    /// Cancelled when the server is asked to stop: the listeners stop
+    /// accepting, `/readyz` says 503, and every session finishes the sends
+    /// it has read, then ends with `UNAVAILABLE` (reconnect elsewhere).
+    pub draining: CancellationToken,
+    /// Cancelled once the sessions have drained or the grace period is
+    /// over: whatever still runs stops now.
     pub shutdown: CancellationToken,
+    /// The session tasks, so that a stop can wait for them to drain.
+    pub session_tasks: tokio_util::task::TaskTracker,
     /// Registrations, connects and sends per client address or user.
     pub rates: rate::Rates,
 }
@@ -188,6 +195,7 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let token = CancellationToken::new();
+    let draining = CancellationToken::new();
     let (dead_letter_queue, dead_letters) = dead_letters::queue();
     let rates = rate::Rates::new(&config.limits);
     let state = Arc::new(AppState {
@@ -199,7 +207,9 @@ pub async fn run_with(
         stats: routing::Stats::default(),
         dead_letters: dead_letter_queue,
         presence: presence::PresenceWatch::default(),
+        draining: draining.clone(),
         shutdown: token.clone(),
+        session_tasks: tokio_util::task::TaskTracker::new(),
         rates,
     });
     // This node's inbox is open before its first session can exist.
@@ -219,25 +229,62 @@ pub async fn run_with(
         "chat server listening"
     );
 
-    let signal = token.clone();
+    // Stopping has two steps: drain (stop accepting, let sessions finish
+    // what they read), then, once they have or the grace period is over,
+    // stop everything.
+    let stopping = state.clone();
     tokio::spawn(async move {
-        shutdown.await;
-        tracing::info!("shutting down");
-        signal.cancel();
+        tokio::select! {
+            _ = shutdown => {}
+            _ = stopping.draining.cancelled() => {}
+        }
+        let grace = stopping.config.shutdown_grace;
+        tracing::info!(
+            sessions = stopping.sessions.total(),
+            ?grace,
+            "shutting down: draining the sessions"
+        );
+        stopping.draining.cancel();
+        stopping.session_tasks.close();
+        if tokio::time::timeout(grace, stopping.session_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                sessions = stopping.sessions.total(),
+                "the grace period is over: closing the sessions still open"
+            );
+        }
+        stopping.shutdown.cancel();
     });
 
     let grpc = grpc::serve(
         state.clone(),
         listeners.grpc,
-        token.clone().cancelled_owned(),
+        draining.clone().cancelled_owned(),
     );
     let http = http::serve(
         state.clone(),
         listeners.http,
-        token.clone().cancelled_owned(),
+        draining.clone().cancelled_owned(),
     );
-    let (grpc, http) = tokio::join!(grpc, http);
+    let servers = async { tokio::join!(grpc, http) };
+    // Both servers wait for their open connections to finish. A client
+    // that stopped reading can hold one open past the stop: once
+    // everything else has stopped, it gets a moment, not forever.
+    let abandon = async {
+        token.cancelled().await;
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    };
+    let (grpc, http) = tokio::select! {
+        results = servers => results,
+        _ = abandon => {
+            tracing::warn!("connections still open after the stop: closing them");
+            (Ok(()), Ok(()))
+        }
+    };
     // Whichever server stopped first (an error), stop the other one too.
+    draining.cancel();
     token.cancel();
     background.wait().await;
     grpc?;

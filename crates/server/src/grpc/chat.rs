@@ -9,6 +9,9 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{convert, session};
 use crate::{chat, ApiError, AppState};
 
+/// What a client of a stopping server is told.
+pub(super) const SHUTTING_DOWN: &str = "the server is shutting down: reconnect (to another server)";
+
 pub(super) struct ChatApi {
     pub state: Arc<AppState>,
 }
@@ -21,6 +24,9 @@ impl pb::chat_service_server::ChatService for ChatApi {
         &self,
         request: Request<Streaming<pb::ClientFrame>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
+        if self.state.draining.is_cancelled() {
+            return Err(ApiError::Unavailable(SHUTTING_DOWN.into()).into());
+        }
         if let Some(client) = request.remote_addr() {
             self.state
                 .rates

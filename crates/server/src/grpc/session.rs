@@ -19,6 +19,7 @@ use chat_proto::client_frame::Frame as In;
 use chat_proto::server_frame::Frame as Out;
 use chat_store::HistoryQuery;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Status, Streaming};
 
@@ -48,7 +49,7 @@ pub fn start(
         shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
         ended: false,
     };
-    tokio::spawn(async move {
+    state.clone().session_tasks.spawn(async move {
         let (reason, session_id, contacts) =
             run(&state, &username, token, inbound, &out, closed).await;
         state.retire_session(&username, session_id).await;
@@ -81,7 +82,7 @@ impl tokio_stream::Stream for Frames {
                 "too many undelivered frames: the client is not reading".into(),
             ))
         } else if self.shutdown.as_mut().poll(cx).is_ready() {
-            Some(ApiError::Unavailable("the server is shutting down".into()))
+            Some(ApiError::Unavailable(super::chat::SHUTTING_DOWN.into()))
         } else {
             None
         };
@@ -299,10 +300,29 @@ async fn serve(
 
     // Started by the first send: a session that only listens (most of
     // them) costs no task and no queue for it.
-    let mut sends: Option<mpsc::Sender<pb::SendMessageRequest>> = None;
+    let mut sends: Option<(mpsc::Sender<pb::SendMessageRequest>, JoinHandle<()>)> = None;
+    let draining = state.draining.clone();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return "server shutdown",
+            _ = draining.cancelled() => {
+                // Read nothing more; commit and ack what was read, then
+                // tell the client to go elsewhere. Bounded by the grace
+                // period (`shutdown`).
+                if let Some((queue, worker)) = sends.take() {
+                    drop(queue);
+                    tokio::select! {
+                        _ = worker => {}
+                        _ = shutdown.cancelled() => return "server shutdown",
+                    }
+                }
+                let end = Status::from(ApiError::Unavailable(super::chat::SHUTTING_DOWN.into()));
+                tokio::select! {
+                    _ = out.send(Err(Box::new(end))) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                return "server shutting down";
+            }
             _ = closed.cancelled() => return "slow reader disconnected",
             event = session.events.recv() => {
                 let Some(event) = event else { return "session closed" };
@@ -343,7 +363,7 @@ async fn serve(
                     In::Send(req) => {
                         // Waiting here when the queue is full stops reading
                         // the client, which pushes back on it.
-                        let sends = sends.get_or_insert_with(|| {
+                        let (sends, _) = sends.get_or_insert_with(|| {
                             spawn_send_worker(
                                 state,
                                 username,
@@ -402,11 +422,11 @@ fn spawn_send_worker(
     session_id: u64,
     out: &Outbound,
     capacity: usize,
-) -> mpsc::Sender<pb::SendMessageRequest> {
+) -> (mpsc::Sender<pb::SendMessageRequest>, JoinHandle<()>) {
     let capacity = capacity.max(1);
     let (sends, mut queued) = mpsc::channel::<pb::SendMessageRequest>(capacity);
     let (state, out, user) = (state.clone(), out.clone(), username.to_owned());
-    tokio::spawn(async move {
+    let worker = tokio::spawn(async move {
         let mut batch = Vec::with_capacity(capacity);
         while queued.recv_many(&mut batch, capacity).await > 0 {
             let ids: Vec<String> = batch.iter().map(|r| r.client_msg_id.clone()).collect();
@@ -432,7 +452,7 @@ fn spawn_send_worker(
             }
         }
     });
-    sends
+    (sends, worker)
 }
 
 #[cfg(test)]
