@@ -255,7 +255,10 @@ fn compose_defines_the_services_and_publishes_the_documented_ports() {
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("{name}'s stop_grace_period {stop:?} is whole seconds"));
         let grace: u64 = env["CHAT_SHUTDOWN_GRACE_SECS"].parse().expect("a number");
-        assert!(stop > grace, "{name}: stop_grace_period {stop}s <= grace {grace}s");
+        assert!(
+            stop > grace,
+            "{name}: stop_grace_period {stop}s <= grace {grace}s"
+        );
         // Built from the Dockerfile at the repository root.
         let build = &compose.service(name)["build"];
         let context = repo_root().join("deploy").join(scalar(&build["context"]));
