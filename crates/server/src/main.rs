@@ -240,6 +240,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         },
         cluster,
         admin_token,
+        retention: None,
     };
     let listeners = Listeners::bind(&config)
         .await
