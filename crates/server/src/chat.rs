@@ -115,6 +115,7 @@ impl AppState {
             target,
             body: input.body,
             client_msg_id: input.client_msg_id,
+            sent_at_unix_ms: None,
         };
         Ok((message, is_direct))
     }

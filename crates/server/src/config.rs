@@ -28,6 +28,63 @@ pub struct Config {
     /// have read (commit and ack them) before it closes them anyway.
     /// Default: 10 s.
     pub shutdown_grace: Duration,
+    /// Deletes history older than a maximum age, in the background (see
+    /// [`Retention`]). Default: none, and history is kept forever.
+    pub retention: Option<Retention>,
+}
+
+/// The data retention policy: messages (text and events, of every
+/// conversation) sent longer ago than `max_age` are deleted for everyone,
+/// by a background task that runs once when the server starts and then
+/// every `interval`. Seqs are not reused: a conversation's history simply
+/// starts later, its `last_seq`, read cursors and unread counts (of the
+/// messages that remain) stay right. Every server of a cluster may run it
+/// on the shared store; deleting is idempotent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// Messages older than this are deleted. No default: it is what turns
+    /// the policy on. At least one second.
+    pub max_age: Duration,
+    /// The time between two passes. Default: 1 hour.
+    pub interval: Duration,
+    /// The most messages one delete removes: a pass deletes batch after
+    /// batch until none is left, so no transaction holds the store (the
+    /// single SQLite writer, or PostgreSQL row locks) for long. Default:
+    /// 1000; at most 100 000.
+    pub batch: usize,
+}
+
+impl Retention {
+    /// The largest batch accepted.
+    pub const MAX_BATCH: usize = 100_000;
+
+    /// Keeps messages for `max_age`, with the default interval and batch.
+    pub fn new(max_age: Duration) -> Self {
+        Self {
+            max_age,
+            interval: Duration::from_secs(3600),
+            batch: 1000,
+        }
+    }
+
+    /// Refuses a policy that cannot work: a zero age would delete every
+    /// message as it is sent, a zero interval would never rest, and a
+    /// batch must delete something but stay short.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_age < Duration::from_secs(1) {
+            return Err("the retention age must be at least one second".into());
+        }
+        if self.interval < Duration::from_millis(10) {
+            return Err("the retention interval must be at least 10 ms".into());
+        }
+        if self.batch == 0 || self.batch > Self::MAX_BATCH {
+            return Err(format!(
+                "the retention batch must be between 1 and {}",
+                Self::MAX_BATCH
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The admin API's bearer token. A newtype rather than a `String` so that
@@ -228,13 +285,36 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             admin_token: None,
             shutdown_grace: Duration::from_secs(10),
+            retention: None,
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::AdminToken;
+    use super::{AdminToken, Retention};
+    use std::time::Duration;
+
+    #[test]
+    fn retention_defaults_and_bounds() {
+        let policy = Retention::new(Duration::from_secs(30 * 86_400));
+        assert_eq!(
+            (policy.interval, policy.batch),
+            (Duration::from_secs(3600), 1000)
+        );
+        assert_eq!(policy.validate(), Ok(()));
+        let with = |change: fn(&mut Retention)| {
+            let mut policy = policy.clone();
+            change(&mut policy);
+            policy.validate()
+        };
+        assert!(with(|p| p.max_age = Duration::ZERO).is_err());
+        assert!(with(|p| p.max_age = Duration::from_millis(999)).is_err());
+        assert!(with(|p| p.interval = Duration::ZERO).is_err());
+        assert!(with(|p| p.batch = 0).is_err());
+        assert!(with(|p| p.batch = Retention::MAX_BATCH + 1).is_err());
+        assert_eq!(with(|p| p.batch = Retention::MAX_BATCH), Ok(()));
+    }
 
     #[test]
     fn admin_tokens_are_checked_and_never_shown() {

@@ -20,6 +20,7 @@
 //!   inbox and heartbeat.
 //! - [`dead_letters`]: the dead-letter queue: records routing could not
 //!   process, stored for an operator to inspect and replay.
+//! - [`retention`]: the optional background deletion of old history.
 //! - [`grpc`]: the `chat.v1` services. Only this module sees protobuf.
 //! - [`http`]: the JSON API (registration, profiles, health, metrics, and
 //!   the admin API behind the admin token).
@@ -34,6 +35,7 @@ pub mod http;
 pub mod names;
 pub mod presence;
 pub mod rate;
+pub mod retention;
 pub mod routing;
 pub mod sessions;
 pub mod settings;
@@ -181,6 +183,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.cluster.validate().map_err(ServerError::Config)?;
+    if let Some(retention) = &config.retention {
+        retention.validate().map_err(ServerError::Config)?;
+    }
     let backends = Backends::connect(&config).await?;
     run_with(config, backends, listeners, shutdown).await
 }
@@ -194,6 +199,9 @@ pub async fn run_with(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    if let Some(retention) = &config.retention {
+        retention.validate().map_err(ServerError::Config)?;
+    }
     let token = CancellationToken::new();
     let draining = CancellationToken::new();
     let (dead_letter_queue, dead_letters) = dead_letters::queue();
@@ -221,6 +229,9 @@ pub async fn run_with(
         state.clone(),
         dead_letters,
     ));
+    if let Some(policy) = state.config.retention.clone() {
+        background.spawn(retention::run(state.clone(), policy));
+    }
     background.close();
     tracing::info!(
         node = %state.node_id(),

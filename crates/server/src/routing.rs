@@ -102,6 +102,10 @@ pub struct Stats {
     /// Dead letters this node could not store (queue or table full, store
     /// failing): logged at error level, and lost.
     pub dead_letter_failures: AtomicU64,
+    /// Messages this node's retention passes deleted.
+    pub retention_deleted: AtomicU64,
+    /// Retention deletes the store refused (logged; the next pass retries).
+    pub retention_failures: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {

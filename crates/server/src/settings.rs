@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{
-    AdminToken, BusBackend, ClusterConfig, Config, Durability, Limits, RegistryBackend,
+    AdminToken, BusBackend, ClusterConfig, Config, Durability, Limits, RegistryBackend, Retention,
     StoreBackend,
 };
 
@@ -140,6 +140,11 @@ pub struct Settings {
     /// Seconds a stopping server gives its sessions to finish their
     /// in-flight sends before it closes them anyway. Default: 10.
     pub shutdown_grace_secs: u64,
+    /// Delete messages older than this many days, for everyone; 0 keeps
+    /// history forever. Default: 0.
+    pub retention_days: u32,
+    /// Seconds between two retention passes. Default: 3600.
+    pub retention_interval_secs: u64,
 }
 
 impl Default for Settings {
@@ -177,6 +182,8 @@ impl Default for Settings {
             max_dead_letters: limits.max_dead_letters,
             admin_token: None,
             shutdown_grace_secs: config.shutdown_grace.as_secs(),
+            retention_days: 0,
+            retention_interval_secs: Retention::new(Duration::from_secs(1)).interval.as_secs(),
         }
     }
 }
@@ -296,6 +303,14 @@ pub struct Overrides {
     /// 10.
     #[arg(long, env = "CHAT_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
+    /// Delete messages older than this many days, for everyone, in the
+    /// background (0: keep history forever). Default: 0.
+    #[arg(long, env = "CHAT_RETENTION_DAYS")]
+    pub retention_days: Option<u32>,
+    /// Seconds between two retention passes (the first runs at start).
+    /// Default: 3600.
+    #[arg(long, env = "CHAT_RETENTION_INTERVAL_SECS")]
+    pub retention_interval_secs: Option<u64>,
 }
 
 /// A setting with a value the server cannot run with.
@@ -402,6 +417,8 @@ impl Settings {
             max_dead_letters,
             admin_token,
             shutdown_grace_secs,
+            retention_days,
+            retention_interval_secs,
         );
     }
 
@@ -517,6 +534,20 @@ impl Settings {
             .map(AdminToken::new)
             .transpose()
             .map_err(|e| invalid("admin_token", e))?;
+        let retention = match self.retention_days {
+            0 => None,
+            days => {
+                let mut policy = Retention::new(Duration::from_secs(u64::from(days) * 86_400));
+                policy.interval = Duration::from_secs(self.retention_interval_secs);
+                policy
+                    .validate()
+                    .map_err(|e| invalid("retention_interval_secs", e))?;
+                Some(policy)
+            }
+        };
+        if self.retention_interval_secs == 0 {
+            return Err(invalid("retention_interval_secs", "must be at least 1"));
+        }
         Ok(Config {
             data_dir: self.data_dir,
             grpc_addr: self.grpc_addr,
@@ -529,6 +560,7 @@ impl Settings {
             cluster,
             admin_token,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            retention,
         })
     }
 }
@@ -699,6 +731,28 @@ mod tests {
             },
             "session_ttl_secs",
         );
+    }
+
+    #[test]
+    fn retention_is_off_by_default_and_in_days() {
+        assert_eq!(Settings::default().into_config().unwrap().retention, None);
+        let config = Settings {
+            retention_days: 30,
+            retention_interval_secs: 60,
+            ..Settings::default()
+        }
+        .into_config()
+        .unwrap();
+        let policy = config.retention.expect("a policy");
+        assert_eq!(policy.max_age, Duration::from_secs(30 * 86_400));
+        assert_eq!(policy.interval, Duration::from_secs(60));
+        let e = Settings {
+            retention_interval_secs: 0,
+            ..Settings::default()
+        }
+        .into_config()
+        .unwrap_err();
+        assert_eq!(e.key, "retention_interval_secs");
     }
 
     #[test]

@@ -18,7 +18,10 @@
 //!
 //! - A message is committed before `append_message` returns.
 //! - Each conversation numbers its messages 1, 2, 3, … with no gaps.
-//! - `(sender, client_msg_id)` is unique: a retry returns the original.
+//! - `(sender, client_msg_id)` is unique: a retry returns the original
+//!   (for as long as the original is kept: see
+//!   [`MessageStore::delete_messages_before`]).
+//! - A seq is never reused, even after its message was deleted.
 //! - Reads check membership: a conversation the caller is not a member of
 //!   answers [`StoreError::NotFound`], exactly like one that does not exist.
 //!
@@ -156,6 +159,16 @@ pub trait MessageStore: Send + Sync + 'static {
         username: &str,
         conversation_id: &str,
     ) -> Result<Vec<(String, u64)>>;
+    /// Deletes at most `batch` messages (of any kind, in any conversation)
+    /// sent before `cutoff_unix_ms`, oldest first, and returns how many:
+    /// the retention policy calls it until it answers 0, so that no
+    /// transaction holds the database for long. Conversations keep their
+    /// `last_seq` and members their cursors, so seqs are never reused and
+    /// unread counts stay exact (they count the messages that remain). A
+    /// deleted message's `(sender, client_msg_id)` is forgotten with it.
+    /// Several servers may run it at once. `batch` 0 answers
+    /// [`StoreError::Invalid`].
+    async fn delete_messages_before(&self, cutoff_unix_ms: i64, batch: usize) -> Result<u64>;
 }
 
 /// Groups and their membership.

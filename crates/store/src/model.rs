@@ -36,6 +36,11 @@ pub struct NewMessage {
     pub target: Target,
     pub body: String,
     pub client_msg_id: String,
+    /// When the message was written, if not now: a message brought over
+    /// from elsewhere keeps its original time, so the retention policy
+    /// sees it as old as it is. `None` (what the server always passes):
+    /// the commit time. The time never orders anything; the seq does.
+    pub sent_at_unix_ms: Option<i64>,
 }
 
 /// A committed message.

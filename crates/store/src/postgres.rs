@@ -31,6 +31,10 @@
 //!   appends its event with the next seq, all in one transaction. Changes
 //!   of one message are thus serialised across servers: of two deletions,
 //!   one commits and the other finds no live message.
+//! - **Retention.** `delete_messages_before` deletes a bounded batch of
+//!   the oldest messages in one short statement, skipping rows another
+//!   server's pass holds; `conversations.last_seq` is left alone, so a seq
+//!   is never handed out twice.
 //! - **Acknowledged means committed.** Every write returns only after its
 //!   `COMMIT` answered. An error is [`StoreError::Unavailable`] when the
 //!   database cannot be reached, answers too slowly, or asks to retry
@@ -249,6 +253,11 @@ CREATE INDEX dead_letters_by_time ON dead_letters (created_at_ms);
 ALTER TABLE messages ADD COLUMN target_seq BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE messages ADD COLUMN edited_at_ms BIGINT;
 ALTER TABLE messages ADD COLUMN deleted BOOLEAN NOT NULL DEFAULT FALSE;
+"#,
+    // Retention: messages by the time they were sent, so that finding the
+    // oldest is a range of an index, not a scan of every message.
+    r#"
+CREATE INDEX messages_by_time ON messages (sent_at_ms);
 "#,
 ];
 
@@ -836,13 +845,14 @@ async fn append(client: &mut Object, msg: NewMessage) -> Result<Appended> {
 
     let id = new_id('m');
     let kind = MessageKind::Text.as_str();
+    let sent_at = msg.sent_at_unix_ms.unwrap_or(now);
     let params: [&(dyn ToSql + Sync); 8] = [
         &conversation_id,
         &id,
         &msg.sender,
         &msg.body,
         &msg.client_msg_id,
-        &now,
+        &sent_at,
         &kind,
         &0i64,
     ];
@@ -904,7 +914,7 @@ async fn append(client: &mut Object, msg: NewMessage) -> Result<Appended> {
             sender: msg.sender,
             body: msg.body,
             client_msg_id: msg.client_msg_id,
-            sent_at_unix_ms: now,
+            sent_at_unix_ms: sent_at,
             kind: MessageKind::Text,
             target_seq: 0,
             edited: false,
@@ -1222,6 +1232,19 @@ async fn change_message(client: &mut Object, change: MessageChange) -> Result<Ap
         duplicate: false,
     })
 }
+
+// --------------------------------------------------------------- retention
+
+/// Deletes at most `$2` messages sent before `$1`, oldest first (a range of
+/// `messages_by_time`). Rows another server's pass has locked are skipped,
+/// not waited for: passes of several servers delete disjoint batches, and
+/// whatever one skips the other deletes. Only message rows are locked, so
+/// this never waits for a send or a change of a conversation.
+const DELETE_BEFORE: &str = "
+    DELETE FROM messages WHERE (conversation_id, seq) IN
+      (SELECT conversation_id, seq FROM messages
+        WHERE sent_at_ms < $1 ORDER BY sent_at_ms LIMIT $2
+        FOR UPDATE SKIP LOCKED)";
 
 // ------------------------------------------------------------------ groups
 
@@ -1909,6 +1932,22 @@ impl MessageStore for PostgresStore {
         let outcome = tokio::time::timeout(self.operation_timeout, async {
             usernames(query(&client, SQL, &[&username, &largest]).await?)
         })
+        .await;
+        self.settle(client, outcome)
+    }
+
+    async fn delete_messages_before(&self, cutoff_unix_ms: i64, batch: usize) -> Result<u64> {
+        if batch == 0 {
+            return Err(StoreError::Invalid(
+                "a batch deletes at least one message".into(),
+            ));
+        }
+        let batch = i64::try_from(batch).unwrap_or(i64::MAX);
+        let client = self.client().await?;
+        let outcome = tokio::time::timeout(
+            self.operation_timeout,
+            execute(&client, DELETE_BEFORE, &[&cutoff_unix_ms, &batch]),
+        )
         .await;
         self.settle(client, outcome)
     }

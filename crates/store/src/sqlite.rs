@@ -144,6 +144,11 @@ ALTER TABLE messages ADD COLUMN target_seq INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE messages ADD COLUMN edited_at_ms INTEGER;
 ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
 "#,
+    // Retention: messages by the time they were sent, so that finding the
+    // oldest is a range of an index, not a scan of every message.
+    r#"
+CREATE INDEX messages_by_time ON messages (sent_at_ms);
+"#,
 ];
 
 impl SqliteStore {
@@ -209,10 +214,11 @@ impl SqliteStore {
         match writes.try_send(op) {
             Ok(()) => {}
             Err(mpsc::TrySendError::Full(op)) => {
-                tokio::task::spawn_blocking(move || writes.send(op))
+                // A failed send hands the op back; it is of no use then.
+                tokio::task::spawn_blocking(move || writes.send(op).map_err(drop))
                     .await
                     .map_err(|e| StoreError::Internal(e.to_string()))?
-                    .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+                    .map_err(|()| StoreError::Unavailable("the store is closed".into()))?;
             }
             Err(mpsc::TrySendError::Disconnected(_)) => {
                 return Err(StoreError::Unavailable("the store is closed".into()))
@@ -524,6 +530,12 @@ enum WriteOp {
         oneshot::Sender<Result<GroupChanged>>,
     ),
     ChangeMessage(MessageChange, oneshot::Sender<Result<Appended>>),
+    /// Deletes at most `batch` messages sent before `cutoff` (Unix ms).
+    DeleteBefore {
+        cutoff: i64,
+        batch: usize,
+        reply: oneshot::Sender<Result<u64>>,
+    },
     DeadLetter(dead_letters::Op),
 }
 
@@ -539,6 +551,7 @@ enum Answer {
     Read(oneshot::Sender<Result<ReadCursor>>, Result<ReadCursor>),
     Delivered(oneshot::Sender<Result<u64>>, Result<u64>),
     Group(oneshot::Sender<Result<GroupChanged>>, Result<GroupChanged>),
+    Deleted(oneshot::Sender<Result<u64>>, Result<u64>),
     DeadLetter(dead_letters::Answer),
 }
 
@@ -558,6 +571,7 @@ impl Answer {
             Answer::Read(tx, r) => Answer::Read(tx, e(r, error)),
             Answer::Delivered(tx, r) => Answer::Delivered(tx, e(r, error)),
             Answer::Group(tx, r) => Answer::Group(tx, e(r, error)),
+            Answer::Deleted(tx, r) => Answer::Deleted(tx, e(r, error)),
             Answer::DeadLetter(a) => Answer::DeadLetter(a.fail(error)),
         }
     }
@@ -572,6 +586,7 @@ impl Answer {
             Answer::Read(tx, r) => tx.send(r).is_ok(),
             Answer::Delivered(tx, r) => tx.send(r).is_ok(),
             Answer::Group(tx, r) => tx.send(r).is_ok(),
+            Answer::Deleted(tx, r) => tx.send(r).is_ok(),
             Answer::DeadLetter(a) => {
                 a.send();
                 true
@@ -743,6 +758,7 @@ fn unapplied(op: WriteOp, e: &StoreError) -> Answer {
         WriteOp::MarkDelivered { reply, .. } => Answer::Delivered(reply, err(e)),
         WriteOp::ChangeGroup(_, _, reply) => Answer::Group(reply, err(e)),
         WriteOp::ChangeMessage(_, reply) => Answer::Appended(reply, err(e)),
+        WriteOp::DeleteBefore { reply, .. } => Answer::Deleted(reply, err(e)),
         WriteOp::DeadLetter(op) => Answer::DeadLetter(op.unapplied(e)),
     }
 }
@@ -815,6 +831,14 @@ fn apply_one(conn: &Connection, op: WriteOp, now: i64) -> Answer {
             reply,
             in_savepoint(conn, |c| change_group(c, change, limits, now)),
         ),
+        WriteOp::DeleteBefore {
+            cutoff,
+            batch,
+            reply,
+        } => Answer::Deleted(
+            reply,
+            in_savepoint(conn, |c| delete_messages_before(c, cutoff, batch)),
+        ),
         WriteOp::DeadLetter(op) => Answer::DeadLetter(op.apply(conn, now)),
     }
 }
@@ -840,6 +864,7 @@ fn create_user(conn: &Connection, user: NewUser, now: i64) -> Result<UserProfile
 }
 
 fn append(conn: &Connection, msg: NewMessage, now: i64) -> Result<Appended> {
+    let sent_at = msg.sent_at_unix_ms.unwrap_or(now);
     let existing = conn
         .prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender = ?1 AND client_msg_id = ?2"
@@ -876,7 +901,7 @@ fn append(conn: &Connection, msg: NewMessage, now: i64) -> Result<Appended> {
         sender: msg.sender,
         body: msg.body,
         client_msg_id: msg.client_msg_id,
-        sent_at_unix_ms: now,
+        sent_at_unix_ms: sent_at,
         kind: MessageKind::Text,
         target_seq: 0,
         edited: false,
@@ -893,7 +918,7 @@ fn append(conn: &Connection, msg: NewMessage, now: i64) -> Result<Appended> {
         message.sender,
         message.body,
         message.client_msg_id,
-        now
+        sent_at
     ])?;
     let members = members(conn, &message.conversation_id)?;
     Ok(Appended {
@@ -1217,6 +1242,21 @@ fn change_message(conn: &Connection, change: MessageChange, now: i64) -> Result<
     })
 }
 
+/// Deletes at most `batch` messages sent before `cutoff`, oldest first
+/// (a range of `messages_by_time`). Nothing else changes: the
+/// conversations keep their last seq, the members their cursors.
+fn delete_messages_before(conn: &Connection, cutoff: i64, batch: usize) -> Result<u64> {
+    let batch = i64::try_from(batch).unwrap_or(i64::MAX);
+    let deleted = conn
+        .prepare_cached(
+            "DELETE FROM messages WHERE (conversation_id, seq) IN
+               (SELECT conversation_id, seq FROM messages
+                 WHERE sent_at_ms < ?1 ORDER BY sent_at_ms LIMIT ?2)",
+        )?
+        .execute(params![cutoff, batch])?;
+    Ok(deleted as u64)
+}
+
 /// Adds a member who reads from `joined_seq` on (nothing before is unread).
 fn add_member(
     conn: &Connection,
@@ -1535,6 +1575,20 @@ impl MessageStore for SqliteStore {
             )?;
             let rows = stmt.query_map(params![username, largest], |r| r.get(0))?;
             Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+        })
+        .await
+    }
+
+    async fn delete_messages_before(&self, cutoff_unix_ms: i64, batch: usize) -> Result<u64> {
+        if batch == 0 {
+            return Err(StoreError::Invalid(
+                "a batch deletes at least one message".into(),
+            ));
+        }
+        self.write(|reply| WriteOp::DeleteBefore {
+            cutoff: cutoff_unix_ms,
+            batch,
+            reply,
         })
         .await
     }

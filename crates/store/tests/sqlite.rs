@@ -38,6 +38,7 @@ conformance!(
     dead_letters_keep_reason_time_and_payload,
     dead_letter_pages_are_bounded,
     dead_letter_replays_are_recorded_and_purges_select,
+    retention_deletes_old_messages_in_bounded_batches,
 );
 
 #[tokio::test]
@@ -64,6 +65,7 @@ async fn data_survives_reopening_and_migrations_are_idempotent() {
                 target: Target::Direct("bob".into()),
                 body: "kept".into(),
                 client_msg_id: "1".into(),
+                sent_at_unix_ms: None,
             })
             .await
             .unwrap();
@@ -107,6 +109,7 @@ async fn the_wal_stays_bounded() {
                 target: Target::Direct("bob".into()),
                 body: body.clone(),
                 client_msg_id: i.to_string(),
+                sent_at_unix_ms: None,
             })
             .await
             .unwrap();

@@ -68,6 +68,18 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         "Dead letters this node could not store (logged, lost).",
         counter(&stats.dead_letter_failures),
     );
+    metric(
+        "chat_retention_deleted_total",
+        "counter",
+        "Messages this node's retention passes deleted (older than the configured age).",
+        counter(&stats.retention_deleted),
+    );
+    metric(
+        "chat_retention_failures_total",
+        "counter",
+        "Retention deletes the store refused (logged; the next pass retries).",
+        counter(&stats.retention_failures),
+    );
     // Counted on demand: the table is shared by every node of a cluster,
     // so no node's counter could say it. A store that cannot answer leaves
     // the gauge out rather than failing the whole scrape.

@@ -22,6 +22,7 @@ fn direct(from: &str, to: &str, body: &str, id: &str) -> NewMessage {
         target: Target::Direct(to.into()),
         body: body.into(),
         client_msg_id: id.into(),
+        sent_at_unix_ms: None,
     }
 }
 
@@ -1015,4 +1016,303 @@ pub async fn senders_edit_and_delete_their_messages_through_ordered_events(store
     // Edits and deletes never count as unread.
     let bob = store.conversations("bob").await.unwrap().remove(0);
     assert_eq!((bob.last_seq, bob.unread_count), (4, 1));
+}
+
+pub async fn retention_deletes_old_messages_in_bounded_batches(store: Arc<dyn Store>) {
+    use chat_store::{GroupChange, MessageChange, MessageKind};
+    users(&*store, &["alice", "bob", "carol"]).await;
+    const HOUR: i64 = 3_600_000;
+    const DAY: i64 = 24 * HOUR;
+    let now = now_ms();
+    let aged = |message: NewMessage, age: i64| NewMessage {
+        sent_at_unix_ms: Some(now - age),
+        ..message
+    };
+    // alice–bob: seqs 1..=5 from 14 down to 10 days ago (alice the odd
+    // ones, bob the even ones), then 6..=8 now.
+    let mut ab = String::new();
+    for seq in 1..=5i64 {
+        let (from, to) = if seq % 2 == 1 {
+            ("alice", "bob")
+        } else {
+            ("bob", "alice")
+        };
+        let body = format!("old {seq}");
+        let message = aged(
+            direct(from, to, &body, &format!("o{seq}")),
+            (15 - seq) * DAY,
+        );
+        let stored = store.append_message(message).await.unwrap().message;
+        assert_eq!(stored.seq, seq as u64);
+        assert_eq!(stored.sent_at_unix_ms, now - (15 - seq) * DAY);
+        ab = stored.conversation_id;
+    }
+    for (seq, from, to) in [
+        (6, "alice", "bob"),
+        (7, "bob", "alice"),
+        (8, "alice", "bob"),
+    ] {
+        let m = store
+            .append_message(direct(from, to, "new", &format!("r{seq}")))
+            .await
+            .unwrap()
+            .message;
+        assert_eq!(m.seq, seq);
+        assert!(m.sent_at_unix_ms >= now);
+    }
+    // An edit of a recent message (9) and the deletion of an old one (10):
+    // both events are recent.
+    let change = |seq: u64, body: Option<&str>, key: &str| MessageChange {
+        editor: "alice".into(),
+        conversation_id: ab.clone(),
+        seq,
+        body: body.map(str::to_owned),
+        client_msg_id: key.into(),
+    };
+    store
+        .change_message(change(6, Some("newer"), "x9"))
+        .await
+        .unwrap();
+    store.change_message(change(3, None, "x10")).await.unwrap();
+    // alice–carol: 30 and 20 days old, then 12 hours old (younger than
+    // the cutoff of one day).
+    let ac = store
+        .append_message(aged(direct("alice", "carol", "c1", "c1"), 30 * DAY))
+        .await
+        .unwrap()
+        .message
+        .conversation_id;
+    for (key, age) in [("c2", 20 * DAY), ("c3", 12 * HOUR)] {
+        store
+            .append_message(aged(direct("alice", "carol", key, key), age))
+            .await
+            .unwrap();
+    }
+    // A group whose creation event is recent and whose last message, its
+    // only text, is 15 days old.
+    let group = store
+        .change_group(
+            GroupChange::Create {
+                owner: "alice".into(),
+                name: "g".into(),
+                members: vec!["bob".into()],
+            },
+            limits(),
+        )
+        .await
+        .unwrap()
+        .group
+        .id;
+    store
+        .append_message(aged(to_group("alice", &group, "g2", "g2"), 15 * DAY))
+        .await
+        .unwrap();
+    // Cursors inside what retention deletes.
+    assert_eq!(
+        store.mark_read("bob", &ab, 4).await.unwrap().unread_count,
+        3
+    );
+    assert_eq!(store.mark_delivered("bob", &ab, 5).await.unwrap(), 5);
+    let unread = |list: &[chat_store::ConversationSummary], id: &str| {
+        let c = list.iter().find(|c| c.id == id).unwrap();
+        (c.last_seq, c.read_seq, c.delivered_seq, c.unread_count)
+    };
+    let bob = store.conversations("bob").await.unwrap();
+    assert_eq!(unread(&bob, &ab), (10, 4, 5, 3));
+    assert_eq!(unread(&bob, &group), (2, 0, 0, 1));
+    let alice = store.conversations("alice").await.unwrap();
+    assert_eq!(unread(&alice, &ab), (10, 0, 0, 3));
+
+    let cutoff = now - DAY;
+    // Bad input changes nothing (the count below proves it).
+    assert!(matches!(
+        store.delete_messages_before(cutoff, 0).await,
+        Err(StoreError::Invalid(_))
+    ));
+    // Eight messages are older than the cutoff; batches of 3 delete them
+    // oldest first, and the one after the last finds nothing.
+    let first = store.delete_messages_before(cutoff, 3).await.unwrap();
+    assert_eq!(first, 3);
+    // The three oldest: alice–carol's two and the group's text.
+    let seqs = |p: chat_store::HistoryPage| {
+        (
+            p.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            p.has_more,
+        )
+    };
+    let all = HistoryQuery::default();
+    assert_eq!(
+        seqs(store.history("carol", &ac, all).await.unwrap()),
+        (vec![3], false)
+    );
+    assert_eq!(
+        seqs(store.history("bob", &ab, all).await.unwrap()).0,
+        (1..=10).collect::<Vec<u64>>()
+    );
+    let mut batches = vec![first];
+    for _ in 0..10 {
+        let n = store.delete_messages_before(cutoff, 3).await.unwrap();
+        batches.push(n);
+        if n == 0 {
+            break;
+        }
+    }
+    assert_eq!(batches, [3, 3, 2, 0]);
+    assert_eq!(store.delete_messages_before(cutoff, 3).await.unwrap(), 0);
+
+    // History starts after the gap, in both directions, and pages across it.
+    let q = |before, after, limit| HistoryQuery {
+        before_seq: before,
+        after_seq: after,
+        limit,
+    };
+    for user in ["alice", "bob"] {
+        assert_eq!(
+            seqs(store.history(user, &ab, all).await.unwrap()),
+            (vec![6, 7, 8, 9, 10], false)
+        );
+    }
+    assert_eq!(
+        seqs(store.history("bob", &ab, q(None, None, 2)).await.unwrap()),
+        (vec![9, 10], true)
+    );
+    assert_eq!(
+        seqs(
+            store
+                .history("bob", &ab, q(Some(9), None, 2))
+                .await
+                .unwrap()
+        ),
+        (vec![7, 8], true)
+    );
+    assert_eq!(
+        seqs(
+            store
+                .history("bob", &ab, q(Some(7), None, 2))
+                .await
+                .unwrap()
+        ),
+        (vec![6], false)
+    );
+    assert_eq!(
+        seqs(
+            store
+                .history("bob", &ab, q(Some(6), None, 2))
+                .await
+                .unwrap()
+        ),
+        (vec![], false)
+    );
+    assert_eq!(
+        seqs(
+            store
+                .history("bob", &ab, q(None, Some(0), 2))
+                .await
+                .unwrap()
+        ),
+        (vec![6, 7], true)
+    );
+    assert_eq!(
+        seqs(
+            store
+                .history("bob", &ab, q(None, Some(2), 3))
+                .await
+                .unwrap()
+        ),
+        (vec![6, 7, 8], true)
+    );
+    assert_eq!(
+        seqs(
+            store
+                .history("bob", &ab, q(None, Some(8), 3))
+                .await
+                .unwrap()
+        ),
+        (vec![9, 10], false)
+    );
+    let page = store.history("bob", &ab, all).await.unwrap();
+    let kept: Vec<(&str, bool, MessageKind)> = page
+        .messages
+        .iter()
+        .map(|m| (m.body.as_str(), m.edited, m.kind))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            ("newer", true, MessageKind::Text),
+            ("new", false, MessageKind::Text),
+            ("new", false, MessageKind::Text),
+            ("newer", false, MessageKind::MessageEdited),
+            ("", false, MessageKind::MessageDeleted),
+        ]
+    );
+    assert_eq!(
+        seqs(store.history("carol", &ac, all).await.unwrap()),
+        (vec![3], false)
+    );
+    assert_eq!(
+        seqs(store.history("bob", &group, all).await.unwrap()),
+        (vec![1], false)
+    );
+
+    // Seqs and cursors stay; unread counts count what remains; a preview
+    // whose message is gone is absent.
+    let bob = store.conversations("bob").await.unwrap();
+    assert_eq!(unread(&bob, &ab), (10, 4, 5, 2));
+    assert_eq!(unread(&bob, &group), (2, 0, 0, 0));
+    let preview = |list: &[chat_store::ConversationSummary], id: &str| {
+        let c = list.iter().find(|c| c.id == id).unwrap();
+        c.last_message.as_ref().map(|m| m.seq)
+    };
+    assert_eq!(preview(&bob, &ab), Some(10));
+    assert_eq!(preview(&bob, &group), None);
+    let alice = store.conversations("alice").await.unwrap();
+    assert_eq!(unread(&alice, &ab), (10, 0, 0, 1));
+    assert_eq!(unread(&alice, &ac), (3, 0, 0, 0));
+    assert_eq!(
+        store.read_cursors("alice", &ab).await.unwrap(),
+        vec![("alice".to_string(), 0), ("bob".to_string(), 4)]
+    );
+    let group_info = store.group("bob", &group).await.unwrap();
+    assert_eq!((group_info.last_seq, group_info.members.len()), (2, 2));
+
+    // A deleted message cannot be changed; a kept one's retry still finds
+    // the original.
+    assert!(matches!(
+        store.change_message(change(1, Some("x"), "x11")).await,
+        Err(StoreError::NotFound)
+    ));
+    let retry = store
+        .append_message(direct("bob", "alice", "new", "r7"))
+        .await
+        .unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(retry.message.seq, 7);
+
+    // The chat goes on with the next seqs, never a deleted one.
+    let next = store
+        .append_message(direct("bob", "alice", "after", "n1"))
+        .await
+        .unwrap()
+        .message;
+    assert_eq!((next.conversation_id.as_str(), next.seq), (ab.as_str(), 11));
+    let next = store
+        .append_message(to_group("alice", &group, "after", "n2"))
+        .await
+        .unwrap()
+        .message;
+    assert_eq!(next.seq, 3);
+    let alice = store.conversations("alice").await.unwrap();
+    assert_eq!(unread(&alice, &ab), (11, 0, 0, 2));
+    let read = store.mark_read("alice", &ab, 1000).await.unwrap();
+    assert_eq!((read.read_seq, read.unread_count), (11, 0));
+    assert_eq!(
+        seqs(
+            store
+                .history("alice", &ab, q(None, Some(9), 5))
+                .await
+                .unwrap()
+        ),
+        (vec![10, 11], false)
+    );
 }
