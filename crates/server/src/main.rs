@@ -121,9 +121,9 @@ struct Args {
     /// Messages per user per second (0: no limit).
     #[arg(long, env = "CHAT_SENDS_PER_SECOND", default_value_t = Limits::default().sends_per_second)]
     sends_per_second: u32,
-    /// Enables the admin HTTP API (`/admin/…`, the dead-letter queue) for
-    /// requests with `Authorization: Bearer <token>`; at least 16
-    /// characters. Without it the admin API does not exist (404).
+    /// Enables the admin HTTP API (`/admin/…`: users, sessions, servers,
+    /// dead letters) for requests with `Authorization: Bearer <token>`; at
+    /// least 16 characters. Without it the admin API does not exist (404).
     #[arg(long, env = "CHAT_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
 }
