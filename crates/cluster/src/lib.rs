@@ -16,7 +16,7 @@ pub mod bus;
 pub mod registry;
 
 pub use bus::{Bus, Inbox};
-pub use registry::{SessionEntry, SessionRegistry};
+pub use registry::{NodeEntry, SessionEntry, SessionRegistry};
 
 /// The id of one server of a cluster.
 pub type NodeId = String;

@@ -20,6 +20,17 @@ async fn registry_entries_expire_unless_refreshed() {
 }
 
 #[tokio::test]
+async fn registry_lists_sessions() {
+    conformance::registry_lists_sessions(&MemoryRegistry::new(Duration::from_secs(15))).await;
+}
+
+#[tokio::test]
+async fn registry_lists_live_nodes() {
+    let ttl = Duration::from_millis(400);
+    conformance::registry_lists_live_nodes(&MemoryRegistry::new(ttl), ttl).await;
+}
+
+#[tokio::test]
 async fn bus_delivers_to_the_named_inbox_in_order() {
     conformance::bus_delivers_to_the_named_inbox_in_order(&MemoryBus::default(), "n1", "n2").await;
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chat_cluster::bus::RedisBus;
 use chat_cluster::registry::RedisRegistry;
+use chat_cluster::{SessionEntry, SessionRegistry};
 
 fn url() -> String {
     std::env::var("CHAT_TEST_REDIS_URL").expect(
@@ -33,6 +34,56 @@ async fn registry_entries_expire_unless_refreshed() {
         .await
         .unwrap();
     conformance::registry_entries_expire_unless_refreshed(&r, ttl).await;
+}
+
+#[tokio::test]
+async fn registry_lists_sessions() {
+    let r = RedisRegistry::connect(&url(), &prefix(), Duration::from_secs(15))
+        .await
+        .unwrap();
+    conformance::registry_lists_sessions(&r).await;
+}
+
+/// More sessions than one `SCAN` call covers, among other prefixes' keys:
+/// every one is listed, once, and the limit holds.
+#[tokio::test]
+async fn registry_lists_sessions_across_many_scan_pages() {
+    let (mine, other) = (prefix(), prefix());
+    let r = RedisRegistry::connect(&url(), &mine, Duration::from_secs(15))
+        .await
+        .unwrap();
+    let neighbour = RedisRegistry::connect(&url(), &other, Duration::from_secs(15))
+        .await
+        .unwrap();
+    let entries: Vec<SessionEntry> = (0..1500u64)
+        .map(|i| SessionEntry {
+            username: format!("user{i:04}"),
+            node: format!("n{}", i % 3),
+            session: i,
+        })
+        .collect();
+    r.refresh(&entries).await.unwrap();
+    neighbour.refresh(&entries[..100]).await.unwrap();
+    assert_eq!(r.list_sessions(None, 10_000).await.unwrap(), entries);
+    let n1: Vec<SessionEntry> = entries.iter().filter(|e| e.node == "n1").cloned().collect();
+    assert_eq!(r.list_sessions(Some("n1"), 10_000).await.unwrap(), n1);
+    let some = r.list_sessions(None, 700).await.unwrap();
+    assert_eq!(some.len(), 700);
+    assert!(some.windows(2).all(|w| w[0] < w[1]));
+    assert!(some.iter().all(|e| entries.contains(e)));
+    assert_eq!(
+        neighbour.list_sessions(None, 10_000).await.unwrap(),
+        entries[..100]
+    );
+}
+
+#[tokio::test]
+async fn registry_lists_live_nodes() {
+    let ttl = Duration::from_millis(800);
+    let r = RedisRegistry::connect(&url(), &prefix(), ttl)
+        .await
+        .unwrap();
+    conformance::registry_lists_live_nodes(&r, ttl).await;
 }
 
 #[tokio::test]

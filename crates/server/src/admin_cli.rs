@@ -2,6 +2,10 @@
 //! API (part of the binary, not of the library).
 //!
 //! ```text
+//! chat-server admin users list [--after USERNAME] [--limit N]
+//! chat-server admin users revoke <username>
+//! chat-server admin sessions [--node NODE] [--user USERNAME]
+//! chat-server admin nodes
 //! chat-server admin dead-letters list [--limit N] [--after ID] [--pending]
 //! chat-server admin dead-letters show <id>
 //! chat-server admin dead-letters replay <id>
@@ -9,19 +13,21 @@
 //! chat-server admin dead-letters purge [--before <unix ms | RFC 3339>] [--replayed]
 //! ```
 //!
-//! Results go to stdout, one per line, errors to stderr as `error: …`.
-//! Exit codes: 0 ok, 1 failure (server unreachable, not replayable, not
-//! delivered), 2 usage, 3 unauthorized (no or wrong admin token), 4 not
-//! found (no such dead letter, or the server has no admin API).
+//! Results go to stdout, one per line, tab-separated, errors to stderr as
+//! `error: …`. Exit codes: 0 ok, 1 failure (server unreachable, not
+//! replayable, not delivered), 2 usage, 3 unauthorized (no or wrong admin
+//! token), 4 not found (no such user or dead letter, or the server has no
+//! admin API).
 //!
 //! The HTTP client is a minimal HTTP/1.1 exchange over a tokio
 //! `TcpStream`, one request per connection: the admin API is plain JSON on
 //! a trusted network (HTTPS is not supported), and this keeps the binary
-//! free of an HTTP client stack for four requests.
+//! free of an HTTP client stack for a handful of requests.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
+use chat_server::http::MAX_SESSIONS;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,7 +36,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// The largest answer read.
 const MAX_ANSWER_BYTES: u64 = 64 * 1024 * 1024;
-/// Letters asked for per request.
+/// Letters (and users) asked for per request.
 const PAGE: u64 = 200;
 
 #[derive(Args, Debug)]
@@ -53,10 +59,42 @@ pub struct AdminArgs {
 
 #[derive(Subcommand, Debug)]
 enum AdminCommand {
+    /// Registered users, and revoking a user's secret.
+    #[command(subcommand)]
+    Users(UserCommand),
+    /// Who is connected to which server:
+    /// `<username>\t<node>\t<session>`, sorted.
+    Sessions {
+        /// Only the sessions on this server (node id).
+        #[arg(long)]
+        node: Option<String>,
+        /// Only the sessions of this user.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// The servers alive in the cluster:
+    /// `<node>\t<gRPC address>\t<HTTP address>\t<started>\t<last heartbeat>`.
+    Nodes,
     /// The dead-letter queue: delivery records the servers could not
     /// process.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    /// Users by username: `<username>\t<name>\t<created>`.
+    List {
+        /// At most this many (default: all).
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Only those after this username.
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Replaces the user's secret with a new one, printed to be handed to
+    /// the user, and ends every stream opened with the old one.
+    Revoke { username: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -128,7 +166,19 @@ async fn dispatch(args: AdminArgs) -> Result<(), Failure> {
         authority: authority(&args.http).map_err(|e| Failure::new(2, e))?,
         token,
     };
-    let AdminCommand::DeadLetters(command) = args.command;
+    let command = match args.command {
+        AdminCommand::Users(UserCommand::List { limit, after }) => {
+            return list_users(&api, limit, after).await
+        }
+        AdminCommand::Users(UserCommand::Revoke { username }) => {
+            return revoke(&api, &username).await
+        }
+        AdminCommand::Sessions { node, user } => {
+            return sessions(&api, node.as_deref(), user.as_deref()).await
+        }
+        AdminCommand::Nodes => return nodes(&api).await,
+        AdminCommand::DeadLetters(command) => command,
+    };
     match command {
         DeadLetterCommand::List {
             limit,
@@ -155,6 +205,130 @@ async fn dispatch(args: AdminArgs) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+async fn list_users(api: &Api, limit: Option<u64>, after: Option<String>) -> Result<(), Failure> {
+    let mut after = after;
+    let mut left = limit.unwrap_or(u64::MAX);
+    while left > 0 {
+        let mut path = format!("/admin/users?limit={}", left.min(PAGE));
+        if let Some(after) = &after {
+            path.push_str(&format!("&after={}", query_value(after)));
+        }
+        let data = api.call("GET", &path).await?;
+        let users = data["users"].as_array().cloned().unwrap_or_default();
+        for user in &users {
+            println!(
+                "{}\t{}\t{}",
+                text(&user["username"]),
+                text(&user["name"]),
+                text(&user["created_at"]),
+            );
+        }
+        left = left.saturating_sub(users.len() as u64);
+        let next = data["next_after"].as_str().map(str::to_owned);
+        if users.is_empty() || !data["has_more"].as_bool().unwrap_or(false) || next <= after {
+            break;
+        }
+        after = next;
+    }
+    Ok(())
+}
+
+async fn revoke(api: &Api, username: &str) -> Result<(), Failure> {
+    let data = api
+        .call(
+            "POST",
+            &format!("/admin/users/{}/revoke", query_value(username)),
+        )
+        .await?;
+    // The secret alone on stdout, for scripts; the rest is for people.
+    println!("{}", text(&data["secret"]));
+    let nodes: Vec<String> = data["nodes"]
+        .as_array()
+        .map(|nodes| nodes.iter().map(text).collect())
+        .unwrap_or_default();
+    eprintln!(
+        "the secret of {} was replaced; streams opened with the old one were told to end \
+         (sessions on the answering server: {}, other servers: {})",
+        text(&data["username"]),
+        data["local_sessions"],
+        if nodes.is_empty() {
+            "-".to_owned()
+        } else {
+            nodes.join(",")
+        }
+    );
+    let undelivered: Vec<String> = data["undelivered"]
+        .as_array()
+        .map(|u| u.iter().map(text).collect())
+        .unwrap_or_default();
+    if !undelivered.is_empty() {
+        return Err(Failure::new(
+            1,
+            format!(
+                "the secret was replaced (above), but the revocation did not reach every \
+                 server, where streams opened with the old secret stay open until its dead \
+                 letter is replayed: {}",
+                undelivered.join("; ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+async fn sessions(api: &Api, node: Option<&str>, user: Option<&str>) -> Result<(), Failure> {
+    let mut path = format!("/admin/sessions?limit={MAX_SESSIONS}");
+    if let Some(node) = node {
+        path.push_str(&format!("&node={}", query_value(node)));
+    }
+    if let Some(user) = user {
+        path.push_str(&format!("&user={}", query_value(user)));
+    }
+    let data = api.call("GET", &path).await?;
+    for session in data["sessions"].as_array().into_iter().flatten() {
+        println!(
+            "{}\t{}\t{}",
+            text(&session["username"]),
+            text(&session["node"]),
+            session["session"],
+        );
+    }
+    if data["truncated"].as_bool().unwrap_or(false) {
+        eprintln!(
+            "more than {MAX_SESSIONS} sessions: only some are listed; narrow with --node or --user"
+        );
+    }
+    Ok(())
+}
+
+async fn nodes(api: &Api) -> Result<(), Failure> {
+    let data = api.call("GET", "/admin/nodes").await?;
+    for node in data["nodes"].as_array().into_iter().flatten() {
+        println!(
+            "{}\t{}\t{}\t{}\t{}",
+            text(&node["node"]),
+            text(&node["grpc_addr"]),
+            text(&node["http_addr"]),
+            text(&node["started_at"]),
+            text(&node["heartbeat_at"]),
+        );
+    }
+    Ok(())
+}
+
+/// `value` percent-encoded for a query string or a path segment (every
+/// byte but `A-Z a-z 0-9 - . _ ~`).
+fn query_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 async fn list(
@@ -455,6 +629,8 @@ mod tests {
         assert_eq!(unix_ms("1700000000000").unwrap(), 1_700_000_000_000);
         assert_eq!(unix_ms("2023-11-14T22:13:20Z").unwrap(), 1_700_000_000_000);
         assert!(unix_ms("yesterday").is_err());
+        assert_eq!(query_value("a.b_c-d~9"), "a.b_c-d~9");
+        assert_eq!(query_value("a b/ü&"), "a%20b%2F%C3%BC%26");
     }
 
     #[test]

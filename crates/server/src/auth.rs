@@ -103,6 +103,75 @@ impl AppState {
         );
         Ok(secret)
     }
+
+    /// An operator's revocation: replaces the secret of `username`,
+    /// whatever it is, with a new one (returned, for the operator to hand
+    /// over), and ends every stream opened with the old one on every
+    /// server. Unlike [`AppState::rotate_secret`] the delivery is awaited,
+    /// so the answer says where the revocation could not be delivered
+    /// (those records are dead-lettered, to be replayed).
+    pub async fn revoke_secret(self: &Arc<Self>, username: &str) -> Result<Revocation, ApiError> {
+        let username = crate::names::normalize_username(username)?;
+        let secret = new_secret();
+        let old = self
+            .store
+            .reset_token(&username, &hash_secret(&secret))
+            .await?
+            .ok_or(ApiError::NotFound("user"))?;
+        tracing::info!(user = %username, "secret revoked by an operator");
+        let event = Event::Revoked {
+            token: fingerprint(&old),
+        };
+        let users = vec![username.clone()];
+        let local_sessions = self.sessions.deliver([username.as_str()], &event, None);
+        let mut revocation = Revocation {
+            username,
+            secret,
+            local_sessions,
+            nodes: Vec::new(),
+            undelivered: Vec::new(),
+        };
+        match self.fan_out(&users, &event).await {
+            Ok(out) => {
+                revocation.nodes = out.published;
+                for failed in out.failed {
+                    tracing::warn!(node = %failed.node, error = %failed.error,
+                        "revocation not delivered; the record goes to the dead-letter queue");
+                    self.dead_letter(
+                        &format!(
+                            "publish to node {} failed after {} attempts: {}",
+                            failed.node,
+                            crate::routing::PUBLISH_ATTEMPTS,
+                            failed.error
+                        ),
+                        &failed.payload,
+                    );
+                    revocation
+                        .undelivered
+                        .push(format!("node {}: {}", failed.node, failed.error));
+                }
+            }
+            Err(e) => revocation
+                .undelivered
+                .push(format!("registry lookup failed: {e}")),
+        }
+        Ok(revocation)
+    }
+}
+
+/// What [`AppState::revoke_secret`] did.
+#[derive(Debug)]
+pub struct Revocation {
+    pub username: String,
+    /// The new secret, shown once.
+    pub secret: String,
+    /// Sessions of the user on this server that were told.
+    pub local_sessions: usize,
+    /// Other servers holding sessions of the user that were told.
+    pub nodes: Vec<String>,
+    /// Where the revocation could not be delivered: streams opened there
+    /// with the old secret stay open until its dead letter is replayed.
+    pub undelivered: Vec<String>,
 }
 
 #[cfg(test)]

@@ -20,9 +20,9 @@ pub struct Config {
     pub durability: Durability,
     pub limits: Limits,
     pub cluster: ClusterConfig,
-    /// The bearer token of the admin API (`/admin/…`: the dead-letter
-    /// queue). Default: none, and the admin API answers 404 as if it did
-    /// not exist.
+    /// The bearer token of the admin API (`/admin/…`: users, sessions,
+    /// servers, the dead-letter queue). Default: none, and the admin API
+    /// answers 404 as if it did not exist.
     pub admin_token: Option<AdminToken>,
     /// How long a stopping server lets its sessions finish the sends they
     /// have read (commit and ack them) before it closes them anyway.

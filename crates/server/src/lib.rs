@@ -21,6 +21,8 @@
 //! - [`dead_letters`]: the dead-letter queue: records routing could not
 //!   process, stored for an operator to inspect and replay.
 //! - [`retention`]: the optional background deletion of old history.
+//! - [`membership`]: this server's entry in the registry, announced on
+//!   every heartbeat, for operators listing the cluster's servers.
 //! - [`grpc`]: the `chat.v1` services. Only this module sees protobuf.
 //! - [`http`]: the JSON API (registration, profiles, health, metrics, and
 //!   the admin API behind the admin token).
@@ -32,6 +34,7 @@ pub mod dead_letters;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod membership;
 pub mod names;
 pub mod presence;
 pub mod rate;
@@ -114,6 +117,8 @@ pub struct AppState {
     pub session_tasks: tokio_util::task::TaskTracker,
     /// Registrations, connects and sends per client address or user.
     pub rates: rate::Rates,
+    /// What this server announces about itself in the registry.
+    pub membership: membership::Membership,
 }
 
 impl AppState {
@@ -206,6 +211,7 @@ pub async fn run_with(
     let draining = CancellationToken::new();
     let (dead_letter_queue, dead_letters) = dead_letters::queue();
     let rates = rate::Rates::new(&config.limits);
+    let membership = membership::Membership::of(&listeners)?;
     let state = Arc::new(AppState {
         config,
         store: backends.store,
@@ -219,6 +225,7 @@ pub async fn run_with(
         shutdown: token.clone(),
         session_tasks: tokio_util::task::TaskTracker::new(),
         rates,
+        membership,
     });
     // This node's inbox is open before its first session can exist.
     let inbox = state.bus.subscribe(state.node_id()).await?;

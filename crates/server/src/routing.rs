@@ -307,8 +307,9 @@ pub async fn read_inbox(state: Arc<AppState>, mut inbox: Inbox) {
     }
 }
 
-/// Refreshes this node's sessions in the registry until shutdown, then
-/// removes the ones still open, leaving the registry clean.
+/// Announces this node and refreshes its sessions in the registry until
+/// shutdown, then removes the ones still open and the node itself, leaving
+/// the registry clean.
 pub async fn heartbeat(state: Arc<AppState>) {
     let mut beat = tokio::time::interval(state.config.cluster.heartbeat());
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -325,6 +326,7 @@ pub async fn heartbeat(state: Arc<AppState>) {
             _ = state.shutdown.cancelled() => break,
             _ = beat.tick() => {}
         }
+        state.announce_node().await;
         let refreshed = entries(&state);
         if let Err(e) = state.registry.refresh(&refreshed).await {
             bump(&state.stats.registry_failures);
@@ -348,4 +350,5 @@ pub async fn heartbeat(state: Arc<AppState>) {
     for entry in entries(&state) {
         let _ = state.registry.remove(&entry).await;
     }
+    state.retire_node().await;
 }

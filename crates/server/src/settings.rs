@@ -293,7 +293,8 @@ pub struct Overrides {
     /// 100000.
     #[arg(long, env = "CHAT_MAX_DEAD_LETTERS")]
     pub max_dead_letters: Option<u64>,
-    /// Enables the admin HTTP API (`/admin/…`) for requests with
+    /// Enables the admin HTTP API (`/admin/…`: users, sessions, servers,
+    /// dead letters) for requests with
     /// `Authorization: Bearer <token>`; at least 16 characters. Without it
     /// the admin API does not exist (404). Default: none.
     #[arg(long, env = "CHAT_ADMIN_TOKEN", hide_env_values = true)]

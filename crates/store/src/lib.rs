@@ -99,6 +99,17 @@ pub trait UserStore: Send + Sync + 'static {
     /// one. `false` (and nothing changed) when `username` has no token
     /// `old`, so of two rotations of one token only one succeeds.
     async fn replace_token(&self, username: &str, old: &[u8; 32], new: &[u8; 32]) -> Result<bool>;
+    /// Replaces whatever token `username` has with the one whose SHA-256
+    /// is `new`, and returns the SHA-256 of the token it replaced (read and
+    /// replaced atomically, so the answer names exactly the token that
+    /// stopped working); `None`, and nothing changed, when there is no
+    /// such user. For an operator revoking a user's secret, who does not
+    /// know it.
+    async fn reset_token(&self, username: &str, new: &[u8; 32]) -> Result<Option<[u8; 32]>>;
+    /// A page of users in username order (byte order), those after
+    /// `after` only when given (the last username of the previous page),
+    /// at most `limit` (0 means 50; capped at [`MAX_PAGE`]).
+    async fn list_users(&self, after: Option<&str>, limit: u32) -> Result<Vec<UserProfile>>;
 }
 
 /// Conversations, members, messages and cursors.

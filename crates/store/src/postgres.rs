@@ -1825,6 +1825,71 @@ impl UserStore for PostgresStore {
         .await;
         self.settle(client, outcome).map(|rows| rows == 1)
     }
+
+    async fn reset_token(&self, username: &str, new: &[u8; 32]) -> Result<Option<[u8; 32]>> {
+        if has_nul(username) {
+            return Ok(None);
+        }
+        let client = self.client().await?;
+        let new: &[u8] = new;
+        // The row lock makes the read and the update one step: a rotation
+        // committed meanwhile is waited for, and its token is the one
+        // returned (and replaced).
+        let outcome = tokio::time::timeout(
+            self.operation_timeout,
+            query_opt(
+                &client,
+                "WITH old AS (
+                     SELECT username, token_hash FROM users WHERE username = $1 FOR UPDATE
+                 )
+                 UPDATE users SET token_hash = $2 FROM old
+                 WHERE users.username = old.username
+                 RETURNING old.token_hash",
+                &[&username, &new],
+            ),
+        )
+        .await;
+        self.settle(client, outcome)?
+            .map(|row| {
+                let old: Vec<u8> = row.try_get(0)?;
+                old.try_into()
+                    .map_err(|_| StoreError::Internal("a token hash is not 32 bytes".into()))
+            })
+            .transpose()
+    }
+
+    async fn list_users(&self, after: Option<&str>, limit: u32) -> Result<Vec<UserProfile>> {
+        // No username holds a NUL (PostgreSQL text cannot): the names
+        // after one that does are the names after what precedes its NUL.
+        let after = after.map(|a| a.split('\0').next().unwrap_or_default());
+        let limit = i64::from(match limit {
+            0 => 50,
+            n => n.min(MAX_PAGE),
+        });
+        let client = self.client().await?;
+        let outcome = tokio::time::timeout(
+            self.operation_timeout,
+            query(
+                &client,
+                "SELECT username, name, phone, created_at_ms FROM users
+                 WHERE $1::text IS NULL OR username > $1::text
+                 ORDER BY username LIMIT $2",
+                &[&after, &limit],
+            ),
+        )
+        .await;
+        self.settle(client, outcome)?
+            .iter()
+            .map(|r| {
+                Ok(UserProfile {
+                    username: r.try_get(0)?,
+                    name: r.try_get(1)?,
+                    phone: r.try_get(2)?,
+                    created_at_unix_ms: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
 }
 
 #[async_trait]

@@ -507,6 +507,7 @@ fn members(conn: &Connection, conversation_id: &str) -> Result<Vec<String>> {
 enum WriteOp {
     CreateUser(NewUser, oneshot::Sender<Result<UserProfile>>),
     ReplaceToken(String, [u8; 32], [u8; 32], oneshot::Sender<Result<bool>>),
+    ResetToken(String, [u8; 32], oneshot::Sender<Result<Option<[u8; 32]>>>),
     Append(NewMessage, oneshot::Sender<Result<Appended>>),
     AppendMany(
         Vec<NewMessage>,
@@ -543,6 +544,10 @@ enum WriteOp {
 enum Answer {
     User(oneshot::Sender<Result<UserProfile>>, Result<UserProfile>),
     Done(oneshot::Sender<Result<bool>>, Result<bool>),
+    Token(
+        oneshot::Sender<Result<Option<[u8; 32]>>>,
+        Result<Option<[u8; 32]>>,
+    ),
     Appended(oneshot::Sender<Result<Appended>>, Result<Appended>),
     AppendedMany(
         oneshot::Sender<Result<Vec<Result<Appended>>>>,
@@ -564,6 +569,7 @@ impl Answer {
         match self {
             Answer::User(tx, r) => Answer::User(tx, e(r, error)),
             Answer::Done(tx, r) => Answer::Done(tx, e(r, error)),
+            Answer::Token(tx, r) => Answer::Token(tx, e(r, error)),
             Answer::Appended(tx, r) => Answer::Appended(tx, e(r, error)),
             Answer::AppendedMany(tx, rs) => {
                 Answer::AppendedMany(tx, rs.into_iter().map(|r| e(r, error)).collect())
@@ -581,6 +587,7 @@ impl Answer {
         let _ = match self {
             Answer::User(tx, r) => tx.send(r).is_ok(),
             Answer::Done(tx, r) => tx.send(r).is_ok(),
+            Answer::Token(tx, r) => tx.send(r).is_ok(),
             Answer::Appended(tx, r) => tx.send(r).is_ok(),
             Answer::AppendedMany(tx, rs) => tx.send(Ok(rs)).is_ok(),
             Answer::Read(tx, r) => tx.send(r).is_ok(),
@@ -750,6 +757,7 @@ fn unapplied(op: WriteOp, e: &StoreError) -> Answer {
     match op {
         WriteOp::CreateUser(_, tx) => Answer::User(tx, err(e)),
         WriteOp::ReplaceToken(_, _, _, tx) => Answer::Done(tx, err(e)),
+        WriteOp::ResetToken(_, _, tx) => Answer::Token(tx, err(e)),
         WriteOp::Append(_, tx) => Answer::Appended(tx, err(e)),
         WriteOp::AppendMany(msgs, tx) => {
             Answer::AppendedMany(tx, msgs.iter().map(|_| err(e)).collect())
@@ -792,6 +800,21 @@ fn apply_one(conn: &Connection, op: WriteOp, now: i64) -> Answer {
                     c.prepare_cached(sql)?
                         .execute(params![username, &old[..], &new[..]])?;
                 Ok(changed == 1)
+            }),
+        ),
+        WriteOp::ResetToken(username, new, tx) => Answer::Token(
+            tx,
+            // The single writer makes the read and the update one step.
+            in_savepoint(conn, |c| {
+                let old: Option<[u8; 32]> = c
+                    .prepare_cached("SELECT token_hash FROM users WHERE username = ?1")?
+                    .query_row(params![username], |r| r.get(0))
+                    .optional()?;
+                if old.is_some() {
+                    c.prepare_cached("UPDATE users SET token_hash = ?2 WHERE username = ?1")?
+                        .execute(params![username, &new[..]])?;
+                }
+                Ok(old)
             }),
         ),
         WriteOp::Append(msg, tx) => {
@@ -1446,6 +1469,38 @@ impl UserStore for SqliteStore {
         let (old, new) = (*old, *new);
         self.write(|reply| WriteOp::ReplaceToken(username, old, new, reply))
             .await
+    }
+
+    async fn reset_token(&self, username: &str, new: &[u8; 32]) -> Result<Option<[u8; 32]>> {
+        let (username, new) = (username.to_owned(), *new);
+        self.write(|reply| WriteOp::ResetToken(username, new, reply))
+            .await
+    }
+
+    async fn list_users(&self, after: Option<&str>, limit: u32) -> Result<Vec<UserProfile>> {
+        let after = after.map(str::to_owned);
+        let limit = match limit {
+            0 => 50,
+            n => n.min(MAX_PAGE),
+        };
+        self.read(move |conn| {
+            // Usernames are ASCII, so SQLite's default (binary) collation
+            // is byte order, as in PostgreSQL's "C".
+            let mut stmt = conn.prepare_cached(
+                "SELECT username, name, phone, created_at_ms FROM users
+                 WHERE ?1 IS NULL OR username > ?1 ORDER BY username LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after, limit], |r| {
+                Ok(UserProfile {
+                    username: r.get(0)?,
+                    name: r.get(1)?,
+                    phone: r.get(2)?,
+                    created_at_unix_ms: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
     }
 
     async fn get_user(&self, username: &str) -> Result<Option<UserProfile>> {

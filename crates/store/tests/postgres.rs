@@ -153,6 +153,7 @@ macro_rules! conformance {
 
 conformance!(
     users_are_unique_and_found_by_token,
+    users_page_by_name_and_tokens_reset,
     direct_messages_get_gap_free_seqs_and_members,
     concurrent_appends_are_gap_free,
     retries_return_the_original,
@@ -327,6 +328,56 @@ async fn racing_identical_retries_store_one_message() {
         all_seqs(&servers[1], "bob", &conversation.id).await,
         [1, 2, 3]
     );
+}
+
+/// An operator's reset racing the user's own rotation on another server:
+/// the reset waits for the rotation in progress and names the token that
+/// rotation committed, the one it really replaced (so the right sessions
+/// end), not the one it would have read before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_waits_for_a_rotation_and_names_its_token() {
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    store.create_user(user("alice")).await.unwrap();
+    let mut other = db.sql().await;
+    let rotation = other.transaction().await.unwrap();
+    let rotated: &[u8] = &[7; 32];
+    rotation
+        .execute(
+            "UPDATE users SET token_hash = $1 WHERE username = 'alice'",
+            &[&rotated],
+        )
+        .await
+        .unwrap();
+    let resetting = store.clone();
+    let reset = tokio::spawn(async move { resetting.reset_token("alice", &[8; 32]).await });
+    // The reset is waiting for the row once a lock request is not granted.
+    let watcher = db.sql().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(!reset.is_finished(), "the reset did not wait for the row");
+        assert!(Instant::now() < deadline, "the reset never waited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    rotation.commit().await.unwrap();
+    assert_eq!(reset.await.unwrap().unwrap(), Some([7; 32]));
+    assert_eq!(
+        store.user_by_token_hash(&[8; 32]).await.unwrap().as_deref(),
+        Some("alice")
+    );
+    assert!(store.user_by_token_hash(&[7; 32]).await.unwrap().is_none());
 }
 
 /// Both users open their direct conversation at once from two servers.

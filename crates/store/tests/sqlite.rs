@@ -26,6 +26,7 @@ macro_rules! conformance {
 
 conformance!(
     users_are_unique_and_found_by_token,
+    users_page_by_name_and_tokens_reset,
     direct_messages_get_gap_free_seqs_and_members,
     concurrent_appends_are_gap_free,
     retries_return_the_original,

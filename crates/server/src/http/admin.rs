@@ -1,5 +1,6 @@
-//! The admin API: the dead-letter queue, for operators (and the
-//! `chat-server admin` command).
+//! The admin API, for operators (and the `chat-server admin` command):
+//! users and their secrets, who is connected to which server, the
+//! servers of the cluster, and the dead-letter queue.
 //!
 //! Every request carries `Authorization: Bearer <admin token>`, the token
 //! of the configuration ([`crate::config::AdminToken`]). Without a
@@ -7,10 +8,14 @@
 //! 404 exactly like an unknown route, so a server without one shows no
 //! admin surface at all. A missing or wrong token answers 401; the check
 //! runs before anything else (even before the id is parsed), so nothing
-//! about the dead letters leaks to an unauthenticated caller.
+//! about the cluster leaks to an unauthenticated caller.
 //!
 //! | request | answer `data` |
 //! |---|---|
+//! | `GET /admin/users?after=&limit=` | `users` (by username: `username`, `name`, created time), `has_more`, `next_after` |
+//! | `POST /admin/users/{username}/revoke` | `username`, the new `secret`, where the revocation went (`local_sessions`, `nodes`) and where not (`undelivered`) |
+//! | `GET /admin/sessions?node=&user=&limit=` | `sessions` (`username`, `node`, `session`), `truncated` |
+//! | `GET /admin/nodes` | `nodes`: the live servers (`node`, `grpc_addr`, `http_addr`, start and last heartbeat) |
 //! | `GET /admin/dead-letters?limit=&after=&pending=` | `dead_letters` (oldest first, without payloads), `has_more`, `next_after` |
 //! | `GET /admin/dead-letters/{id}` | the letter with `payload_text` (when UTF-8) and `payload_hex` |
 //! | `POST /admin/dead-letters/{id}/replay` | `outcome: "replayed"`, `local_sessions`, `nodes`, `dead_letter`; 400 when not replayable, 503 when not deliverable now |
@@ -35,8 +40,13 @@ use super::{failure, req_id, success};
 use crate::dead_letters::{Replay, Replayed};
 use crate::{ApiError, AppState};
 
-/// Letters listed per page unless `limit` says otherwise.
+/// Letters (and users) listed per page unless `limit` says otherwise.
 const DEFAULT_LIST: u32 = 50;
+/// Sessions listed unless `limit` says otherwise.
+const DEFAULT_SESSIONS: usize = 1000;
+/// The most sessions one answer lists: the registry cannot page them in
+/// order, so a larger cluster is narrowed down with `node` or `user`.
+pub const MAX_SESSIONS: usize = 10_000;
 /// Pending letters one replay request tries unless `limit` says otherwise.
 const DEFAULT_REPLAY: u32 = 100;
 
@@ -276,6 +286,122 @@ pub async fn purge(
         Ok(json!({ "purged": purged }))
     })
     .await
+}
+
+/// `GET /admin/users?after=&limit=`: a page of users by username.
+pub async fn users(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    admin(&state, &headers, async {
+        let limit = limit(&query, DEFAULT_LIST)?;
+        // Usernames are stored in lowercase; a cursor need not be a valid
+        // name (any string sorts somewhere).
+        let after = query.get("after").map(|a| a.to_ascii_lowercase());
+        let page = state.store.list_users(after.as_deref(), limit).await?;
+        Ok(json!({
+            "users": page.iter().map(|u| json!({
+                "username": u.username,
+                "name": u.name,
+                "created_at_unix_ms": u.created_at_unix_ms,
+                "created_at": rfc3339(u.created_at_unix_ms),
+            })).collect::<Vec<_>>(),
+            "has_more": page.len() >= limit as usize,
+            "next_after": page.last().map(|u| u.username.as_str()),
+        }))
+    })
+    .await
+}
+
+/// `POST /admin/users/{username}/revoke`: a new secret for the user; every
+/// stream opened with the old one ends, on every server.
+pub async fn revoke(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    raw: Result<Path<String>, PathRejection>,
+) -> Response {
+    admin(&state, &headers, async {
+        let Ok(Path(username)) = raw else {
+            return Err(invalid("invalid username: not UTF-8"));
+        };
+        let done = state.revoke_secret(&username).await?;
+        Ok(json!({
+            "username": done.username,
+            "secret": done.secret,
+            "local_sessions": done.local_sessions,
+            "nodes": done.nodes,
+            "undelivered": done.undelivered,
+        }))
+    })
+    .await
+}
+
+/// `GET /admin/sessions?node=&user=&limit=`: who is connected where.
+pub async fn sessions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    admin(&state, &headers, async {
+        let limit = match param::<usize>(&query, "limit")? {
+            None => DEFAULT_SESSIONS,
+            Some(n) if (1..=MAX_SESSIONS).contains(&n) => n,
+            Some(_) => return Err(invalid(format!("limit must be 1 to {MAX_SESSIONS}"))),
+        };
+        let node = query.get("node").map(String::as_str);
+        if let Some(node) = node {
+            chat_cluster::check_node_id(node).map_err(|e| invalid(e.to_string()))?;
+        }
+        let mut found = match query.get("user") {
+            Some(user) => {
+                let user = crate::names::normalize_username(user)?;
+                let mut found = state.registry.sessions_of(&user).await.map_err(registry)?;
+                found.retain(|e| node.is_none_or(|n| e.node == n));
+                found
+            }
+            // One more than asked says whether there are more.
+            None => state
+                .registry
+                .list_sessions(node, limit + 1)
+                .await
+                .map_err(registry)?,
+        };
+        let truncated = found.len() > limit;
+        found.truncate(limit);
+        Ok(json!({
+            "sessions": found.iter().map(|e| json!({
+                "username": e.username,
+                "node": e.node,
+                "session": e.session,
+            })).collect::<Vec<_>>(),
+            "truncated": truncated,
+        }))
+    })
+    .await
+}
+
+/// `GET /admin/nodes`: the servers alive in the cluster.
+pub async fn nodes(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    admin(&state, &headers, async {
+        let nodes = state.registry.nodes().await.map_err(registry)?;
+        Ok(json!({
+            "nodes": nodes.iter().map(|n| json!({
+                "node": n.node,
+                "grpc_addr": n.grpc_addr,
+                "http_addr": n.http_addr,
+                "started_at_unix_ms": n.started_at_unix_ms,
+                "started_at": rfc3339(n.started_at_unix_ms),
+                "heartbeat_at_unix_ms": n.heartbeat_at_unix_ms,
+                "heartbeat_at": rfc3339(n.heartbeat_at_unix_ms),
+            })).collect::<Vec<_>>(),
+        }))
+    })
+    .await
+}
+
+fn registry(e: chat_cluster::ClusterError) -> ApiError {
+    ApiError::Unavailable(format!("session registry: {e}"))
 }
 
 /// Any other method on an admin path: authorized first (so a disabled or

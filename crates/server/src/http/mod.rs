@@ -1,8 +1,9 @@
 //! The JSON API over HTTP: registration and profiles in the seed's
 //! envelope, conversations, history and sending (`chat.rs`, bearer
-//! secret), health, metrics, the admin API (`admin.rs`, the dead-letter
-//! queue, behind the admin token), and the OpenAPI document describing
-//! all of it (`openapi.rs`, `crates/server/openapi.json`).
+//! secret), health, metrics, the admin API (`admin.rs`: users, sessions,
+//! servers and the dead-letter queue, behind the admin token), and the
+//! OpenAPI document describing all of it (`openapi.rs`,
+//! `crates/server/openapi.json`).
 //!
 //! Every answer is `{"req_id", "status", "data" | "error", "code"}` and the
 //! HTTP status equals `code`.
@@ -12,6 +13,8 @@ mod chat;
 mod metrics;
 mod openapi;
 mod users;
+
+pub use admin::MAX_SESSIONS;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -42,6 +45,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
         .route("/openapi.json", get(openapi::document))
+        .route(
+            "/admin/users",
+            get(admin::users).fallback(admin::other_method),
+        )
+        .route(
+            "/admin/users/:username/revoke",
+            post(admin::revoke).fallback(admin::other_method),
+        )
+        .route(
+            "/admin/sessions",
+            get(admin::sessions).fallback(admin::other_method),
+        )
+        .route(
+            "/admin/nodes",
+            get(admin::nodes).fallback(admin::other_method),
+        )
         .route(
             "/admin/dead-letters",
             get(admin::list)

@@ -82,6 +82,83 @@ pub async fn users_are_unique_and_found_by_token(store: Arc<dyn Store>) {
     assert!(store.user_by_token_hash(&[8; 32]).await.unwrap().is_none());
 }
 
+/// Users page in byte order of their names; a reset replaces whatever
+/// token the user has and names the one it replaced.
+pub async fn users_page_by_name_and_tokens_reset(store: Arc<dyn Store>) {
+    assert!(store.list_users(None, 10).await.unwrap().is_empty());
+    let names = [
+        "carol", "alice", "bob", "a.b", "a_b", "a-b", "dave", "alice2",
+    ];
+    users(&*store, &names).await;
+    let mut sorted: Vec<&str> = names.to_vec();
+    sorted.sort_unstable();
+    let page = |after: Option<String>, limit| {
+        let store = store.clone();
+        async move {
+            store
+                .list_users(after.as_deref(), limit)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|p| p.username)
+                .collect::<Vec<_>>()
+        }
+    };
+    // Every page continues after the last name of the previous one.
+    let mut seen = Vec::new();
+    let mut after = None;
+    for _ in 0..names.len() {
+        let got = page(after.clone(), 3).await;
+        assert!(got.len() <= 3);
+        if got.is_empty() {
+            break;
+        }
+        after = got.last().cloned();
+        seen.extend(got);
+    }
+    assert_eq!(seen, sorted);
+    assert_eq!(page(None, 0).await, sorted, "0 is the default page");
+    assert_eq!(page(Some("b".into()), 0).await, ["bob", "carol", "dave"]);
+    assert_eq!(page(Some("bob".into()), 1).await, ["carol"]);
+    assert!(page(Some("zzz".into()), 10).await.is_empty());
+    assert_eq!(page(Some("bob\0x".into()), 10).await, ["carol", "dave"]);
+    let alice = store.list_users(Some("a_b"), 1).await.unwrap();
+    assert_eq!(alice, vec![store.get_user("alice").await.unwrap().unwrap()]);
+    assert_eq!(alice[0].name, "alice!");
+    assert!(alice[0].created_at_unix_ms > 0);
+
+    let first = user("bob").token_hash;
+    assert_eq!(
+        store.reset_token("bob", &[5; 32]).await.unwrap(),
+        Some(first)
+    );
+    assert!(store.user_by_token_hash(&first).await.unwrap().is_none());
+    assert_eq!(
+        store.user_by_token_hash(&[5; 32]).await.unwrap().as_deref(),
+        Some("bob")
+    );
+    assert_eq!(
+        store.reset_token("bob", &[4; 32]).await.unwrap(),
+        Some([5; 32])
+    );
+    assert!(!store
+        .replace_token("bob", &[5; 32], &[3; 32])
+        .await
+        .unwrap());
+    assert_eq!(store.reset_token("nobody", &[2; 32]).await.unwrap(), None);
+    assert!(store.user_by_token_hash(&[2; 32]).await.unwrap().is_none());
+    // A hash another user holds is refused and changes nothing.
+    assert!(store.reset_token("carol", &[4; 32]).await.is_err());
+    assert_eq!(
+        store
+            .user_by_token_hash(&user("carol").token_hash)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("carol")
+    );
+}
+
 pub async fn direct_messages_get_gap_free_seqs_and_members(store: Arc<dyn Store>) {
     users(&*store, &["alice", "bob", "carol"]).await;
     let a = store
