@@ -38,7 +38,6 @@ impl pb::chat_service_server::ChatService for ChatApi {
                 })?;
         }
         let (user, token) = self.state.authenticate_token(request.metadata()).await?;
-        let token = crate::auth::fingerprint(&token);
         let frames = session::start(self.state.clone(), user, token, request.into_inner());
         Ok(Response::new(frames))
     }

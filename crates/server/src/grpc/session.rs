@@ -36,7 +36,7 @@ type Outbound = mpsc::Sender<Item>;
 pub fn start(
     state: Arc<AppState>,
     username: String,
-    token: u64,
+    token_hash: [u8; 32],
     inbound: Streaming<pb::ClientFrame>,
 ) -> Frames {
     // Small on purpose: the real buffer is the session's event queue, whose
@@ -51,7 +51,7 @@ pub fn start(
     };
     state.clone().session_tasks.spawn(async move {
         let (reason, session_id, contacts) =
-            run(&state, &username, token, inbound, &out, closed).await;
+            run(&state, &username, token_hash, inbound, &out, closed).await;
         state.retire_session(&username, session_id).await;
         state.presence_on_disconnect(&username, &contacts).await;
         tracing::info!(user = %username, session = session_id, reason, "session ended");
@@ -169,7 +169,7 @@ fn unbox(item: Item) -> Result<pb::ServerFrame, Status> {
 async fn run(
     state: &Arc<AppState>,
     username: &str,
-    token: u64,
+    token_hash: [u8; 32],
     mut inbound: Streaming<pb::ClientFrame>,
     out: &Outbound,
     closed: CancellationToken,
@@ -182,6 +182,25 @@ async fn run(
     // Known to the cluster before the store is read: whatever is committed
     // from now on, anywhere, reaches this session live or through replay.
     state.announce_session(username, session_id).await;
+    // A secret replaced between the check at the door and the line above
+    // sent its revocation to no session: check it again, now that any
+    // later revocation finds this one.
+    match state.store.user_by_token_hash(&token_hash).await {
+        Ok(Some(owner)) if owner == username => {}
+        Ok(_) => {
+            let _ = out
+                .send(Err(Box::new(Status::unauthenticated(
+                    "the secret this stream was opened with was replaced",
+                ))))
+                .await;
+            return ("secret revoked", session_id, Vec::new());
+        }
+        Err(e) => {
+            let _ = out.send(Err(Box::new(ApiError::from(e).into()))).await;
+            return ("store unavailable", session_id, Vec::new());
+        }
+    }
+    let token = crate::auth::fingerprint(&token_hash);
     tracing::info!(user = %username, session = session_id, "session started");
     let (contacts, online) = state.presence_on_connect(username).await;
     let presence = contacts
