@@ -37,6 +37,9 @@ pub trait SessionRegistry: Send + Sync + 'static {
     async fn locate(&self, usernames: &[&str]) -> Result<HashMap<String, BTreeSet<NodeId>>>;
     /// Every live session of `username`.
     async fn sessions_of(&self, username: &str) -> Result<Vec<SessionEntry>>;
+    /// `Ok` when the registry answers now, else why not: a readiness
+    /// probe.
+    async fn ping(&self) -> Result<()>;
 }
 
 // --------------------------------------------------------------- memory
@@ -143,6 +146,11 @@ impl SessionRegistry for MemoryRegistry {
             .collect();
         out.sort();
         Ok(out)
+    }
+
+    /// Always: the map is in this process.
+    async fn ping(&self) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -298,5 +306,12 @@ impl SessionRegistry for RedisRegistry {
             .collect();
         out.sort();
         Ok(out)
+    }
+
+    /// A Redis `PING` on the registry's connection.
+    async fn ping(&self) -> Result<()> {
+        let mut redis = self.redis.clone();
+        redis::cmd("PING").query_async::<()>(&mut redis).await?;
+        Ok(())
     }
 }

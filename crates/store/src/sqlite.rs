@@ -31,6 +31,7 @@ use crate::{
     MessageKind, MessageStore, NewMessage, NewUser, ReadCursor, Result, StoreError, StoredMessage,
     Target, UserProfile, UserStore, MAX_PAGE,
 };
+use crate::{Failures, StoreHealth};
 
 /// How hard a commit tries to reach the disk before it is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -75,6 +76,7 @@ impl SqliteConfig {
 pub struct SqliteStore {
     writes: mpsc::SyncSender<WriteOp>,
     readers: Arc<ReadPool>,
+    failures: Arc<Failures>,
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -194,10 +196,23 @@ impl SqliteStore {
             idle: Mutex::new(Vec::new()),
             max_idle: config.read_pool_size,
         });
-        Ok(Self { writes, readers })
+        Ok(Self {
+            writes,
+            readers,
+            failures: Arc::default(),
+        })
     }
 
+    /// A write through the writer thread, counted in
+    /// [`StoreHealth::failures`] if the backend fails it.
     async fn write<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T>>) -> WriteOp,
+    ) -> Result<T> {
+        self.failures.note(self.write_uncounted(make).await)
+    }
+
+    async fn write_uncounted<T: Send + 'static>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T>>) -> WriteOp,
     ) -> Result<T> {
@@ -223,7 +238,16 @@ impl SqliteStore {
             .map_err(|_| StoreError::Unavailable("the store writer stopped".into()))?
     }
 
+    /// A read on a pooled connection, counted in [`StoreHealth::failures`]
+    /// if the backend fails it.
     async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.failures.note(self.read_uncounted(f).await)
+    }
+
+    async fn read_uncounted<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
@@ -525,6 +549,9 @@ enum WriteOp {
     ),
     ChangeMessage(MessageChange, oneshot::Sender<Result<Appended>>),
     DeadLetter(dead_letters::Op),
+    /// Writes nothing: answered once the writer has begun and committed a
+    /// batch, which proves it is alive and can lock the database.
+    Ping(oneshot::Sender<Result<bool>>),
 }
 
 /// An answer computed inside the batch, sent only after the commit.
@@ -744,6 +771,7 @@ fn unapplied(op: WriteOp, e: &StoreError) -> Answer {
         WriteOp::ChangeGroup(_, _, reply) => Answer::Group(reply, err(e)),
         WriteOp::ChangeMessage(_, reply) => Answer::Appended(reply, err(e)),
         WriteOp::DeadLetter(op) => Answer::DeadLetter(op.unapplied(e)),
+        WriteOp::Ping(reply) => Answer::Done(reply, err(e)),
     }
 }
 
@@ -816,6 +844,7 @@ fn apply_one(conn: &Connection, op: WriteOp, now: i64) -> Answer {
             in_savepoint(conn, |c| change_group(c, change, limits, now)),
         ),
         WriteOp::DeadLetter(op) => Answer::DeadLetter(op.apply(conn, now)),
+        WriteOp::Ping(reply) => Answer::Done(reply, Ok(true)),
     }
 }
 
@@ -1454,7 +1483,14 @@ impl MessageStore for SqliteStore {
             .write(|reply| WriteOp::AppendMany(messages, reply))
             .await
         {
-            Ok(answers) => answers,
+            Ok(answers) => {
+                for answer in &answers {
+                    if let Err(e) = answer {
+                        self.failures.note_error(e);
+                    }
+                }
+                answers
+            }
             Err(e) => (0..count)
                 .map(|_| Err(StoreError::Unavailable(e.to_string())))
                 .collect(),
@@ -1577,5 +1613,26 @@ impl GroupStore for SqliteStore {
             group_info(conn, &group_id)
         })
         .await
+    }
+}
+
+#[async_trait]
+impl StoreHealth for SqliteStore {
+    /// A query on a pooled read connection, and an empty batch through the
+    /// writer thread.
+    async fn ping(&self) -> Result<()> {
+        self.read_uncounted(|conn| {
+            conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })?;
+            Ok(())
+        })
+        .await?;
+        self.write_uncounted(WriteOp::Ping).await?;
+        Ok(())
+    }
+
+    fn failures(&self) -> u64 {
+        self.failures.get()
     }
 }

@@ -38,6 +38,7 @@ conformance!(
     dead_letters_keep_reason_time_and_payload,
     dead_letter_pages_are_bounded,
     dead_letter_replays_are_recorded_and_purges_select,
+    health_probe_answers_and_refusals_are_not_failures,
 );
 
 #[tokio::test]

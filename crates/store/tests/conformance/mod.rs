@@ -1016,3 +1016,38 @@ pub async fn senders_edit_and_delete_their_messages_through_ordered_events(store
     let bob = store.conversations("bob").await.unwrap().remove(0);
     assert_eq!((bob.last_seq, bob.unread_count), (4, 1));
 }
+
+/// A healthy store answers its health probe, and a refused request (an
+/// unknown conversation, a taken name, a message to oneself) is not a
+/// failure of the backend: only failures count.
+pub async fn health_probe_answers_and_refusals_are_not_failures(store: Arc<dyn Store>) {
+    store
+        .ping()
+        .await
+        .expect("a healthy store answers its probe");
+    assert_eq!(store.failures(), 0);
+    users(&*store, &["alice", "bob"]).await;
+    assert!(matches!(
+        store.create_user(user("alice")).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    assert!(matches!(
+        store
+            .history("alice", "c-unknown", HistoryQuery::default())
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(store
+        .append_message(direct("alice", "alice", "to myself", "1"))
+        .await
+        .is_err());
+    let answers = store
+        .append_messages(vec![
+            direct("alice", "bob", "hi", "2"),
+            direct("alice", "nobody", "hi", "3"),
+        ])
+        .await;
+    assert!(answers[0].is_ok() && answers[1].is_err(), "{answers:?}");
+    store.ping().await.expect("the probe still answers");
+    assert_eq!(store.failures(), 0, "refusals are not failures");
+}
