@@ -21,6 +21,8 @@
 //! - [`grpc`]: the `chat.v1` services. Only this module sees protobuf.
 //! - [`http`]: the JSON API (registration, profiles, health, metrics, and
 //!   the admin API behind the admin token).
+//! - [`telemetry`]: this node's metrics; [`health`]: whether each backend
+//!   answers now (`/readyz`).
 
 pub mod auth;
 pub mod chat;
@@ -28,12 +30,14 @@ pub mod config;
 pub mod dead_letters;
 pub mod error;
 pub mod grpc;
+pub mod health;
 pub mod http;
 pub mod names;
 pub mod presence;
 pub mod rate;
 pub mod routing;
 pub mod sessions;
+pub mod telemetry;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -93,7 +97,8 @@ pub struct AppState {
     pub sessions: sessions::LocalSessions,
     pub registry: Arc<dyn SessionRegistry>,
     pub bus: Arc<dyn Bus>,
-    pub stats: routing::Stats,
+    /// This node's metrics (`/metrics`).
+    pub metrics: telemetry::Metrics,
     /// Dead letters on their way to the store.
     pub dead_letters: dead_letters::DeadLetterQueue,
     /// The contacts this node's sessions watch, for the presence sweep.
@@ -193,7 +198,7 @@ pub async fn run_with(
         sessions: sessions::LocalSessions::default(),
         registry: backends.registry,
         bus: backends.bus,
-        stats: routing::Stats::default(),
+        metrics: telemetry::Metrics::new(),
         dead_letters: dead_letter_queue,
         presence: presence::PresenceWatch::default(),
         shutdown: token.clone(),
@@ -208,6 +213,7 @@ pub async fn run_with(
         state.clone(),
         dead_letters,
     ));
+    background.spawn(telemetry::upkeep(state.clone()));
     background.close();
     tracing::info!(
         node = %state.node_id(),
