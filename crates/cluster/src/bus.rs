@@ -19,7 +19,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -41,6 +41,9 @@ pub trait Bus: Send + Sync + 'static {
     /// Starts reading `node`'s inbox: records published from now on. The
     /// reading stops when the returned [`Inbox`] is dropped.
     async fn subscribe(&self, node: &str) -> Result<Inbox>;
+    /// `Ok` when the bus answers now (and, once subscribed, knows this
+    /// node's inbox), else why not: a readiness probe.
+    async fn ping(&self) -> Result<()>;
 }
 
 /// Forwards a record into an inbox without waiting; `false` when the
@@ -87,6 +90,11 @@ impl Bus for MemoryBus {
             .unwrap_or_else(|p| p.into_inner())
             .insert(node.to_owned(), tx);
         Ok(rx)
+    }
+
+    /// Always: the inboxes are in this process.
+    async fn ping(&self) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -179,6 +187,13 @@ impl Bus for RedisBus {
         });
         Ok(rx)
     }
+
+    /// A Redis `PING` on the publishing connection.
+    async fn ping(&self) -> Result<()> {
+        let mut redis = self.publisher.clone();
+        redis::cmd("PING").query_async::<()>(&mut redis).await?;
+        Ok(())
+    }
 }
 
 async fn subscribe_redis(client: &redis::Client, channel: &str) -> Result<redis::aio::PubSub> {
@@ -235,6 +250,9 @@ impl KafkaConfig {
 pub struct KafkaBus {
     config: KafkaConfig,
     producer: FutureProducer,
+    /// The topic of the inbox this node reads, once subscribed: what
+    /// [`Bus::ping`] asks the broker about.
+    inbox: Mutex<Option<String>>,
 }
 
 impl KafkaBus {
@@ -252,7 +270,11 @@ impl KafkaBus {
             // broker is back.
             .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS)
             .create()?;
-        Ok(Self { config, producer })
+        Ok(Self {
+            config,
+            producer,
+            inbox: Mutex::new(None),
+        })
     }
 
     fn topic(&self, node: &str) -> String {
@@ -293,6 +315,9 @@ async fn create_topic(config: &KafkaConfig, topic: &str) -> Result<()> {
 /// The longest wait between two attempts to reach a broker (librdkafka's
 /// default is 10 s).
 const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
+
+/// How long [`Bus::ping`] waits for the broker's metadata.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long one attempt to open an inbox (create its topic, find its
 /// end) may wait for the broker.
@@ -443,6 +468,7 @@ impl Bus for KafkaBus {
         let topic = self.topic(node);
         let (consumer, start) = open_inbox(&self.config, &topic, None).await?;
         let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
+        *self.inbox.lock().unwrap_or_else(|p| p.into_inner()) = Some(topic.clone());
         tokio::spawn(read_kafka_inbox(
             self.config.clone(),
             topic,
@@ -451,5 +477,43 @@ impl Bus for KafkaBus {
             tx,
         ));
         Ok(rx)
+    }
+
+    /// Fetches the metadata of this node's inbox topic (of every topic
+    /// before the node subscribed) within [`PING_TIMEOUT`]: the broker
+    /// answers, and still has the inbox.
+    async fn ping(&self) -> Result<()> {
+        let topic = self.inbox.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let producer = self.producer.clone();
+        let metadata = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(topic.as_deref(), PING_TIMEOUT)
+                .map(|metadata| (topic, metadata))
+        })
+        .await
+        .map_err(|e| ClusterError::Unavailable {
+            backend: "kafka",
+            detail: e.to_string(),
+        })?;
+        let (topic, metadata) = metadata?;
+        let Some(topic) = topic else {
+            return Ok(());
+        };
+        let problem = match metadata.topics().iter().find(|t| t.name() == topic) {
+            None => Some("missing".to_owned()),
+            Some(t) => match t.error() {
+                Some(e) => Some(format!("{:?}", RDKafkaErrorCode::from(e))),
+                None if t.partitions().is_empty() => Some("no partition".to_owned()),
+                None => None,
+            },
+        };
+        match problem {
+            None => Ok(()),
+            Some(problem) => Err(ClusterError::Unavailable {
+                backend: "kafka",
+                detail: format!("inbox topic {topic}: {problem}"),
+            }),
+        }
     }
 }

@@ -67,6 +67,9 @@ pub trait SessionRegistry: Send + Sync + 'static {
     async fn retire_node(&self, node: &str) -> Result<()>;
     /// Every live server, by node id.
     async fn nodes(&self) -> Result<Vec<NodeEntry>>;
+    /// `Ok` when the registry answers now, else why not: a readiness
+    /// probe.
+    async fn ping(&self) -> Result<()>;
 }
 
 // --------------------------------------------------------------- memory
@@ -228,6 +231,10 @@ impl SessionRegistry for MemoryRegistry {
             .filter(|(_, exp)| *exp > now)
             .map(|(entry, _)| entry.clone())
             .collect())
+    }
+    /// Always: the map is in this process.
+    async fn ping(&self) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -560,5 +567,11 @@ impl SessionRegistry for RedisRegistry {
             .collect();
         out.sort_by(|a, b| a.node.cmp(&b.node));
         Ok(out)
+    }
+    /// A Redis `PING` on the registry's connection.
+    async fn ping(&self) -> Result<()> {
+        let mut redis = self.redis.clone();
+        redis::cmd("PING").query_async::<()>(&mut redis).await?;
+        Ok(())
     }
 }

@@ -4,6 +4,7 @@
 //! live sessions: a session never hears of a message that is not durable.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use chat_store::{Appended, NewMessage, ReadCursor, StoredMessage, Target};
 
@@ -15,6 +16,9 @@ pub struct SendInput {
     pub target: Option<SendTarget>,
     pub body: String,
     pub client_msg_id: String,
+    /// When the server received it: where the send-to-commit latency
+    /// starts.
+    pub received: Instant,
 }
 
 pub enum SendTarget {
@@ -35,9 +39,18 @@ impl AppState {
         input: SendInput,
         origin: Option<SessionId>,
     ) -> Result<Appended, ApiError> {
-        let (message, is_direct) = self.new_message(sender, input)?;
-        let appended = self.store.append_message(message).await;
-        self.committed(appended, is_direct, origin)
+        let received = input.received;
+        let answer = match self.new_message(sender, input) {
+            Ok((message, is_direct)) => {
+                let appended = self.store.append_message(message).await;
+                self.committed(appended, is_direct, origin, received)
+            }
+            Err(refused) => Err(refused),
+        };
+        if let Err(e) = &answer {
+            self.metrics.send_failed(e);
+        }
+        answer
     }
 
     /// [`Self::send_message`] for several sends of one sender, committed
@@ -50,32 +63,43 @@ impl AppState {
     ) -> Vec<Result<Appended, ApiError>> {
         let mut answers: Vec<Option<Result<Appended, ApiError>>> = Vec::new();
         let mut valid = Vec::with_capacity(inputs.len());
+        let mut kinds = Vec::with_capacity(inputs.len());
         for input in inputs {
+            let received = input.received;
             match self.new_message(sender, input) {
                 Ok((message, is_direct)) => {
-                    valid.push((message, is_direct));
+                    valid.push(message);
+                    kinds.push((is_direct, received));
                     answers.push(None);
                 }
                 Err(e) => answers.push(Some(Err(e))),
             }
         }
-        let (messages, kinds): (Vec<_>, Vec<_>) = valid.into_iter().unzip();
+        let messages = valid;
         let mut committed = self
             .store
             .append_messages(messages)
             .await
             .into_iter()
             .zip(kinds);
-        answers
+        let answers: Vec<_> = answers
             .into_iter()
             .map(|answer| match answer {
                 Some(refused) => refused,
                 None => match committed.next() {
-                    Some((appended, is_direct)) => self.committed(appended, is_direct, origin),
+                    Some((appended, (is_direct, received))) => {
+                        self.committed(appended, is_direct, origin, received)
+                    }
                     None => Err(ApiError::Internal("the store lost a send".into())),
                 },
             })
-            .collect()
+            .collect();
+        for answer in &answers {
+            if let Err(e) = answer {
+                self.metrics.send_failed(e);
+            }
+        }
+        answers
     }
 
     /// Checks a send and turns it into a message for the store; also says
@@ -120,13 +144,14 @@ impl AppState {
         Ok((message, is_direct))
     }
 
-    /// After the store answered a send: delivers a new message, and names
-    /// what was not found.
+    /// After the store answered a send (received at `received`): counts
+    /// and delivers a new message, and names what was not found.
     fn committed(
         self: &Arc<Self>,
         appended: chat_store::Result<Appended>,
         is_direct: bool,
         origin: Option<SessionId>,
+        received: Instant,
     ) -> Result<Appended, ApiError> {
         let appended = appended.map_err(|e| match e {
             chat_store::StoreError::NotFound if is_direct => ApiError::NotFound("user"),
@@ -134,6 +159,8 @@ impl AppState {
             other => other.into(),
         })?;
         if !appended.duplicate {
+            self.metrics.messages_accepted.increment(1);
+            self.metrics.send_to_commit.record(received.elapsed());
             let event = Event::Message(Arc::new(appended.message.clone()));
             self.deliver(appended.members.clone(), event, origin);
             tracing::debug!(

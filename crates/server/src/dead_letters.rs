@@ -37,7 +37,7 @@ use std::sync::Arc;
 use chat_store::{DeadLetter, DeadLetterQuery, NewDeadLetter};
 use tokio::sync::mpsc;
 
-use crate::routing::{bump, decode_envelope};
+use crate::routing::decode_envelope;
 use crate::{ApiError, AppState};
 
 /// The largest payload stored with a dead letter. A longer one is cut (and
@@ -164,7 +164,7 @@ impl AppState {
         let (reason, bytes) = (letter.reason.clone(), letter.payload.len());
         match self.store.add_dead_letter(letter).await {
             Ok(stored) => {
-                bump(&self.stats.dead_letters);
+                self.metrics.dead_letters.increment(1);
                 tracing::warn!(id = stored.id, %reason, bytes, "delivery record dead-lettered");
             }
             Err(e) => self.lost_dead_letter(&format!("cannot store it: {e}"), &reason, bytes),
@@ -172,7 +172,7 @@ impl AppState {
     }
 
     fn lost_dead_letter(&self, why: &str, reason: &str, bytes: usize) {
-        bump(&self.stats.dead_letter_failures);
+        self.metrics.dead_letter_failures.increment(1);
         tracing::error!(
             %reason,
             bytes,

@@ -26,6 +26,8 @@
 //! - [`grpc`]: the `chat.v1` services. Only this module sees protobuf.
 //! - [`http`]: the JSON API (registration, profiles, health, metrics, and
 //!   the admin API behind the admin token).
+//! - [`telemetry`]: this node's metrics; [`health`]: whether each backend
+//!   answers now (`/readyz`).
 
 pub mod auth;
 pub mod chat;
@@ -33,6 +35,7 @@ pub mod config;
 pub mod dead_letters;
 pub mod error;
 pub mod grpc;
+pub mod health;
 pub mod http;
 pub mod membership;
 pub mod names;
@@ -42,6 +45,7 @@ pub mod retention;
 pub mod routing;
 pub mod sessions;
 pub mod settings;
+pub mod telemetry;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -101,7 +105,8 @@ pub struct AppState {
     pub sessions: sessions::LocalSessions,
     pub registry: Arc<dyn SessionRegistry>,
     pub bus: Arc<dyn Bus>,
-    pub stats: routing::Stats,
+    /// This node's metrics (`/metrics`).
+    pub metrics: telemetry::Metrics,
     /// Dead letters on their way to the store.
     pub dead_letters: dead_letters::DeadLetterQueue,
     /// The contacts this node's sessions watch, for the presence sweep.
@@ -218,7 +223,7 @@ pub async fn run_with(
         sessions: sessions::LocalSessions::default(),
         registry: backends.registry,
         bus: backends.bus,
-        stats: routing::Stats::default(),
+        metrics: telemetry::Metrics::new(),
         dead_letters: dead_letter_queue,
         presence: presence::PresenceWatch::default(),
         draining: draining.clone(),
@@ -239,6 +244,7 @@ pub async fn run_with(
     if let Some(policy) = state.config.retention.clone() {
         background.spawn(retention::run(state.clone(), policy));
     }
+    background.spawn(telemetry::upkeep(state.clone()));
     background.close();
     tracing::info!(
         node = %state.node_id(),
@@ -281,10 +287,12 @@ pub async fn run_with(
         listeners.grpc,
         draining.clone().cancelled_owned(),
     );
+    // HTTP serves on while the sessions drain, so that `/readyz` tells
+    // load balancers to send no one here, and `/metrics` shows the drain.
     let http = http::serve(
         state.clone(),
         listeners.http,
-        draining.clone().cancelled_owned(),
+        token.clone().cancelled_owned(),
     );
     let servers = async { tokio::join!(grpc, http) };
     // Both servers wait for their open connections to finish. A client

@@ -7,7 +7,6 @@
 
 use chat_cluster::NodeEntry;
 
-use crate::routing::bump;
 use crate::{AppState, Listeners, ServerError};
 
 /// What this server tells the registry about itself.
@@ -47,7 +46,7 @@ impl AppState {
     /// Records this server as alive for another TTL (every heartbeat).
     pub async fn announce_node(&self) {
         if let Err(e) = self.registry.announce_node(&self.node_entry()).await {
-            bump(&self.stats.registry_failures);
+            self.metrics.registry_failures.increment(1);
             tracing::warn!(error = %e, "cannot announce this node; the next heartbeat retries");
         }
     }
@@ -55,7 +54,7 @@ impl AppState {
     /// Removes this server from the registry (clean shutdown).
     pub async fn retire_node(&self) {
         if let Err(e) = self.registry.retire_node(self.node_id()).await {
-            bump(&self.stats.registry_failures);
+            self.metrics.registry_failures.increment(1);
             tracing::warn!(error = %e, "cannot unregister this node; it expires by itself");
         }
     }

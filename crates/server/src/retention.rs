@@ -16,12 +16,10 @@
 //! history that starts later, and sessions never hear of the deletion (it
 //! is not an event of the conversation).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::Retention;
-use crate::routing::bump;
 use crate::AppState;
 
 /// Runs a pass now and then one every `policy.interval`, until shutdown.
@@ -62,13 +60,10 @@ pub async fn pass(state: &AppState, policy: &Retention) -> u64 {
             Ok(0) => break,
             Ok(n) => {
                 deleted += n;
-                state
-                    .stats
-                    .retention_deleted
-                    .fetch_add(n, Ordering::Relaxed);
+                state.metrics.retention_deleted.increment(n);
             }
             Err(e) => {
-                bump(&state.stats.retention_failures);
+                state.metrics.retention_failures.increment(1);
                 tracing::warn!(error = %e, deleted, cutoff_unix_ms = cutoff,
                     "retention: the store refused a delete; the next pass retries");
                 return deleted;

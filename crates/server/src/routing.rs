@@ -17,7 +17,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +46,10 @@ pub(crate) struct Envelope {
     pub v: u32,
     pub to: Vec<String>,
     pub event: Event,
+    /// When the sending node encoded the record (Unix ms), for the bus
+    /// lag; absent from records of nodes that do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<i64>,
 }
 
 /// Only the version of an envelope, read first so that a record of another
@@ -80,36 +83,6 @@ pub(crate) struct FanOut {
     /// The nodes whose inbox took a record.
     pub published: Vec<String>,
     pub failed: Vec<FailedPublish>,
-}
-
-/// Counters of what went wrong (and right) in routing.
-#[derive(Default, Debug)]
-pub struct Stats {
-    /// Records read from the inbox that could not be decoded or were of an
-    /// unknown version (logged and dead-lettered).
-    pub undecodable_records: AtomicU64,
-    /// Records delivered from the inbox to local sessions.
-    pub records_received: AtomicU64,
-    /// Records handed to the bus for other nodes.
-    pub records_published: AtomicU64,
-    /// Records the bus refused after every attempt (dead-lettered, except
-    /// typing indicators; the recipients catch up later anyway).
-    pub publish_failures: AtomicU64,
-    /// Registry operations that failed.
-    pub registry_failures: AtomicU64,
-    /// Dead letters this node stored.
-    pub dead_letters: AtomicU64,
-    /// Dead letters this node could not store (queue or table full, store
-    /// failing): logged at error level, and lost.
-    pub dead_letter_failures: AtomicU64,
-    /// Messages this node's retention passes deleted.
-    pub retention_deleted: AtomicU64,
-    /// Retention deletes the store refused (logged; the next pass retries).
-    pub retention_failures: AtomicU64,
-}
-
-pub(crate) fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 impl AppState {
@@ -176,7 +149,7 @@ impl AppState {
         let located = match self.registry.locate(&names).await {
             Ok(located) => located,
             Err(e) => {
-                bump(&self.stats.registry_failures);
+                self.metrics.registry_failures.increment(1);
                 tracing::warn!(error = %e, "registry lookup failed; remote sessions will catch up");
                 return Err(e.to_string());
             }
@@ -190,11 +163,13 @@ impl AppState {
             }
         }
         let mut pending = Vec::with_capacity(by_node.len());
+        let at = crate::telemetry::now_unix_ms();
         for (node, to) in by_node {
             let envelope = Envelope {
                 v: ENVELOPE_VERSION,
                 to,
                 event: event.clone(),
+                at: Some(at),
             };
             match serde_json::to_vec(&envelope) {
                 Ok(payload) => pending.push(FailedPublish {
@@ -228,7 +203,7 @@ impl AppState {
             for mut record in pending {
                 match self.bus.publish(&record.node, record.payload.clone()).await {
                     Ok(()) => {
-                        bump(&self.stats.records_published);
+                        self.metrics.bus_published.increment(1);
                         out.published.push(record.node);
                     }
                     Err(e) => {
@@ -240,9 +215,9 @@ impl AppState {
             }
             pending = refused;
         }
-        for _ in &pending {
-            bump(&self.stats.publish_failures);
-        }
+        self.metrics
+            .bus_publish_failures
+            .increment(pending.len() as u64);
         out.failed = pending;
         Ok(out)
     }
@@ -258,7 +233,7 @@ impl AppState {
     /// Records a new session of this node in the registry.
     pub async fn announce_session(&self, username: &str, session: SessionId) {
         if let Err(e) = self.registry.add(&self.entry(username, session)).await {
-            bump(&self.stats.registry_failures);
+            self.metrics.registry_failures.increment(1);
             tracing::warn!(user = %username, session, error = %e,
                 "cannot register the session; the next heartbeat retries");
         }
@@ -267,7 +242,7 @@ impl AppState {
     /// Removes an ended session of this node from the registry.
     pub async fn retire_session(&self, username: &str, session: SessionId) {
         if let Err(e) = self.registry.remove(&self.entry(username, session)).await {
-            bump(&self.stats.registry_failures);
+            self.metrics.registry_failures.increment(1);
             tracing::warn!(user = %username, session, error = %e,
                 "cannot unregister the session; it expires by itself");
         }
@@ -288,7 +263,13 @@ pub async fn read_inbox(state: Arc<AppState>, mut inbox: Inbox) {
         };
         match decode_envelope(&record) {
             Ok(envelope) => {
-                bump(&state.stats.records_received);
+                state.metrics.bus_received.increment(1);
+                if let Some(at) = envelope.at {
+                    state
+                        .metrics
+                        .bus_record_age
+                        .record(crate::telemetry::age_seconds(at));
+                }
                 // Recipients with no session here any more is normal, not
                 // a dead letter: users disconnect all the time, and they
                 // catch up from the store when they come back.
@@ -299,7 +280,7 @@ pub async fn read_inbox(state: Arc<AppState>, mut inbox: Inbox) {
                 );
             }
             Err(reason) => {
-                bump(&state.stats.undecodable_records);
+                state.metrics.bus_undecodable.increment(1);
                 tracing::warn!(%reason, bytes = record.len(), "bad delivery record: dead-lettered");
                 state.dead_letter(&reason, &record);
             }
@@ -329,7 +310,7 @@ pub async fn heartbeat(state: Arc<AppState>) {
         state.announce_node().await;
         let refreshed = entries(&state);
         if let Err(e) = state.registry.refresh(&refreshed).await {
-            bump(&state.stats.registry_failures);
+            state.metrics.registry_failures.increment(1);
             tracing::warn!(error = %e, "registry heartbeat failed");
         }
         // A session that ended while this refresh was on its way may have

@@ -47,6 +47,16 @@ impl Bus for FlakyBus {
     async fn subscribe(&self, node: &str) -> chat_cluster::Result<Inbox> {
         self.inner.subscribe(node).await
     }
+
+    async fn ping(&self) -> chat_cluster::Result<()> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(ClusterError::Unavailable {
+                backend: "flaky",
+                detail: "the bus is down".into(),
+            });
+        }
+        self.inner.ping().await
+    }
 }
 
 /// In-process backends on a fresh SQLite file, with `bus`.

@@ -12,7 +12,7 @@ use chat_test_support::fault::{Fault, Proxy};
 use chat_test_support::ledger::history;
 use chat_test_support::process::{free_addr, ServerProcess};
 use chat_test_support::services::{fresh_postgres, redis_url, unique};
-use chat_test_support::{send_request, Live, TestServer, WAIT};
+use chat_test_support::{http, send_request, Live, TestServer, WAIT};
 use pb::server_frame::Frame;
 use tonic::Code;
 
@@ -187,6 +187,10 @@ async fn the_grace_period_bounds_a_stop() {
     alice_live.send_to("bob", "before", "k0").await;
     assert!(alice_live.ack().await.message.is_some());
 
+    assert_eq!(
+        http(server.http_addr, "GET", "/readyz", None).await.status,
+        200
+    );
     // The store stops answering; a send is read and hangs in its commit.
     proxy.set_upstream(Fault::Stall);
     alice_live.send_to("bob", "stuck", "k1").await;
@@ -199,8 +203,29 @@ async fn the_grace_period_bounds_a_stop() {
         other => panic!("expected the pong, got {other:?}"),
     }
 
+    let http_addr = server.http_addr;
     let started = Instant::now();
-    server.stop().await;
+    let stopping = tokio::spawn(server.stop());
+    // While the session drains, HTTP still answers, and says not ready.
+    let deadline = Instant::now() + WAIT;
+    let ready = loop {
+        let answer = http(http_addr, "GET", "/readyz", None).await;
+        if answer.status == 503 || Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(ready.status, 503, "{:?}", ready.json);
+    assert_eq!(
+        ready.json["error"]["message"], "the server is shutting down",
+        "{:?}",
+        ready.json
+    );
+    assert!(
+        started.elapsed() < GRACE,
+        "not ready while draining, not only once stopped"
+    );
+    stopping.await.expect("the stop");
     let took = started.elapsed();
     assert!(
         took >= GRACE,

@@ -8,6 +8,8 @@
 //!   A backend implements both; [`Store`] is their union.
 //! - [`DeadLetterStore`]: delivery records the server could not process,
 //!   kept for an operator to inspect, replay and purge.
+//! - [`StoreHealth`]: a health probe and the count of failed operations,
+//!   for readiness checks and metrics.
 //! - [`sqlite`]: the embedded backend (one file, WAL, a single writer thread
 //!   that commits concurrent writes in one transaction).
 //! - [`postgres`]: the shared backend (one PostgreSQL database behind several
@@ -223,7 +225,47 @@ pub trait DeadLetterStore: Send + Sync + 'static {
     async fn count_dead_letters(&self) -> Result<u64>;
 }
 
-/// A complete storage backend.
-pub trait Store: UserStore + MessageStore + GroupStore + DeadLetterStore {}
+/// Whether a backend can serve now, and how often it could not.
+#[async_trait]
+pub trait StoreHealth: Send + Sync + 'static {
+    /// Answers `Ok` when the backend serves reads and writes now (a
+    /// read-only query and a round trip through whatever commits writes),
+    /// else says why not. Never counted in [`StoreHealth::failures`]: a
+    /// health probe that fails is not a failed request.
+    async fn ping(&self) -> Result<()>;
+    /// How many operations answered [`StoreError::Unavailable`] or
+    /// [`StoreError::Internal`] since the store was opened: the backend
+    /// failing, as opposed to refusing a request (`NotFound`, `Invalid`,
+    /// …).
+    fn failures(&self) -> u64;
+}
 
-impl<T: UserStore + MessageStore + GroupStore + DeadLetterStore> Store for T {}
+/// A complete storage backend.
+pub trait Store: UserStore + MessageStore + GroupStore + DeadLetterStore + StoreHealth {}
+
+impl<T: UserStore + MessageStore + GroupStore + DeadLetterStore + StoreHealth> Store for T {}
+
+/// The failure count of [`StoreHealth::failures`], kept by each backend
+/// where its operations end.
+#[derive(Debug, Default)]
+pub(crate) struct Failures(std::sync::atomic::AtomicU64);
+
+impl Failures {
+    /// Counts `result` if it is a failure of the backend; passes it on.
+    pub(crate) fn note<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result {
+            self.note_error(e);
+        }
+        result
+    }
+
+    pub(crate) fn note_error(&self, e: &StoreError) {
+        if matches!(e, StoreError::Unavailable(_) | StoreError::Internal(_)) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}

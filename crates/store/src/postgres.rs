@@ -86,6 +86,7 @@ use crate::{
     MessageKind, MessageStore, NewMessage, NewUser, ReadCursor, Result, StoreError, StoredMessage,
     Target, UserProfile, UserStore, MAX_PAGE,
 };
+use crate::{Failures, StoreHealth};
 
 /// Settings of the PostgreSQL backend.
 #[derive(Clone)]
@@ -177,6 +178,7 @@ fn redact(url: &str) -> String {
 pub struct PostgresStore {
     pool: Pool,
     operation_timeout: Duration,
+    failures: std::sync::Arc<Failures>,
 }
 
 /// The schema, one entry per version. Never edit an applied migration: add
@@ -312,19 +314,32 @@ impl PostgresStore {
         let store = Self {
             pool,
             operation_timeout: config.operation_timeout,
+            failures: Default::default(),
         };
         let mut client = store.client().await?;
         migrate(&mut client).await?;
         Ok(store)
     }
 
+    /// A pooled connection; failing to get one is counted in
+    /// [`StoreHealth::failures`].
     async fn client(&self) -> Result<Object> {
-        self.pool.get().await.map_err(pool_error)
+        self.failures
+            .note(self.pool.get().await.map_err(pool_error))
     }
 
     /// Turns the outcome of an operation run on `client` under
-    /// `tokio::time::timeout` into its answer.
+    /// `tokio::time::timeout` into its answer, counted in
+    /// [`StoreHealth::failures`] if the backend failed it.
     fn settle<T>(&self, client: Object, outcome: Result<Result<T>, Elapsed>) -> Result<T> {
+        self.failures.note(self.settle_uncounted(client, outcome))
+    }
+
+    fn settle_uncounted<T>(
+        &self,
+        client: Object,
+        outcome: Result<Result<T>, Elapsed>,
+    ) -> Result<T> {
         match outcome {
             Ok(result) => result,
             Err(_) => {
@@ -2058,6 +2073,21 @@ impl GroupStore for PostgresStore {
         )
         .await;
         self.settle(client, outcome)
+    }
+}
+
+#[async_trait]
+impl StoreHealth for PostgresStore {
+    /// `SELECT 1` on a pooled connection, within the operation timeout.
+    async fn ping(&self) -> Result<()> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let outcome =
+            tokio::time::timeout(self.operation_timeout, query(&client, "SELECT 1", &[])).await;
+        self.settle_uncounted(client, outcome).map(drop)
+    }
+
+    fn failures(&self) -> u64 {
+        self.failures.get()
     }
 }
 

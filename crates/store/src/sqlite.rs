@@ -31,6 +31,7 @@ use crate::{
     MessageKind, MessageStore, NewMessage, NewUser, ReadCursor, Result, StoreError, StoredMessage,
     Target, UserProfile, UserStore, MAX_PAGE,
 };
+use crate::{Failures, StoreHealth};
 
 /// How hard a commit tries to reach the disk before it is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -75,6 +76,7 @@ impl SqliteConfig {
 pub struct SqliteStore {
     writes: mpsc::SyncSender<WriteOp>,
     readers: Arc<ReadPool>,
+    failures: Arc<Failures>,
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -199,10 +201,23 @@ impl SqliteStore {
             idle: Mutex::new(Vec::new()),
             max_idle: config.read_pool_size,
         });
-        Ok(Self { writes, readers })
+        Ok(Self {
+            writes,
+            readers,
+            failures: Arc::default(),
+        })
     }
 
+    /// A write through the writer thread, counted in
+    /// [`StoreHealth::failures`] if the backend fails it.
     async fn write<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T>>) -> WriteOp,
+    ) -> Result<T> {
+        self.failures.note(self.write_uncounted(make).await)
+    }
+
+    async fn write_uncounted<T: Send + 'static>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T>>) -> WriteOp,
     ) -> Result<T> {
@@ -229,7 +244,16 @@ impl SqliteStore {
             .map_err(|_| StoreError::Unavailable("the store writer stopped".into()))?
     }
 
+    /// A read on a pooled connection, counted in [`StoreHealth::failures`]
+    /// if the backend fails it.
     async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.failures.note(self.read_uncounted(f).await)
+    }
+
+    async fn read_uncounted<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
@@ -538,6 +562,9 @@ enum WriteOp {
         reply: oneshot::Sender<Result<u64>>,
     },
     DeadLetter(dead_letters::Op),
+    /// Writes nothing: answered once the writer has begun and committed a
+    /// batch, which proves it is alive and can lock the database.
+    Ping(oneshot::Sender<Result<bool>>),
 }
 
 /// An answer computed inside the batch, sent only after the commit.
@@ -768,6 +795,7 @@ fn unapplied(op: WriteOp, e: &StoreError) -> Answer {
         WriteOp::ChangeMessage(_, reply) => Answer::Appended(reply, err(e)),
         WriteOp::DeleteBefore { reply, .. } => Answer::Deleted(reply, err(e)),
         WriteOp::DeadLetter(op) => Answer::DeadLetter(op.unapplied(e)),
+        WriteOp::Ping(reply) => Answer::Done(reply, err(e)),
     }
 }
 
@@ -863,6 +891,7 @@ fn apply_one(conn: &Connection, op: WriteOp, now: i64) -> Answer {
             in_savepoint(conn, |c| delete_messages_before(c, cutoff, batch)),
         ),
         WriteOp::DeadLetter(op) => Answer::DeadLetter(op.apply(conn, now)),
+        WriteOp::Ping(reply) => Answer::Done(reply, Ok(true)),
     }
 }
 
@@ -1549,7 +1578,14 @@ impl MessageStore for SqliteStore {
             .write(|reply| WriteOp::AppendMany(messages, reply))
             .await
         {
-            Ok(answers) => answers,
+            Ok(answers) => {
+                for answer in &answers {
+                    if let Err(e) = answer {
+                        self.failures.note_error(e);
+                    }
+                }
+                answers
+            }
             Err(e) => (0..count)
                 .map(|_| Err(StoreError::Unavailable(e.to_string())))
                 .collect(),
@@ -1686,5 +1722,26 @@ impl GroupStore for SqliteStore {
             group_info(conn, &group_id)
         })
         .await
+    }
+}
+
+#[async_trait]
+impl StoreHealth for SqliteStore {
+    /// A query on a pooled read connection, and an empty batch through the
+    /// writer thread.
+    async fn ping(&self) -> Result<()> {
+        self.read_uncounted(|conn| {
+            conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })?;
+            Ok(())
+        })
+        .await?;
+        self.write_uncounted(WriteOp::Ping).await?;
+        Ok(())
+    }
+
+    fn failures(&self) -> u64 {
+        self.failures.get()
     }
 }

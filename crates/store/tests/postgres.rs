@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use chat_store::postgres::{PostgresConfig, PostgresStore};
 use chat_store::{
     ConversationKind, GroupChange, GroupLimits, GroupStore, HistoryQuery, MessageChange,
-    MessageKind, MessageStore, NewMessage, NewUser, Store, StoreError, Target, UserStore,
+    MessageKind, MessageStore, NewMessage, NewUser, Store, StoreError, StoreHealth, Target,
+    UserStore,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Barrier;
@@ -167,6 +168,7 @@ conformance!(
     dead_letter_pages_are_bounded,
     dead_letter_replays_are_recorded_and_purges_select,
     retention_deletes_old_messages_in_bounded_batches,
+    health_probe_answers_and_refusals_are_not_failures,
 );
 
 // ------------------------------------------------------------ helpers
@@ -1040,8 +1042,11 @@ async fn database_outage_answers_unavailable_and_recovers() {
         .message;
     let id = first.conversation_id.clone();
 
+    store.ping().await.expect("the database answers");
+    let failures = store.failures();
     relay.cut().await;
     let started = Instant::now();
+    unavailable("ping", store.ping().await);
     unavailable("create_user", store.create_user(user("carol")).await);
     unavailable("get_user", store.get_user("alice").await);
     unavailable("by token", store.user_by_token_hash(&[0; 32]).await);
@@ -1061,6 +1066,11 @@ async fn database_outage_answers_unavailable_and_recovers() {
         started.elapsed() < Duration::from_secs(10),
         "unavailable answers come quickly"
     );
+    assert_eq!(
+        store.failures() - failures,
+        9,
+        "each failed operation counts once, the failed probe not at all"
+    );
 
     relay.restore().await;
     let second = store
@@ -1072,6 +1082,7 @@ async fn database_outage_answers_unavailable_and_recovers() {
         "the send during the outage was not stored"
     );
     assert_eq!(second.message.seq, 2);
+    store.ping().await.expect("the probe answers again");
     assert!(store.get_user("carol").await.unwrap().is_none());
     assert_eq!(all_seqs(&store, "bob", &id).await, [1, 2]);
 }

@@ -40,6 +40,7 @@ conformance!(
     dead_letter_pages_are_bounded,
     dead_letter_replays_are_recorded_and_purges_select,
     retention_deletes_old_messages_in_bounded_batches,
+    health_probe_answers_and_refusals_are_not_failures,
 );
 
 #[tokio::test]

@@ -25,6 +25,9 @@ fn nodes(list: &[&str]) -> BTreeSet<String> {
 }
 
 pub async fn registry_adds_locates_and_removes(r: &dyn SessionRegistry) {
+    r.ping()
+        .await
+        .expect("a reachable registry answers its probe");
     r.add(&entry("alice", "n1", 1)).await.unwrap();
     r.add(&entry("alice", "n2", 7)).await.unwrap();
     r.add(&entry("alice", "n2", 8)).await.unwrap();
@@ -230,6 +233,9 @@ async fn next(inbox: &mut chat_cluster::Inbox) -> Bytes {
 pub async fn bus_delivers_to_the_named_inbox_in_order(bus: &dyn Bus, a: &str, b: &str) {
     let mut inbox_a = bus.subscribe(a).await.unwrap();
     let mut inbox_b = bus.subscribe(b).await.unwrap();
+    bus.ping()
+        .await
+        .expect("a reachable bus answers its probe, inbox subscribed");
     // No warm-up: a record published right after `subscribe` returned
     // must arrive.
     for i in 0..50u32 {

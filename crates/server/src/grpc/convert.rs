@@ -101,6 +101,7 @@ pub fn send_input(req: pb::SendMessageRequest) -> SendInput {
         }),
         body: req.body,
         client_msg_id: req.client_msg_id,
+        received: std::time::Instant::now(),
     }
 }
 

@@ -36,6 +36,12 @@ pub async fn serve(
     let users = UserServiceServer::new(users::UserApi { state }).max_decoding_message_size(limit);
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        // Each call runs in a span naming its method (`Connect` streams
+        // add a `session` span of their own).
+        .trace_fn(|request| {
+            let method = request.uri().path().rsplit('/').next().unwrap_or_default();
+            tracing::info_span!("grpc", method = %method)
+        })
         .add_service(chat)
         .add_service(users)
         .serve_with_incoming_shutdown(incoming, shutdown)

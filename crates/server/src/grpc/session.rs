@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Status, Streaming};
+use tracing::Instrument;
 
 use super::convert;
 use crate::sessions::Event;
@@ -49,13 +50,22 @@ pub fn start(
         shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
         ended: false,
     };
-    state.clone().session_tasks.spawn(async move {
+    // Every log line of the session carries who and which session; the
+    // id is known once the session is registered.
+    let tasks = state.session_tasks.clone();
+    let span = tracing::info_span!(
+        "session",
+        user = %username,
+        session = tracing::field::Empty
+    );
+    let session = async move {
         let (reason, session_id, contacts) =
             run(&state, &username, token_hash, inbound, &out, closed).await;
         state.retire_session(&username, session_id).await;
         state.presence_on_disconnect(&username, &contacts).await;
         tracing::info!(user = %username, session = session_id, reason, "session ended");
-    });
+    };
+    tasks.spawn(session.instrument(span));
     stream
 }
 
@@ -179,6 +189,7 @@ async fn run(
         .sessions
         .register(username, limits.session_queue, closed.clone());
     let session_id = session.id;
+    tracing::Span::current().record("session", session_id);
     // Known to the cluster before the store is read: whatever is committed
     // from now on, anywhere, reaches this session live or through replay.
     state.announce_session(username, session_id).await;
@@ -319,7 +330,7 @@ async fn serve(
 
     // Started by the first send: a session that only listens (most of
     // them) costs no task and no queue for it.
-    let mut sends: Option<(mpsc::Sender<pb::SendMessageRequest>, JoinHandle<()>)> = None;
+    let mut sends: Option<(mpsc::Sender<crate::chat::SendInput>, JoinHandle<()>)> = None;
     let draining = state.draining.clone();
     loop {
         tokio::select! {
@@ -364,6 +375,9 @@ async fn serve(
                 if !emit(convert::event(&event)).await {
                     return "client gone";
                 }
+                if let Event::Message(m) = &event {
+                    state.metrics.delivered(m.sent_at_unix_ms);
+                }
             }
             frame = inbound.message() => {
                 let frame = match frame {
@@ -391,7 +405,9 @@ async fn serve(
                                 limits.queued_sends_per_session,
                             )
                         });
-                        if sends.send(req).await.is_err() {
+                        // Received now: the send-to-commit latency
+                        // includes the wait in the queue.
+                        if sends.send(convert::send_input(req)).await.is_err() {
                             return "send worker stopped";
                         }
                     }
@@ -441,15 +457,15 @@ fn spawn_send_worker(
     session_id: u64,
     out: &Outbound,
     capacity: usize,
-) -> (mpsc::Sender<pb::SendMessageRequest>, JoinHandle<()>) {
+) -> (mpsc::Sender<crate::chat::SendInput>, JoinHandle<()>) {
     let capacity = capacity.max(1);
-    let (sends, mut queued) = mpsc::channel::<pb::SendMessageRequest>(capacity);
+    let (sends, mut queued) = mpsc::channel::<crate::chat::SendInput>(capacity);
     let (state, out, user) = (state.clone(), out.clone(), username.to_owned());
-    let worker = tokio::spawn(async move {
+    let worker = async move {
         let mut batch = Vec::with_capacity(capacity);
         while queued.recv_many(&mut batch, capacity).await > 0 {
             let ids: Vec<String> = batch.iter().map(|r| r.client_msg_id.clone()).collect();
-            let inputs = batch.drain(..).map(convert::send_input).collect();
+            let inputs = std::mem::take(&mut batch);
             let answers = state.send_messages(&user, inputs, Some(session_id)).await;
             for (client_msg_id, answer) in ids.into_iter().zip(answers) {
                 let ack = match answer {
@@ -470,8 +486,9 @@ fn spawn_send_worker(
                 let _ = out.send(Ok(Box::new(convert::frame(Out::Ack(ack))))).await;
             }
         }
-    });
-    (sends, worker)
+    };
+    // Its log lines carry the session's span.
+    (sends, tokio::spawn(worker.in_current_span()))
 }
 
 #[cfg(test)]

@@ -143,6 +143,7 @@ pub async fn send(State(state): State<Arc<AppState>>, headers: HeaderMap, body: 
             target,
             body: parsed.body,
             client_msg_id: parsed.client_msg_id,
+            received: std::time::Instant::now(),
         };
         let appended = state.send_message(&user, input, None).await?;
         Ok::<_, ApiError>(serde_json::to_value(&appended.message).unwrap_or_default())

@@ -10,8 +10,10 @@
 
 mod admin;
 mod chat;
+mod health;
 mod metrics;
 mod openapi;
+mod trace;
 mod users;
 
 pub use admin::MAX_SESSIONS;
@@ -43,6 +45,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/chat-apps/messages", post(chat::send))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))
         .route("/openapi.json", get(openapi::document))
         .route(
@@ -81,6 +84,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(trace::trace))
         .with_state(state)
 }
 
@@ -130,7 +134,8 @@ pub fn failure(req_id: &str, error: ApiError) -> Response {
     response
 }
 
-/// `GET /healthz`: the process is up and serving HTTP.
+/// `GET /healthz`: the process is up and serving HTTP (liveness only;
+/// `/readyz` asks the backends).
 async fn healthz(headers: HeaderMap) -> Response {
     success(req_id(&headers), serde_json::json!({ "healthy": true }))
 }

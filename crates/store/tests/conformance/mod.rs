@@ -1393,3 +1393,38 @@ pub async fn retention_deletes_old_messages_in_bounded_batches(store: Arc<dyn St
         (vec![10, 11], false)
     );
 }
+
+/// A healthy store answers its health probe, and a refused request (an
+/// unknown conversation, a taken name, a message to oneself) is not a
+/// failure of the backend: only failures count.
+pub async fn health_probe_answers_and_refusals_are_not_failures(store: Arc<dyn Store>) {
+    store
+        .ping()
+        .await
+        .expect("a healthy store answers its probe");
+    assert_eq!(store.failures(), 0);
+    users(&*store, &["alice", "bob"]).await;
+    assert!(matches!(
+        store.create_user(user("alice")).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    assert!(matches!(
+        store
+            .history("alice", "c-unknown", HistoryQuery::default())
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(store
+        .append_message(direct("alice", "alice", "to myself", "1"))
+        .await
+        .is_err());
+    let answers = store
+        .append_messages(vec![
+            direct("alice", "bob", "hi", "2"),
+            direct("alice", "nobody", "hi", "3"),
+        ])
+        .await;
+    assert!(answers[0].is_ok() && answers[1].is_err(), "{answers:?}");
+    store.ping().await.expect("the probe still answers");
+    assert_eq!(store.failures(), 0, "refusals are not failures");
+}

@@ -1,0 +1,67 @@
+//! `GET /readyz`: whether this node can serve now ([`crate::health`]).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::req_id;
+use crate::AppState;
+
+/// 200 when every backend answers its probe, else 503 naming the backends
+/// that did not with their error, in the same shape (plus the envelope's
+/// `error`); 503 as well while the server shuts down, so that load
+/// balancers stop sending it traffic.
+/// What a draining server says of each backend.
+const NOT_PROBED: &str = "not probed: the server is shutting down";
+
+pub async fn readyz(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let req_id = req_id(&headers);
+    if state.draining.is_cancelled() {
+        // No probe: whatever the backends say, this server takes no one.
+        let body = serde_json::json!({
+            "req_id": req_id,
+            "status": "error",
+            "error": { "kind": "unavailable", "message": "the server is shutting down" },
+            "data": {
+                "ready": false,
+                "store": NOT_PROBED,
+                "registry": NOT_PROBED,
+                "bus": NOT_PROBED,
+            },
+            "code": 503,
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    let readiness = state.readiness().await;
+    let show = |answer: &Result<(), String>| match answer {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => e.clone(),
+    };
+    let data = serde_json::json!({
+        "ready": readiness.ready(),
+        "store": show(&readiness.store),
+        "registry": show(&readiness.registry),
+        "bus": show(&readiness.bus),
+    });
+    if readiness.ready() {
+        return super::success(req_id, data);
+    }
+    let failing = readiness.failing();
+    let message = if readiness.shutting_down {
+        "the server is shutting down".to_owned()
+    } else {
+        format!("not ready: {} not answering", failing.join(", "))
+    };
+    tracing::warn!(failing = ?failing, shutting_down = readiness.shutting_down, "not ready");
+    let body = serde_json::json!({
+        "req_id": req_id,
+        "status": "error",
+        "error": { "kind": "unavailable", "message": message },
+        "data": data,
+        "code": 503,
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
