@@ -315,5 +315,6 @@ pub async fn run_with(
     background.wait().await;
     grpc?;
     http?;
+    tracing::info!(node = %state.node_id(), "chat server stopped");
     Ok(())
 }

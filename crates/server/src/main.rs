@@ -87,9 +87,9 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
         LogFormat::Text => logs
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
             .init(),
-        // One object per line with the fields of the current span, for
-        // log pipelines.
-        LogFormat::Json => logs.json().with_current_span(true).init(),
+        // One object per line, with the fields of every span it is in
+        // (`spans`: request, gRPC call, session), for log pipelines.
+        LogFormat::Json => logs.json().with_current_span(false).init(),
     }
     let listeners = Listeners::bind(&config)
         .await
