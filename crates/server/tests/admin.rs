@@ -9,10 +9,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chat_proto as pb;
-use chat_server::config::{BusBackend, RegistryBackend, StoreBackend};
-use chat_test_support::services::{fresh_postgres, redis_url, unique};
+use chat_test_support::services::{fresh_postgres, unique};
 use chat_test_support::{
-    admin_http, admin_token, http, http_with, HttpAnswer, Live, TestServer, TestUser,
+    admin_http, admin_token, cluster_node, http, http_with, HttpAnswer, Live, TestServer, TestUser,
     TEST_ADMIN_TOKEN, WAIT,
 };
 use serde_json::Value;
@@ -32,16 +31,7 @@ async fn cluster() -> Cluster {
     let configure = |node: String| {
         let (postgres, prefix) = (postgres.clone(), prefix.clone());
         move |c: &mut chat_server::Config| {
-            c.cluster.node_id = node;
-            c.cluster.store = StoreBackend::Postgres { url: postgres };
-            c.cluster.registry = RegistryBackend::Redis {
-                url: redis_url(),
-                prefix: prefix.clone(),
-            };
-            c.cluster.bus = BusBackend::Redis {
-                url: redis_url(),
-                prefix,
-            };
+            cluster_node(c, &node, &postgres, &prefix);
             c.admin_token = Some(admin_token());
         }
     };
@@ -454,30 +444,9 @@ async fn every_admin_route_wants_the_token() {
 }
 
 /// `chat-server admin …` output and exit status.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-async fn cli(http: &str, token: Option<&str>, args: &[&str]) -> Run {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_chat-server"));
-    command
-        .env_remove("CHAT_ADMIN_TOKEN")
-        .env_remove("CHAT_ADMIN_HTTP")
-        .args(["admin", "--http", http])
-        .args(token.map(|t| ["--admin-token", t]).into_iter().flatten())
-        .args(args)
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(WAIT, command.output())
-        .await
-        .expect("the command ends in time")
-        .expect("the command runs");
-    Run {
-        code: out.status.code().expect("an exit code"),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
+async fn cli(http: &str, token: Option<&str>, args: &[&str]) -> chat_test_support::AdminRun {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_chat-server"));
+    chat_test_support::admin_cli(binary, http, token, args).await
 }
 
 fn columns(stdout: &str) -> Vec<Vec<&str>> {

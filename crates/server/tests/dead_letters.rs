@@ -19,7 +19,7 @@ use chat_store::{NewDeadLetter, Store};
 use chat_test_support::services::unique;
 use chat_test_support::{
     admin_http, admin_token, await_metric, http, http_with, message_envelope, metric, send_request,
-    TestServer, TEST_ADMIN_TOKEN, WAIT,
+    TestServer, TEST_ADMIN_TOKEN,
 };
 use serde_json::{json, Value};
 
@@ -423,30 +423,9 @@ async fn operators_list_replay_and_purge_over_http() {
 }
 
 /// `chat-server admin …` output and exit status.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-async fn cli(http: &str, token: Option<&str>, args: &[&str]) -> Run {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_chat-server"));
-    command
-        .env_remove("CHAT_ADMIN_TOKEN")
-        .env_remove("CHAT_ADMIN_HTTP")
-        .args(["admin", "--http", http])
-        .args(token.map(|t| ["--admin-token", t]).into_iter().flatten())
-        .args(args)
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(WAIT, command.output())
-        .await
-        .expect("the command ends in time")
-        .expect("the command runs");
-    Run {
-        code: out.status.code().expect("an exit code"),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
+async fn cli(http: &str, token: Option<&str>, args: &[&str]) -> chat_test_support::AdminRun {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_chat-server"));
+    chat_test_support::admin_cli(binary, http, token, args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@ use chat_server::config::{BusBackend, RegistryBackend, StoreBackend};
 use chat_test_support::fault::Proxy;
 use chat_test_support::process::{free_addr, free_service_port, Broker};
 use chat_test_support::services::{fresh_postgres, redis_url, unique};
-use chat_test_support::{http, http_with, send_request, TestServer, WAIT};
+use chat_test_support::{cluster_node, http, http_with, send_request, TestServer, WAIT};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::Code;
 
@@ -298,18 +298,7 @@ async fn metrics_count_sends_deliveries_and_sessions_across_two_nodes() {
     let prefix = format!("{}:", unique("obs"));
     let configure = |node: String| {
         let (postgres, prefix) = (postgres.clone(), prefix.clone());
-        move |c: &mut chat_server::Config| {
-            c.cluster.node_id = node;
-            c.cluster.store = StoreBackend::Postgres { url: postgres };
-            c.cluster.registry = RegistryBackend::Redis {
-                url: redis_url(),
-                prefix: prefix.clone(),
-            };
-            c.cluster.bus = BusBackend::Redis {
-                url: redis_url(),
-                prefix,
-            };
-        }
+        move |c: &mut chat_server::Config| cluster_node(c, &node, &postgres, &prefix)
     };
     let a = TestServer::start_with(configure(unique("a-"))).await;
     let b = TestServer::start_with(configure(unique("b-"))).await;

@@ -708,3 +708,55 @@ pub mod process {
         }
     }
 }
+
+/// Makes `config` a node `node` of a cluster on the PostgreSQL database
+/// `postgres`, with the Redis registry and bus under `prefix`.
+pub fn cluster_node(config: &mut Config, node: &str, postgres: &str, prefix: &str) {
+    use chat_server::config::{BusBackend, RegistryBackend, StoreBackend};
+    config.cluster.node_id = node.to_owned();
+    config.cluster.store = StoreBackend::Postgres {
+        url: postgres.to_owned(),
+    };
+    config.cluster.registry = RegistryBackend::Redis {
+        url: services::redis_url(),
+        prefix: prefix.to_owned(),
+    };
+    config.cluster.bus = BusBackend::Redis {
+        url: services::redis_url(),
+        prefix: prefix.to_owned(),
+    };
+}
+
+/// What `chat-server admin …` printed and how it exited.
+pub struct AdminRun {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `binary admin --http <http> [--admin-token <token>] <args>` with no
+/// admin variables of the environment.
+pub async fn admin_cli(
+    binary: &std::path::Path,
+    http: &str,
+    token: Option<&str>,
+    args: &[&str],
+) -> AdminRun {
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .env_remove("CHAT_ADMIN_TOKEN")
+        .env_remove("CHAT_ADMIN_HTTP")
+        .args(["admin", "--http", http])
+        .args(token.map(|t| ["--admin-token", t]).into_iter().flatten())
+        .args(args)
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(WAIT, command.output())
+        .await
+        .expect("the command ends in time")
+        .expect("the command runs");
+    AdminRun {
+        code: out.status.code().expect("an exit code"),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
