@@ -12,6 +12,9 @@ use crate::AppState;
 /// How long each backend has to answer its probe.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// What a draining server says of each backend.
+const NOT_PROBED: &str = "not probed: the server is shutting down";
+
 /// What each backend answered: `Ok`, or why it is not ready.
 #[derive(Debug)]
 pub struct Readiness {
@@ -52,8 +55,18 @@ async fn probe<E: std::fmt::Display>(
 }
 
 impl AppState {
-    /// Probes the store, the registry and the bus at once.
+    /// Probes the store, the registry and the bus at once; while the server
+    /// drains, none of them: whatever they say, it takes no one.
     pub async fn readiness(&self) -> Readiness {
+        if self.draining.is_cancelled() {
+            let not_probed = || Err(NOT_PROBED.to_owned());
+            return Readiness {
+                store: not_probed(),
+                registry: not_probed(),
+                bus: not_probed(),
+                shutting_down: true,
+            };
+        }
         let (store, registry, bus) = tokio::join!(
             probe(self.store.ping()),
             probe(self.registry.ping()),
@@ -63,7 +76,7 @@ impl AppState {
             store,
             registry,
             bus,
-            shutting_down: self.draining.is_cancelled(),
+            shutting_down: false,
         }
     }
 }

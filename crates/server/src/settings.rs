@@ -535,6 +535,9 @@ impl Settings {
             .map(AdminToken::new)
             .transpose()
             .map_err(|e| invalid("admin_token", e))?;
+        if self.retention_interval_secs == 0 {
+            return Err(invalid("retention_interval_secs", "must be at least 1"));
+        }
         let retention = match self.retention_days {
             0 => None,
             days => {
@@ -546,9 +549,6 @@ impl Settings {
                 Some(policy)
             }
         };
-        if self.retention_interval_secs == 0 {
-            return Err(invalid("retention_interval_secs", "must be at least 1"));
-        }
         Ok(Config {
             data_dir: self.data_dir,
             grpc_addr: self.grpc_addr,

@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap};
 use axum::response::Response;
 use chat_store::{DeadLetter, DeadLetterPurge, DeadLetterQuery, MAX_PAGE};
 use serde_json::{json, Value};
@@ -74,14 +74,7 @@ where
 {
     let req_id = req_id(headers);
     if let Err(e) = authorize(state, headers) {
-        let unauthenticated = matches!(e, ApiError::Unauthenticated);
-        let mut answer = failure(&req_id, e);
-        if unauthenticated {
-            answer
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        return answer;
+        return failure(&req_id, e);
     }
     match handle.await {
         Ok(data) => success(req_id, data),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use chat_store::HistoryQuery;
 use serde::Deserialize;
@@ -26,21 +26,11 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> Result<String, ApiErro
     state.authenticate_header(header).await
 }
 
-/// The envelope around `result`; a 401 names the scheme to use
-/// (`WWW-Authenticate: Bearer`), as HTTP requires and as the admin API does.
+/// The envelope around `result`.
 fn respond(req_id: String, result: Result<serde_json::Value, ApiError>) -> Response {
     match result {
         Ok(data) => success(req_id, data),
-        Err(e) => {
-            let unauthenticated = matches!(e, ApiError::Unauthenticated);
-            let mut answer = failure(&req_id, e);
-            if unauthenticated {
-                answer
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            answer
-        }
+        Err(e) => failure(&req_id, e),
     }
 }
 

@@ -14,27 +14,8 @@ use crate::AppState;
 /// that did not with their error, in the same shape (plus the envelope's
 /// `error`); 503 as well while the server shuts down, so that load
 /// balancers stop sending it traffic.
-/// What a draining server says of each backend.
-const NOT_PROBED: &str = "not probed: the server is shutting down";
-
 pub async fn readyz(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let req_id = req_id(&headers);
-    if state.draining.is_cancelled() {
-        // No probe: whatever the backends say, this server takes no one.
-        let body = serde_json::json!({
-            "req_id": req_id,
-            "status": "error",
-            "error": { "kind": "unavailable", "message": "the server is shutting down" },
-            "data": {
-                "ready": false,
-                "store": NOT_PROBED,
-                "registry": NOT_PROBED,
-                "bus": NOT_PROBED,
-            },
-            "code": 503,
-        });
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-    }
     let readiness = state.readiness().await;
     let show = |answer: &Result<(), String>| match answer {
         Ok(()) => "ok".to_owned(),

@@ -22,7 +22,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -119,11 +119,18 @@ pub fn success(req_id: String, data: serde_json::Value) -> Response {
     (StatusCode::OK, Json(body)).into_response()
 }
 
-/// An error envelope; the HTTP status equals its `code`.
+/// An error envelope; the HTTP status equals its `code`. A 401 names the
+/// scheme to use (`WWW-Authenticate: Bearer`).
 pub fn failure(req_id: &str, error: ApiError) -> Response {
     let status =
         StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = (status, Json(error.envelope(req_id))).into_response();
+    if let ApiError::Unauthenticated = error {
+        // As HTTP requires of a 401.
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
     if let ApiError::RateLimited { retry_after, .. } = error {
         // Whole seconds, rounded up: RFC 9110 has no finer unit.
         let secs = retry_after.as_millis().div_ceil(1000).max(1);
