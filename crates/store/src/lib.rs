@@ -10,6 +10,8 @@
 //!   kept for an operator to inspect, replay and purge.
 //! - [`StoreHealth`]: a health probe and the count of failed operations,
 //!   for readiness checks and metrics.
+//! - `domain` (private): the chat rules written once above the backends,
+//!   on primitives each backend provides.
 //! - [`sqlite`]: the embedded backend (one file, WAL, a single writer thread
 //!   that commits concurrent writes in one transaction).
 //! - [`postgres`]: the shared backend (one PostgreSQL database behind several
@@ -30,6 +32,7 @@
 //! This crate holds all the SQL of the project and nothing about the wire
 //! protocol or sessions.
 
+mod domain;
 pub mod model;
 pub mod postgres;
 pub mod sqlite;

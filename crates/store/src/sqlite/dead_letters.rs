@@ -1,12 +1,11 @@
 //! The dead-letter queue of the SQLite backend: the table `dead_letters`
 //! (migration 3). Reads use the read pool; writes go through the writer
-//! thread like every other write, as [`Op`]s answered after the commit.
+//! thread like every other write, answered after the commit.
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
-use tokio::sync::oneshot;
 
-use super::{in_savepoint, SqliteStore, WriteOp};
+use super::SqliteStore;
 use crate::{
     DeadLetter, DeadLetterPurge, DeadLetterQuery, DeadLetterStore, NewDeadLetter, Result,
     StoreError, MAX_PAGE,
@@ -27,73 +26,6 @@ fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
 }
 
 /// A write of the dead-letter queue, queued for the writer thread.
-pub(super) enum Op {
-    Add(NewDeadLetter, oneshot::Sender<Result<DeadLetter>>),
-    RecordReplay {
-        id: u64,
-        delivered: bool,
-        reply: oneshot::Sender<Result<DeadLetter>>,
-    },
-    Purge(DeadLetterPurge, oneshot::Sender<Result<u64>>),
-}
-
-/// The answer of an [`Op`], sent only after the batch committed.
-pub(super) enum Answer {
-    Letter(oneshot::Sender<Result<DeadLetter>>, Result<DeadLetter>),
-    Purged(oneshot::Sender<Result<u64>>, Result<u64>),
-}
-
-impl Op {
-    pub(super) fn apply(self, conn: &Connection, now: i64) -> Answer {
-        match self {
-            Op::Add(letter, reply) => {
-                Answer::Letter(reply, in_savepoint(conn, |c| add(c, letter, now)))
-            }
-            Op::RecordReplay {
-                id,
-                delivered,
-                reply,
-            } => Answer::Letter(
-                reply,
-                in_savepoint(conn, |c| record_replay(c, id, delivered, now)),
-            ),
-            Op::Purge(purge, reply) => {
-                Answer::Purged(reply, in_savepoint(conn, |c| purge_where(c, purge)))
-            }
-        }
-    }
-
-    /// The answer when the batch could not even begin.
-    pub(super) fn unapplied(self, e: &StoreError) -> Answer {
-        let err = || StoreError::Unavailable(e.to_string());
-        match self {
-            Op::Add(_, reply) | Op::RecordReplay { reply, .. } => Answer::Letter(reply, Err(err())),
-            Op::Purge(_, reply) => Answer::Purged(reply, Err(err())),
-        }
-    }
-}
-
-impl Answer {
-    /// Replaces a success with `error`: the batch did not commit.
-    pub(super) fn fail(self, error: &StoreError) -> Self {
-        fn e<T>(r: Result<T>, error: &StoreError) -> Result<T> {
-            r.and_then(|_| Err(StoreError::Unavailable(error.to_string())))
-        }
-        match self {
-            Answer::Letter(tx, r) => Answer::Letter(tx, e(r, error)),
-            Answer::Purged(tx, r) => Answer::Purged(tx, e(r, error)),
-        }
-    }
-
-    pub(super) fn send(self) {
-        // A caller that went away no longer needs its answer.
-        let _ = match self {
-            Answer::Letter(tx, r) => tx.send(r).is_ok(),
-            Answer::Purged(tx, r) => tx.send(r).is_ok(),
-        };
-    }
-}
-
 fn add(conn: &Connection, letter: NewDeadLetter, now: i64) -> Result<DeadLetter> {
     let id: i64 = conn
         .prepare_cached(
@@ -166,8 +98,7 @@ fn page(conn: &Connection, query: DeadLetterQuery) -> Result<Vec<DeadLetter>> {
 #[async_trait]
 impl DeadLetterStore for SqliteStore {
     async fn add_dead_letter(&self, letter: NewDeadLetter) -> Result<DeadLetter> {
-        self.write(|reply| WriteOp::DeadLetter(Op::Add(letter, reply)))
-            .await
+        self.write(move |c, now| add(c, letter, now)).await
     }
 
     async fn dead_letters(&self, query: DeadLetterQuery) -> Result<Vec<DeadLetter>> {
@@ -188,19 +119,12 @@ impl DeadLetterStore for SqliteStore {
     }
 
     async fn record_replay(&self, id: u64, delivered: bool) -> Result<DeadLetter> {
-        self.write(|reply| {
-            WriteOp::DeadLetter(Op::RecordReplay {
-                id,
-                delivered,
-                reply,
-            })
-        })
-        .await
+        self.write(move |c, now| record_replay(c, id, delivered, now))
+            .await
     }
 
     async fn purge_dead_letters(&self, purge: DeadLetterPurge) -> Result<u64> {
-        self.write(|reply| WriteOp::DeadLetter(Op::Purge(purge, reply)))
-            .await
+        self.write(move |c, _| purge_where(c, purge)).await
     }
 
     async fn count_dead_letters(&self) -> Result<u64> {
