@@ -178,11 +178,12 @@ pub fn group_info_records(g: &pb::Group) -> Vec<String> {
     .collect()
 }
 
+/// Messages for the formatting tests of both modes.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod samples {
+    use chat_proto as pb;
 
-    fn message(sender: &str, body: &str) -> pb::Message {
+    pub fn message(sender: &str, body: &str) -> pb::Message {
         pb::Message {
             conversation_id: "c1".into(),
             seq: 7,
@@ -193,6 +194,21 @@ mod tests {
         }
     }
 
+    pub fn event(kind: pb::MessageKind, sender: &str, members: &[&str]) -> pb::Message {
+        pb::Message {
+            kind: kind as i32,
+            members: members.iter().map(|m| m.to_string()).collect(),
+            body: members.join(" "),
+            ..message(sender, "")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::samples::{event, message};
+    use super::*;
+
     #[test]
     fn records_are_one_line_and_reversible() {
         let m = message("alice", "a\tb\nc\\d\r");
@@ -200,15 +216,6 @@ mod tests {
             history_record(&m),
             "7\t2023-11-14T22:13:20.123Z\talice\ta\\tb\\nc\\\\d\\r"
         );
-    }
-
-    fn event(kind: pb::MessageKind, sender: &str, members: &[&str]) -> pb::Message {
-        pb::Message {
-            kind: kind as i32,
-            members: members.iter().map(|m| m.to_string()).collect(),
-            body: members.join(" "),
-            ..message(sender, "")
-        }
     }
 
     #[test]

@@ -464,6 +464,13 @@ impl App {
         }
     }
 
+    /// The server answers NOT_FOUND for the group we were in: we are not
+    /// any more (removed, or left from another device).
+    fn not_in_any_more(&mut self, id: &str, label: &str) {
+        self.render.show(Output::NotInAnyMore { label });
+        self.gone_from(id);
+    }
+
     /// Shows the event of a change made here (the stream brings it too,
     /// and is deduplicated).
     async fn show_event(&mut self, event: Option<pb::Message>) {
@@ -544,10 +551,7 @@ impl App {
                 self.show_event(event).await;
                 self.gone_from(&id);
             }
-            Err(status) if status.code() == Code::NotFound => {
-                self.render.show(Output::NotInAnyMore { label: &label });
-                self.gone_from(&id);
-            }
+            Err(status) if status.code() == Code::NotFound => self.not_in_any_more(&id, &label),
             Err(status) => self.render.show(Output::Failed(&Failure::from(status))),
         }
     }
@@ -559,10 +563,7 @@ impl App {
         let Some(mut chat) = self.chat() else { return };
         match api::get_group(&mut chat, &id).await {
             Ok(group) => self.render.show(Output::GroupInfo(&group)),
-            Err(status) if status.code() == Code::NotFound => {
-                self.render.show(Output::NotInAnyMore { label: &label });
-                self.gone_from(&id);
-            }
+            Err(status) if status.code() == Code::NotFound => self.not_in_any_more(&id, &label),
             Err(status) => self.render.show(Output::Error(&describe_status(&status))),
         }
     }

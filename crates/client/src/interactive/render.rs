@@ -620,6 +620,7 @@ pub fn ready_summary(ready: &pb::Ready, server: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::view::samples::{event, message};
 
     #[test]
     fn edits_and_deletions_are_shown_as_changes() {
@@ -654,17 +655,6 @@ mod tests {
         assert!(history_line(&m, "bob", "alice", false, now).ends_with("alice: [deleted]"));
     }
 
-    fn message(sender: &str, body: &str) -> pb::Message {
-        pb::Message {
-            conversation_id: "c1".into(),
-            seq: 7,
-            sender: sender.into(),
-            body: body.into(),
-            sent_at_unix_ms: 1_700_000_000_123,
-            ..Default::default()
-        }
-    }
-
     #[test]
     fn message_lines() {
         let sent = Local.timestamp_millis_opt(1_700_000_000_123).unwrap();
@@ -678,15 +668,6 @@ mod tests {
         assert!(mine.ends_with("] you → alice: yo"), "{mine}");
         let later = sent + chrono::Duration::days(2);
         assert!(message_line(&message("alice", "hi"), "bob", "alice", later).starts_with("[2023-"));
-    }
-
-    fn event(kind: pb::MessageKind, sender: &str, members: &[&str]) -> pb::Message {
-        pb::Message {
-            kind: kind as i32,
-            members: members.iter().map(|m| m.to_string()).collect(),
-            body: members.join(" "),
-            ..message(sender, "")
-        }
     }
 
     #[test]
