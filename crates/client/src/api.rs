@@ -100,10 +100,12 @@ pub async fn find_direct(
     }))
 }
 
-/// The groups the caller is in, as conversations.
+/// The groups the caller is in, as conversations, sorted by name (then
+/// id).
 pub async fn groups(chat: &mut AuthedChatClient) -> Result<Vec<pb::Conversation>, Status> {
     let mut list = conversations(chat).await?;
     list.retain(|c| c.kind == pb::ConversationKind::Group as i32);
+    list.sort_by(|a, b| (&a.name, &a.group_id).cmp(&(&b.name, &b.group_id)));
     Ok(list)
 }
 

@@ -2,11 +2,14 @@
 //!
 //! Every fallible step of the client ends in a [`Failure`]: a message for
 //! the user (printed as `error: <message>` on stderr) and an [`Exit`] code
-//! that scripts can branch on. gRPC statuses are mapped here, once.
+//! that scripts can branch on. gRPC statuses are mapped here, once, and
+//! so is what a NOT_FOUND about a group means (both modes say it alike).
 
 use std::fmt;
 
 use tonic::{Code, Status};
+
+use crate::api;
 
 /// The exit codes of `chat-client`. Scripts rely on them: never renumber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +87,41 @@ impl fmt::Display for Failure {
 }
 
 impl std::error::Error for Failure {}
+
+/// NOT_FOUND for a group, shown as `label`: it does not exist, or the
+/// caller is not in it (the server does not say which).
+pub fn no_such_group(label: &str) -> Failure {
+    Failure::new(
+        Exit::NotFound,
+        format!("no such group: {label} (or you are not in it)"),
+    )
+}
+
+/// NOT_FOUND when removing `user` from the group shown as `label`.
+pub fn not_a_member(user: &str, label: &str) -> Failure {
+    Failure::new(Exit::NotFound, format!("{user} is not a member of {label}"))
+}
+
+/// NOT_FOUND when creating: one of the members does not exist.
+pub async fn unknown_member(channel: tonic::transport::Channel, members: &[String]) -> Failure {
+    match api::first_unknown_user(channel, members).await {
+        Some(name) => Failure::new(Exit::NotFound, format!("no such user: {name}")),
+        None => Failure::new(Exit::NotFound, "one of the members does not exist"),
+    }
+}
+
+/// NOT_FOUND when adding: the group (or our membership), or a user.
+pub async fn group_or_user_not_found(
+    chat: &mut chat_proto::AuthedChatClient,
+    channel: tonic::transport::Channel,
+    group: &str,
+    users: &[String],
+) -> Failure {
+    if api::get_group(chat, group).await.is_err() {
+        return no_such_group(&format!("#{group}"));
+    }
+    unknown_member(channel, users).await
+}
 
 /// The exit code for a gRPC status code.
 pub fn exit_for(code: Code) -> Exit {

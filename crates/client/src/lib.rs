@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Without a command it runs the interactive mode ([`interactive`]). The
-//! commands are for scripts ([`commands`]); stdout carries their results
+//! commands are for scripts ([`oneshot`]); stdout carries their results
 //! only, one per line, and errors go to stderr as `error: <message>`:
 //!
 //! | command | prints |
@@ -57,20 +57,23 @@
 //! - [`credentials`]: the saved secrets in `credentials.json`.
 //! - [`connection`]: server addresses, channels, auth, backoff.
 //! - [`api`]: the RPCs with timeouts and paging.
-//! - [`commands`]: the one-shot subcommands.
-//! - [`interactive`]: the interactive mode; [`input`] reads its lines.
+//! - [`account`]: registering and logging in, shared by both modes.
+//! - [`oneshot`]: the one-shot subcommands.
+//! - [`interactive`]: the interactive mode (its layout is in its docs);
+//!   [`input`] reads its lines.
 //! - [`delivery`]: dedupe, gaps and `delivered` cursors (no I/O).
-//! - [`view`]: every line printed, and stdout/stderr.
+//! - [`view`]: stdout/stderr, and the records the subcommands print.
 
+pub mod account;
 pub mod api;
 pub mod cli;
-pub mod commands;
 pub mod connection;
 pub mod credentials;
 pub mod delivery;
 pub mod error;
 pub mod input;
 pub mod interactive;
+pub mod oneshot;
 pub mod view;
 
 use std::path::PathBuf;
@@ -125,21 +128,21 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             phone,
         }) => {
             let (name, phone) = (name.unwrap_or_default(), phone.unwrap_or_default());
-            commands::register(&ctx, &username, &name, &phone).await
+            oneshot::register(&ctx, &username, &name, &phone).await
         }
-        Some(Command::Login { username }) => commands::login(&ctx, &username).await,
-        Some(Command::Send { to, body }) => commands::send(&ctx, &to, &body).await,
+        Some(Command::Login { username }) => oneshot::login(&ctx, &username).await,
+        Some(Command::Send { to, body }) => oneshot::send(&ctx, &to, &body).await,
         Some(Command::History {
             peer,
             limit,
             before,
-        }) => commands::history(&ctx, &peer, limit, before).await,
+        }) => oneshot::history(&ctx, &peer, limit, before).await,
         Some(Command::Edit { peer, seq, body }) => {
-            commands::edit(&ctx, &peer, seq, Some(&body.join(" "))).await
+            oneshot::edit(&ctx, &peer, seq, Some(&body.join(" "))).await
         }
-        Some(Command::Delete { peer, seq }) => commands::edit(&ctx, &peer, seq, None).await,
-        Some(Command::Unread { all }) => commands::unread(&ctx, all).await,
-        Some(Command::Group(group)) => commands::group(&ctx, &group).await,
+        Some(Command::Delete { peer, seq }) => oneshot::edit(&ctx, &peer, seq, None).await,
+        Some(Command::Unread { all }) => oneshot::unread(&ctx, all).await,
+        Some(Command::Group(group)) => oneshot::group(&ctx, &group).await,
     }
 }
 

@@ -1,6 +1,8 @@
-//! How things look: the lines the client prints, for people (interactive
-//! mode) and for scripts (the stable formats of the subcommands), and the
-//! two output streams.
+//! The two output streams, and the records the one-shot subcommands print
+//! for scripts (their stable formats, see the crate docs), with the names
+//! of kinds and roles they share with the interactive mode. What people
+//! read in interactive mode is formatted in [`crate::interactive::render`],
+//! which writes through the streams here.
 //!
 //! Rust's stdout is line-buffered whatever it is connected to, so every line
 //! printed here reaches a pipe or a pseudo-terminal at once. Write errors
@@ -10,7 +12,7 @@ use std::fmt::Display;
 use std::io::Write;
 
 use chat_proto as pb;
-use chrono::{DateTime, Local, TimeZone, Utc};
+use chrono::{TimeZone, Utc};
 
 /// Prints one line on stdout.
 pub fn out(line: impl Display) {
@@ -49,18 +51,9 @@ pub fn conversation_label(c: &pb::Conversation) -> String {
     }
 }
 
-fn is_group(c: &pb::Conversation) -> bool {
+/// A group's conversation (not a direct one).
+pub fn is_group(c: &pb::Conversation) -> bool {
     c.peer.is_empty() && !c.group_id.is_empty()
-}
-
-/// How a conversation is shown to people: the peer of a direct one,
-/// `#<name>` for a group.
-pub fn display_label(c: &pb::Conversation) -> String {
-    if is_group(c) && !c.name.is_empty() {
-        format!("#{}", terminal_text(&c.name))
-    } else {
-        conversation_label(c)
-    }
 }
 
 /// A message kind in lower snake case, as in the `history` records:
@@ -93,134 +86,6 @@ pub fn is_event(m: &pb::Message) -> bool {
         K::try_from(m.kind),
         Ok(K::GroupCreated | K::MembersAdded | K::MemberRemoved | K::MemberLeft)
     )
-}
-
-/// `[HH:MM:SS]` in local time for a message of today, with the date in
-/// front for older ones.
-pub fn clock(sent_at_unix_ms: i64, now: DateTime<Local>) -> String {
-    match Local.timestamp_millis_opt(sent_at_unix_ms).single() {
-        Some(t) if t.date_naive() == now.date_naive() => t.format("[%H:%M:%S]").to_string(),
-        Some(t) => t.format("[%Y-%m-%d %H:%M:%S]").to_string(),
-        None => "[--:--:--]".to_owned(),
-    }
-}
-
-/// A message for people: `[HH:MM:SS] sender: body`; one of yours (sent
-/// from another device) is `[HH:MM:SS] you → peer: body`; in a group,
-/// `[HH:MM:SS] sender in #group: body`. A membership event is an
-/// [`event_line`].
-pub fn message_line(m: &pb::Message, me: &str, label: &str, now: DateTime<Local>) -> String {
-    if is_event(m) {
-        return event_line(m, me, label, now);
-    }
-    let time = clock(m.sent_at_unix_ms, now);
-    let actor = if m.sender == me {
-        "you".to_owned()
-    } else {
-        terminal_text(&m.sender)
-    };
-    let place = if label.starts_with('#') {
-        format!(" in {label}")
-    } else {
-        String::new()
-    };
-    match pb::MessageKind::try_from(m.kind) {
-        Ok(pb::MessageKind::MessageEdited) => {
-            let body = terminal_text(&m.body);
-            return format!(
-                "{time} * {actor} edited message {}{place}: {body}",
-                m.target_seq
-            );
-        }
-        Ok(pb::MessageKind::MessageDeleted) => {
-            return format!("{time} * {actor} deleted message {}{place}", m.target_seq);
-        }
-        _ => {}
-    }
-    let body = terminal_text(&m.body);
-    if m.sender == me {
-        format!("{time} you → {label}: {body}")
-    } else if label.starts_with('#') {
-        format!("{time} {} in {label}: {body}", m.sender)
-    } else {
-        format!("{time} {}: {body}", m.sender)
-    }
-}
-
-/// A message in `/history`: a [`message_line`] with the body of a deleted
-/// text as `[deleted]`, ` (edited)` after an edited one, and, after one of
-/// yours, ` ✓` once the peer read it (` (read by N)` in a group).
-pub fn history_line(
-    m: &pb::Message,
-    me: &str,
-    label: &str,
-    group: bool,
-    now: DateTime<Local>,
-) -> String {
-    if m.kind != pb::MessageKind::Text as i32 {
-        return message_line(m, me, label, now);
-    }
-    let mut shown = m.clone();
-    if m.deleted {
-        shown.body = "[deleted]".to_owned();
-    }
-    let mut line = message_line(&shown, me, label, now);
-    if m.edited && !m.deleted {
-        line.push_str(" (edited)");
-    }
-    if m.sender == me && m.read_count > 0 && !m.deleted {
-        if group {
-            line.push_str(&format!(" (read by {})", m.read_count));
-        } else {
-            line.push_str(" \u{2713}");
-        }
-    }
-    line
-}
-
-/// A membership event for people, e.g. `[HH:MM:SS] * alice added dave to
-/// #Team`; you are "you".
-pub fn event_line(m: &pb::Message, me: &str, label: &str, now: DateTime<Local>) -> String {
-    use pb::MessageKind as K;
-    let who = |name: &str| {
-        if name == me {
-            "you".to_owned()
-        } else {
-            terminal_text(name)
-        }
-    };
-    let actor = who(&m.sender);
-    let members = m
-        .members
-        .iter()
-        .map(|name| who(name))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let what = match K::try_from(m.kind) {
-        Ok(K::GroupCreated) if members.is_empty() => format!("{actor} created {label}"),
-        Ok(K::GroupCreated) => format!("{actor} created {label} with {members}"),
-        Ok(K::MembersAdded) => format!("{actor} added {members} to {label}"),
-        Ok(K::MemberRemoved) => format!("{actor} removed {members} from {label}"),
-        Ok(K::MemberLeft) => format!("{actor} left {label}"),
-        _ => format!("{actor} changed {label}: {}", terminal_text(&m.body)),
-    };
-    format!("{} * {what}", clock(m.sent_at_unix_ms, now))
-}
-
-/// Text that is safe to show on a terminal: control characters (escape
-/// sequences could rewrite the screen) become U+FFFD, and the lines of a
-/// multi-line body after the first are indented.
-pub fn terminal_text(text: &str) -> String {
-    let mut shown = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '\n' => shown.push_str("\n    "),
-            '\t' => shown.push(' '),
-            c if c.is_control() => shown.push('\u{FFFD}'),
-            c => shown.push(c),
-        }
-    }
-    shown
 }
 
 /// A field of a tab-separated record: backslash, tab, newline and carriage
@@ -313,68 +178,12 @@ pub fn group_info_records(g: &pb::Group) -> Vec<String> {
     .collect()
 }
 
-/// The line printed when a session starts, e.g.
-/// `connected as bob — 3 unread in 1 conversation`.
-pub fn ready_summary(ready: &pb::Ready, server: Option<&str>) -> String {
-    let unread: u64 = ready.conversations.iter().map(|c| c.unread_count).sum();
-    let with_unread = ready
-        .conversations
-        .iter()
-        .filter(|c| c.unread_count > 0)
-        .count();
-    let mut line = format!("connected as {}", ready.username);
-    if unread == 0 {
-        line.push_str(" — no unread messages");
-    } else {
-        let s = if with_unread == 1 { "" } else { "s" };
-        line.push_str(&format!(
-            " — {unread} unread in {with_unread} conversation{s}"
-        ));
-    }
-    if let Some(server) = server {
-        line.push_str(&format!(" (via {server})"));
-    }
-    line
-}
-
+/// Messages for the formatting tests of both modes.
 #[cfg(test)]
-mod tests {
-    #[test]
-    fn edits_and_deletions_are_shown_as_changes() {
-        let now = Local::now();
-        let mut m = pb::Message {
-            sender: "alice".into(),
-            body: "hello".into(),
-            target_seq: 3,
-            kind: pb::MessageKind::MessageEdited as i32,
-            sent_at_unix_ms: now.timestamp_millis(),
-            ..Default::default()
-        };
-        assert!(message_line(&m, "bob", "alice", now).ends_with("* alice edited message 3: hello"));
-        m.kind = pb::MessageKind::MessageDeleted as i32;
-        assert!(
-            message_line(&m, "alice", "#Team", now).ends_with("* you deleted message 3 in #Team")
-        );
-    }
+pub(crate) mod samples {
+    use chat_proto as pb;
 
-    use super::*;
-
-    #[test]
-    fn history_lines_mark_edits_deletions_and_receipts() {
-        let now = Local::now();
-        let mut m = message("alice", "new text");
-        m.edited = true;
-        m.read_count = 1;
-        assert!(history_line(&m, "alice", "bob", false, now)
-            .ends_with("you → bob: new text (edited) ✓"));
-        assert!(history_line(&m, "alice", "#T", true, now).ends_with("(edited) (read by 1)"));
-        assert!(history_line(&m, "bob", "alice", false, now).ends_with("alice: new text (edited)"));
-        m.deleted = true;
-        m.body.clear();
-        assert!(history_line(&m, "bob", "alice", false, now).ends_with("alice: [deleted]"));
-    }
-
-    fn message(sender: &str, body: &str) -> pb::Message {
+    pub fn message(sender: &str, body: &str) -> pb::Message {
         pb::Message {
             conversation_id: "c1".into(),
             seq: 7,
@@ -385,31 +194,7 @@ mod tests {
         }
     }
 
-    #[test]
-    fn records_are_one_line_and_reversible() {
-        let m = message("alice", "a\tb\nc\\d\r");
-        assert_eq!(
-            history_record(&m),
-            "7\t2023-11-14T22:13:20.123Z\talice\ta\\tb\\nc\\\\d\\r"
-        );
-    }
-
-    #[test]
-    fn message_lines() {
-        let sent = Local.timestamp_millis_opt(1_700_000_000_123).unwrap();
-        let line = message_line(&message("alice", "hi"), "bob", "alice", sent);
-        assert!(line.ends_with("] alice: hi"), "{line}");
-        assert!(
-            line.starts_with('[') && line.len() == "[HH:MM:SS] alice: hi".len(),
-            "{line}"
-        );
-        let mine = message_line(&message("bob", "yo"), "bob", "alice", sent);
-        assert!(mine.ends_with("] you → alice: yo"), "{mine}");
-        let later = sent + chrono::Duration::days(2);
-        assert!(message_line(&message("alice", "hi"), "bob", "alice", later).starts_with("[2023-"));
-    }
-
-    fn event(kind: pb::MessageKind, sender: &str, members: &[&str]) -> pb::Message {
+    pub fn event(kind: pb::MessageKind, sender: &str, members: &[&str]) -> pb::Message {
         pb::Message {
             kind: kind as i32,
             members: members.iter().map(|m| m.to_string()).collect(),
@@ -417,45 +202,19 @@ mod tests {
             ..message(sender, "")
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::samples::{event, message};
+    use super::*;
 
     #[test]
-    fn group_lines() {
-        use pb::MessageKind as K;
-        let now = Local.timestamp_millis_opt(1_700_000_000_123).unwrap();
-        let line = |m: &pb::Message, me: &str| {
-            let line = message_line(m, me, "#Team", now);
-            line.split_once("] ").expect("a clock").1.to_owned()
-        };
-        assert_eq!(line(&message("alice", "hi"), "bob"), "alice in #Team: hi");
-        assert_eq!(line(&message("bob", "hi"), "bob"), "you → #Team: hi");
-        let created = event(K::GroupCreated, "alice", &["bob", "carol"]);
+    fn records_are_one_line_and_reversible() {
+        let m = message("alice", "a\tb\nc\\d\r");
         assert_eq!(
-            line(&created, "dave"),
-            "* alice created #Team with bob, carol"
-        );
-        assert_eq!(
-            line(&created, "bob"),
-            "* alice created #Team with you, carol"
-        );
-        assert_eq!(
-            line(&created, "alice"),
-            "* you created #Team with bob, carol"
-        );
-        assert_eq!(
-            line(&event(K::GroupCreated, "alice", &[]), "bob"),
-            "* alice created #Team"
-        );
-        assert_eq!(
-            line(&event(K::MembersAdded, "alice", &["dave", "erin"]), "bob"),
-            "* alice added dave, erin to #Team"
-        );
-        assert_eq!(
-            line(&event(K::MemberRemoved, "alice", &["carol"]), "carol"),
-            "* alice removed you from #Team"
-        );
-        assert_eq!(
-            line(&event(K::MemberLeft, "carol", &["carol"]), "bob"),
-            "* carol left #Team"
+            history_record(&m),
+            "7\t2023-11-14T22:13:20.123Z\talice\ta\\tb\\nc\\\\d\\r"
         );
     }
 
@@ -477,7 +236,6 @@ mod tests {
         };
         assert_eq!(unread_record(&group), "#g1\t2\t9\tMy\\tTeam");
         assert_eq!(group_record(&group), "g1\tMy\\tTeam\t2");
-        assert_eq!(display_label(&group), "#My Team");
         let direct = pb::Conversation {
             kind: pb::ConversationKind::Direct as i32,
             peer: "bob".into(),
@@ -486,7 +244,6 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(unread_record(&direct), "bob\t1\t3");
-        assert_eq!(display_label(&direct), "bob");
         let info = pb::Group {
             group_id: "g1".into(),
             name: "Team".into(),
@@ -507,37 +264,6 @@ mod tests {
         assert_eq!(
             group_info_records(&info),
             ["g1\tTeam", "alice\towner", "bob\tmember"]
-        );
-    }
-
-    #[test]
-    fn terminal_text_defuses_escape_sequences() {
-        assert_eq!(terminal_text("a\u{1b}[2Jb\nc"), "a\u{FFFD}[2Jb\n    c");
-    }
-
-    #[test]
-    fn summaries() {
-        let conversation = |unread| pb::Conversation {
-            unread_count: unread,
-            ..Default::default()
-        };
-        let mut ready = pb::Ready {
-            username: "bob".into(),
-            ..Default::default()
-        };
-        assert_eq!(
-            ready_summary(&ready, None),
-            "connected as bob — no unread messages"
-        );
-        ready.conversations = vec![conversation(3), conversation(0)];
-        assert_eq!(
-            ready_summary(&ready, None),
-            "connected as bob — 3 unread in 1 conversation"
-        );
-        ready.conversations.push(conversation(1));
-        assert_eq!(
-            ready_summary(&ready, Some("http://h:1")),
-            "connected as bob — 4 unread in 2 conversations (via http://h:1)"
         );
     }
 }

@@ -11,8 +11,8 @@ use chat_proto::AuthedChatClient;
 use tonic::Code;
 
 use crate::cli::{GroupCommand, Target};
-use crate::error::{describe_error, Exit, Failure};
-use crate::{api, connection, view, Context};
+use crate::error::{self, describe_error, not_a_member, Exit, Failure};
+use crate::{account, api, connection, view, Context};
 
 /// How many times `send` tries when the server is unavailable. Retrying is
 /// safe: the same client_msg_id never stores a message twice.
@@ -41,21 +41,9 @@ pub async fn register(
     let registered = response
         .user
         .map_or_else(|| username.to_owned(), |u| u.username);
-    save_new_secret(ctx, &registered, &response.secret)?;
+    account::save_new_secret(ctx, &registered, &response.secret)?;
     view::out(registered);
     Ok(())
-}
-
-/// Saves the secret of a user just registered; if that fails, the secret
-/// is printed on stderr so that it is not lost.
-pub fn save_new_secret(ctx: &Context, username: &str, secret: &str) -> Result<(), Failure> {
-    ctx.credentials().remember(username, secret).map_err(|f| {
-        Failure::other(format!(
-            "{username} is registered but {}; its secret is {secret} — keep it and run \
-             `chat-client login {username}` with it on stdin",
-            f.message
-        ))
-    })
 }
 
 /// `login <username>`, the secret on stdin.
@@ -67,36 +55,9 @@ pub async fn login(ctx: &Context, username: &str) -> Result<(), Failure> {
     let store = ctx.credentials();
     store.check_writable()?;
     let (_, channel) = connection::first_reachable(&ctx.servers).await?;
-    verify_secret(channel, username, &secret).await?;
+    account::verify_secret(channel, username, &secret).await?;
     store.remember(username, &secret)?;
     view::out(username);
-    Ok(())
-}
-
-/// Checks that the server accepts `secret` (ListConversations) and that it
-/// is the secret of `username`.
-pub async fn verify_secret(
-    channel: tonic::transport::Channel,
-    username: &str,
-    secret: &str,
-) -> Result<(), Failure> {
-    let mut chat = connection::chat_client(channel, secret)?;
-    let refused = |status: tonic::Status| {
-        if status.code() == Code::Unauthenticated {
-            Failure::auth(format!(
-                "the server does not accept this secret for {username}"
-            ))
-        } else {
-            Failure::from(status)
-        }
-    };
-    api::conversations(&mut chat).await.map_err(refused)?;
-    let owner = api::whoami(&mut chat).await.map_err(refused)?;
-    if owner != username {
-        return Err(Failure::auth(format!(
-            "this secret belongs to {owner}, not to {username}"
-        )));
-    }
     Ok(())
 }
 
@@ -116,15 +77,6 @@ fn read_stdin_secret() -> Result<String, Failure> {
     }
     connection::bearer(secret).map_err(|f| Failure::usage(f.message))?;
     Ok(secret.to_owned())
-}
-
-/// NOT_FOUND for a group: it does not exist, or the caller is not in it
-/// (the server does not say which).
-pub fn no_such_group(id: &str) -> Failure {
-    Failure::new(
-        Exit::NotFound,
-        format!("no such group: #{id} (or you are not in it)"),
-    )
 }
 
 /// `send <to> <body...>` (the body from stdin when not given).
@@ -269,7 +221,7 @@ pub async fn group(ctx: &Context, command: &GroupCommand) -> Result<(), Failure>
             let (group, _) = match api::create_group(&mut chat, name, members).await {
                 Ok(created) => created,
                 Err(status) if status.code() == Code::NotFound => {
-                    return Err(unknown_member(channel, members).await);
+                    return Err(error::unknown_member(channel, members).await);
                 }
                 Err(status) => return Err(fail(status)),
             };
@@ -278,7 +230,7 @@ pub async fn group(ctx: &Context, command: &GroupCommand) -> Result<(), Failure>
         GroupCommand::Add { group, users } => {
             if let Err(status) = api::add_members(&mut chat, group, users).await {
                 return Err(if status.code() == Code::NotFound {
-                    group_or_user_not_found(&mut chat, channel, group, users).await
+                    error::group_or_user_not_found(&mut chat, channel, group, users).await
                 } else {
                     fail(status)
                 });
@@ -289,10 +241,7 @@ pub async fn group(ctx: &Context, command: &GroupCommand) -> Result<(), Failure>
                 Ok(_) => {}
                 Err(status) if status.code() == Code::NotFound => {
                     return Err(match api::get_group(&mut chat, group).await {
-                        Ok(_) => Failure::new(
-                            Exit::NotFound,
-                            format!("{member} is not a member of #{group}"),
-                        ),
+                        Ok(_) => not_a_member(member, &format!("#{group}")),
                         Err(_) => no_such_group(group),
                     });
                 }
@@ -313,14 +262,18 @@ pub async fn group(ctx: &Context, command: &GroupCommand) -> Result<(), Failure>
             }
         }
         GroupCommand::List => {
-            let mut groups = api::groups(&mut chat).await.map_err(fail)?;
-            groups.sort_by(|a, b| (&a.name, &a.group_id).cmp(&(&b.name, &b.group_id)));
+            let groups = api::groups(&mut chat).await.map_err(fail)?;
             for group in &groups {
                 view::out(view::group_record(group));
             }
         }
     }
     Ok(())
+}
+
+/// NOT_FOUND for the group `id`, named as scripts name it (`#<id>`).
+fn no_such_group(id: &str) -> Failure {
+    error::no_such_group(&format!("#{id}"))
 }
 
 /// A status about one group, NOT_FOUND said as such.
@@ -330,30 +283,6 @@ fn group_failure(status: tonic::Status, group: &str, user: &str) -> Failure {
     } else {
         Failure::from_status_as(&status, user)
     }
-}
-
-/// NOT_FOUND when creating: one of the members does not exist.
-pub(crate) async fn unknown_member(
-    channel: tonic::transport::Channel,
-    members: &[String],
-) -> Failure {
-    match api::first_unknown_user(channel, members).await {
-        Some(name) => Failure::new(Exit::NotFound, format!("no such user: {name}")),
-        None => Failure::new(Exit::NotFound, "one of the members does not exist"),
-    }
-}
-
-/// NOT_FOUND when adding: the group (or our membership), or a user.
-pub(crate) async fn group_or_user_not_found(
-    chat: &mut AuthedChatClient,
-    channel: tonic::transport::Channel,
-    group: &str,
-    users: &[String],
-) -> Failure {
-    if api::get_group(chat, group).await.is_err() {
-        return no_such_group(group);
-    }
-    unknown_member(channel, users).await
 }
 
 /// The saved user (made the default: it is the last used one) and a client
