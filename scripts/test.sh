@@ -23,7 +23,8 @@
 # directory (needs python3 with venv; Debian's python3-venv is installed
 # with apt-get when missing). Everything is stopped and deleted on exit,
 # also on failure or ctrl-c. The exit code is that of the first failing
-# check, or of cargo test.
+# check, or of cargo test; the last line printed is `N passed, M failed`,
+# the tests of every test binary added up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -70,6 +71,8 @@ cleanup() {
   echo "== stopping the test services" 2>/dev/null
   bash scripts/services.sh stop "$svc_dir" || rc=1
   rm -rf "$svc_dir"
+  # The last line of every run: what the tests did.
+  echo "${summary:-0 passed, 0 failed (no test ran)}" 2>/dev/null
   exit "$rc"
 }
 trap cleanup EXIT
@@ -112,4 +115,18 @@ if ((lint)); then
 fi
 
 echo "== cargo test"
-cargo test --locked --no-fail-fast "${test_args[@]}"
+# The output goes to the terminal and to a log, whose `test result:` lines
+# (one per test binary) add up to the summary printed last.
+set +e
+cargo test --locked --no-fail-fast "${test_args[@]}" 2>&1 | tee "$svc_dir/cargo-test.log"
+test_rc=${PIPESTATUS[0]}
+set -e
+read -r passed failed < <(awk '/^test result:/ { p += $4; f += $6 } END { print p + 0, f + 0 }' \
+  "$svc_dir/cargo-test.log")
+if ((test_rc != 0 && failed == 0)); then
+  # A test binary that did not build or crashed reports no result line.
+  echo "error: cargo test failed (exit $test_rc) outside any test; see above" >&2
+  failed=1
+fi
+summary="$passed passed, $failed failed"
+exit "$test_rc"
