@@ -112,6 +112,39 @@ pub(crate) fn too_many_groups(user: &str, limits: GroupLimits) -> StoreError {
     ))
 }
 
+/// The group locked for a change by `actor`, who must be a member.
+async fn locked<T: GroupTx>(tx: &mut T, actor: &str, group_id: &str) -> Result<GroupInfo> {
+    tx.lock_group(actor, group_id)
+        .await?
+        .ok_or(StoreError::NotFound)
+}
+
+/// Only the owner and admins change who is in a group.
+fn may_manage(group: &GroupInfo, actor: &str, what: &str) -> Result<()> {
+    if role_of(group, actor) < Some(GroupRole::Admin) {
+        return Err(only_managers(what));
+    }
+    Ok(())
+}
+
+/// Takes `gone` out of `group` with its event (`kind`, made by `actor`).
+async fn depart<T: GroupTx>(
+    tx: &mut T,
+    group: &mut GroupInfo,
+    actor: &str,
+    gone: &str,
+    kind: MessageKind,
+    now: i64,
+) -> Result<StoredMessage> {
+    tx.delete_member(&group.id, gone).await?;
+    let concerned = [gone.to_owned()];
+    let draft = Draft::membership(&group.id, actor, kind, &concerned, now);
+    let event = tx.insert_event(draft).await?;
+    group.members.retain(|m| m.username != gone);
+    group.last_seq = event.seq;
+    Ok(event)
+}
+
 fn role_of(group: &GroupInfo, username: &str) -> Option<GroupRole> {
     group
         .members
@@ -204,13 +237,8 @@ async fn add<T: GroupTx>(
     limits: GroupLimits,
     now: i64,
 ) -> Result<GroupChanged> {
-    let mut group = tx
-        .lock_group(&actor, &group_id)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-    if role_of(&group, &actor) < Some(GroupRole::Admin) {
-        return Err(only_managers("add members"));
-    }
+    let mut group = locked(tx, &actor, &group_id).await?;
+    may_manage(&group, &actor, "add members")?;
     let mut new: Vec<String> = usernames
         .into_iter()
         .filter(|u| role_of(&group, u).is_none())
@@ -254,30 +282,22 @@ async fn remove<T: GroupTx>(
     username: String,
     now: i64,
 ) -> Result<GroupChanged> {
-    let mut group = tx
-        .lock_group(&actor, &group_id)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-    if role_of(&group, &actor) < Some(GroupRole::Admin) {
-        return Err(only_managers("remove members"));
-    }
+    let mut group = locked(tx, &actor, &group_id).await?;
+    may_manage(&group, &actor, "remove members")?;
     match role_of(&group, &username) {
         None => return Err(StoreError::NotFound),
         Some(GroupRole::Owner) => return Err(owner_stays()),
         Some(_) => {}
     }
-    tx.delete_member(&group_id, &username).await?;
-    let concerned = std::slice::from_ref(&username);
-    let draft = Draft::membership(
-        &group_id,
+    let event = depart(
+        tx,
+        &mut group,
         &actor,
+        &username,
         MessageKind::MemberRemoved,
-        concerned,
         now,
-    );
-    let event = tx.insert_event(draft).await?;
-    group.members.retain(|m| m.username != username);
-    group.last_seq = event.seq;
+    )
+    .await?;
     Ok(GroupChanged {
         notify: notified(&group, Some(username)),
         group,
@@ -293,16 +313,9 @@ async fn leave<T: GroupTx>(
     group_id: String,
     now: i64,
 ) -> Result<GroupChanged> {
-    let mut group = tx
-        .lock_group(&actor, &group_id)
-        .await?
-        .ok_or(StoreError::NotFound)?;
+    let mut group = locked(tx, &actor, &group_id).await?;
     let was_owner = role_of(&group, &actor) == Some(GroupRole::Owner);
-    tx.delete_member(&group_id, &actor).await?;
-    let concerned = std::slice::from_ref(&actor);
-    let draft = Draft::membership(&group_id, &actor, MessageKind::MemberLeft, concerned, now);
-    let event = tx.insert_event(draft).await?;
-    group.members.retain(|m| m.username != actor);
+    let event = depart(tx, &mut group, &actor, &actor, MessageKind::MemberLeft, now).await?;
     if was_owner {
         let heir = group.members.iter_mut().min_by(|a, b| {
             a.joined_seq
@@ -310,11 +323,10 @@ async fn leave<T: GroupTx>(
                 .then_with(|| a.username.cmp(&b.username))
         });
         if let Some(heir) = heir {
-            tx.set_owner(&group_id, &heir.username).await?;
+            tx.set_owner(&group.id, &heir.username).await?;
             heir.role = GroupRole::Owner;
         }
     }
-    group.last_seq = event.seq;
     Ok(GroupChanged {
         notify: notified(&group, Some(actor)),
         group,
