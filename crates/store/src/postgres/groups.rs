@@ -5,12 +5,12 @@
 //! members' user rows in username order.
 
 use async_trait::async_trait;
-use deadpool_postgres::{GenericClient, Object, Transaction};
+use deadpool_postgres::{GenericClient, Object};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::messages::INSERT_MESSAGE;
-use super::{execute, has_nul, query, query_opt, seq_param, seq_value, PostgresStore};
+use super::{execute, has_nul, query, query_opt, seq_param, seq_value, PostgresStore, Tx};
 use crate::domain::groups::{change_group, Admission, GroupTx};
 use crate::domain::messages::Draft;
 use crate::{
@@ -57,9 +57,6 @@ fn group_member_from_row(row: &Row, at: usize) -> Result<GroupMember> {
         joined_seq: seq_value(row.try_get(at + 2)?),
     })
 }
-
-/// A group change inside one PostgreSQL transaction.
-struct Tx<'a, 'c>(&'a Transaction<'c>);
 
 impl GroupTx for Tx<'_, '_> {
     /// Takes the lock and reads the members in one round trip; the

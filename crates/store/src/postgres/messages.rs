@@ -4,17 +4,19 @@
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Object};
 use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
 
+use super::Tx;
 use super::{
     execute, has_nul, is_member, members, message_by_client_id, message_from_row, now_ms, or_empty,
     query, query_opt, seq_param, seq_value, usernames, PostgresStore, MEMBERS,
     MESSAGE_BY_CLIENT_ID,
 };
-use crate::domain::messages::direct_key;
+use crate::domain::messages::{append, change_message, Draft, Lookup, MessageTx};
 use crate::{
     new_id, Appended, ConversationKind, ConversationSummary, HistoryPage, HistoryQuery,
-    MessageChange, MessageKind, MessageStore, NewMessage, ReadCursor, Result, StoreError,
-    StoredMessage, Target, MAX_PAGE,
+    MessageChange, MessageStore, NewMessage, ReadCursor, Result, StoreError, StoredMessage,
+    MAX_PAGE,
 };
 
 async fn history(
@@ -162,169 +164,6 @@ async fn read_cursors(
         .collect()
 }
 
-/// Where a message goes, once its target is looked at.
-enum Resolved {
-    Conversation(String),
-    /// A direct conversation not created yet.
-    NewDirect {
-        key: String,
-        peer: String,
-    },
-}
-
-async fn append(client: &mut Object, msg: NewMessage) -> Result<Appended> {
-    // Nothing stored can match a key holding NUL: there is no original to
-    // find, and the message cannot be stored.
-    if has_nul(&msg.sender) {
-        return Err(StoreError::NotFound);
-    }
-    if has_nul(&msg.client_msg_id) {
-        return Err(StoreError::Invalid(
-            "client_msg_id must not contain NUL characters".into(),
-        ));
-    }
-    let now = now_ms();
-    let tx = client.transaction().await?;
-
-    // The retry check and the target lookup go out in one round trip.
-    let existing = message_by_client_id(&tx, &msg.sender, &msg.client_msg_id);
-    let (existing, target) = match &msg.target {
-        Target::Direct(peer) if has_nul(peer) => (existing.await?, Err(StoreError::NotFound)),
-        Target::Direct(peer) => {
-            let key = match direct_key(&msg.sender, peer) {
-                Ok(key) => key,
-                Err(e) => return Err(e),
-            };
-            let params: [&(dyn ToSql + Sync); 1] = [&key];
-            let lookup = query_opt(
-                &tx,
-                "SELECT id FROM conversations WHERE direct_key = $1",
-                &params,
-            );
-            let (existing, found) = tokio::join!(existing, lookup);
-            let target = match found? {
-                Some(row) => Ok(Resolved::Conversation(row.try_get(0)?)),
-                None => Ok(Resolved::NewDirect {
-                    key,
-                    peer: peer.clone(),
-                }),
-            };
-            (existing?, target)
-        }
-        Target::Group(group) if has_nul(group) => (existing.await?, Err(StoreError::NotFound)),
-        Target::Group(group) => {
-            let (existing, member) = tokio::join!(existing, is_member(&tx, &msg.sender, group));
-            let target = if member? {
-                Ok(Resolved::Conversation(group.clone()))
-            } else {
-                Err(StoreError::NotFound)
-            };
-            (existing?, target)
-        }
-    };
-    if let Some(message) = existing {
-        let members = members(&tx, &message.conversation_id).await?;
-        tx.commit().await?;
-        return Ok(Appended {
-            message,
-            members,
-            duplicate: true,
-        });
-    }
-    let conversation_id = match target? {
-        Resolved::Conversation(id) => id,
-        Resolved::NewDirect { key, peer } => {
-            create_direct(&tx, &msg.sender, &peer, &key, now).await?
-        }
-    };
-    if has_nul(&msg.body) {
-        return Err(StoreError::Invalid(
-            "body must not contain NUL characters".into(),
-        ));
-    }
-
-    let id = new_id('m');
-    let kind = MessageKind::Text.as_str();
-    let sent_at = msg.sent_at_unix_ms.unwrap_or(now);
-    let params: [&(dyn ToSql + Sync); 8] = [
-        &conversation_id,
-        &id,
-        &msg.sender,
-        &msg.body,
-        &msg.client_msg_id,
-        &sent_at,
-        &kind,
-        &0i64,
-    ];
-    // The member list goes out right behind the insert, in one round trip
-    // (one less while the row lock is held). Both statements are prepared
-    // first so that polling sends them in this order and the server reads
-    // the members after the insert, under the lock. The list counts only if
-    // the insert succeeded.
-    let (insert, list) = tokio::try_join!(
-        tx.prepare_cached(INSERT_MESSAGE),
-        tx.prepare_cached(MEMBERS)
-    )?;
-    let list_params: [&(dyn ToSql + Sync); 1] = [&conversation_id];
-    let (inserted, member_list) = tokio::join!(
-        tx.query_opt(&insert, &params),
-        tx.query(&list, &list_params),
-    );
-    let inserted = inserted.map_err(StoreError::from);
-    let seq = match inserted {
-        Ok(Some(row)) => seq_value(row.try_get(0)?),
-        Ok(None) => {
-            return Err(StoreError::Internal(format!(
-                "conversation {conversation_id} vanished"
-            )))
-        }
-        Err(StoreError::AlreadyExists) => {
-            // An identical retry committed first (or was waited for).
-            // Undo this attempt, its seq included, and answer the original.
-            tx.rollback().await?;
-            let Some(message) =
-                message_by_client_id(&*client, &msg.sender, &msg.client_msg_id).await?
-            else {
-                return Err(StoreError::Internal(
-                    "a unique violation without an original message".into(),
-                ));
-            };
-            let members = members(&*client, &message.conversation_id).await?;
-            return Ok(Appended {
-                message,
-                members,
-                duplicate: true,
-            });
-        }
-        Err(e) => return Err(e),
-    };
-    let members = usernames(member_list?)?;
-    // The membership check above ran before the lock: a member removed from
-    // the group meanwhile (on any server) is not in the list read under it.
-    if !members.contains(&msg.sender) {
-        tx.rollback().await?;
-        return Err(StoreError::NotFound);
-    }
-    tx.commit().await?;
-    Ok(Appended {
-        message: StoredMessage {
-            id,
-            conversation_id,
-            seq,
-            sender: msg.sender,
-            body: msg.body,
-            client_msg_id: msg.client_msg_id,
-            sent_at_unix_ms: sent_at,
-            kind: MessageKind::Text,
-            target_seq: 0,
-            edited: false,
-            deleted: false,
-        },
-        members,
-        duplicate: false,
-    })
-}
-
 /// Takes the next seq of conversation `$1` and inserts the message with it
 /// (`$8` is the target_seq: the changed message's seq for an edit or delete
 /// event, 0 otherwise). The UPDATE's row lock serialises every writer of
@@ -340,56 +179,6 @@ pub(super) const INSERT_MESSAGE: &str = "
         (conversation_id, seq, id, sender, body, client_msg_id, sent_at_ms, kind, target_seq)
     SELECT $1, next.last_seq, $2, $3, $4, $5, $6, $7, $8 FROM next
     RETURNING seq";
-
-/// Creates the direct conversation of `a` and `b`, or finds the one another
-/// transaction created meanwhile.
-async fn create_direct<C: GenericClient>(
-    tx: &C,
-    a: &str,
-    b: &str,
-    key: &str,
-    now: i64,
-) -> Result<String> {
-    if query_opt(tx, "SELECT 1 FROM users WHERE username = $1", &[&b])
-        .await?
-        .is_none()
-    {
-        return Err(StoreError::NotFound);
-    }
-    let id = new_id('c');
-    // A concurrent creator of the same key makes this wait for its commit
-    // and then do nothing.
-    let created = query_opt(
-        tx,
-        "INSERT INTO conversations (id, kind, direct_key, created_at_ms)
-         VALUES ($1, 'direct', $2, $3)
-         ON CONFLICT (direct_key) DO NOTHING RETURNING id",
-        &[&id, &key, &now],
-    )
-    .await?;
-    if created.is_some() {
-        execute(
-            tx,
-            "INSERT INTO members (conversation_id, username) VALUES ($1, $2), ($1, $3)",
-            &[&id, &a, &b],
-        )
-        .await?;
-        return Ok(id);
-    }
-    // Read committed: this statement sees the winner's committed row.
-    match query_opt(
-        tx,
-        "SELECT id FROM conversations WHERE direct_key = $1",
-        &[&key],
-    )
-    .await?
-    {
-        Some(row) => Ok(row.try_get(0)?),
-        None => Err(StoreError::Unavailable(
-            "the direct conversation is being created; retry".into(),
-        )),
-    }
-}
 
 async fn mark_read(
     c: &Object,
@@ -470,152 +259,288 @@ const DELETE_TARGET: &str = "
        AND g.seq >= m.joined_seq
     RETURNING g.seq";
 
-async fn change_message(client: &mut Object, change: MessageChange) -> Result<Appended> {
-    // As for sends: nothing stored matches a key holding NUL.
-    if has_nul(&change.editor) {
-        return Err(StoreError::NotFound);
-    }
-    if has_nul(&change.client_msg_id) {
+/// What a retry of `(sender, client_msg_id)` answers: the original, if
+/// there is one.
+async fn original<C: GenericClient>(
+    c: &C,
+    existing: Option<StoredMessage>,
+) -> Result<Option<Appended>> {
+    let Some(message) = existing else {
+        return Ok(None);
+    };
+    let members = members(c, &message.conversation_id).await?;
+    Ok(Some(Appended {
+        message,
+        members,
+        duplicate: true,
+    }))
+}
+
+/// What an operation answers when its insert lost the race to an
+/// identical retry that committed first (or was waited for): that
+/// original. Run after the rollback, which undid this attempt's seq.
+async fn committed_original(c: &Object, sender: &str, client_msg_id: &str) -> Result<Appended> {
+    let existing = message_by_client_id(c, sender, client_msg_id).await?;
+    original(c, existing).await?.ok_or_else(|| {
+        StoreError::Internal("a unique violation without an original message".into())
+    })
+}
+
+/// Runs `rule` in a transaction of `c` and commits it; a unique violation
+/// of `(sender, client_msg_id)` answers the original.
+async fn in_transaction(
+    c: &mut Object,
+    sender: &str,
+    client_msg_id: &str,
+    rule: impl AsyncFnOnce(&mut Tx<'_, '_>) -> Result<Appended>,
+) -> Result<Appended> {
+    // Nothing stored can match a key holding NUL: there is no original to
+    // find, and nothing can be stored.
+    if has_nul(client_msg_id) {
         return Err(StoreError::Invalid(
             "client_msg_id must not contain NUL characters".into(),
         ));
     }
-    let now = now_ms();
-    let editor = change.editor.as_str();
-    let key = change.client_msg_id.as_str();
-    let conversation_id = change.conversation_id.as_str();
-    let tx = client.transaction().await?;
-
-    // The lock and the retry check go out in one round trip; the check runs
-    // once the lock is granted, so it sees an identical change that
-    // committed while this one waited for the lock.
-    let (locked, existing) = if has_nul(conversation_id) {
-        (false, message_by_client_id(&tx, editor, key).await?)
-    } else {
-        let (lock, by_key) = tokio::try_join!(
-            tx.prepare_cached(LOCK_CONVERSATION),
-            tx.prepare_cached(MESSAGE_BY_CLIENT_ID)
-        )?;
-        let lock_params: [&(dyn ToSql + Sync); 2] = [&conversation_id, &editor];
-        let key_params: [&(dyn ToSql + Sync); 2] = [&editor, &key];
-        let (locked, existing) = tokio::join!(
-            tx.query_opt(&lock, &lock_params),
-            tx.query_opt(&by_key, &key_params),
-        );
-        let locked = locked?.is_some();
-        let existing = existing?.map(|r| message_from_row(&r, 0)).transpose()?;
-        (locked, existing)
-    };
-    if let Some(message) = existing {
-        let members = members(&tx, &message.conversation_id).await?;
-        tx.commit().await?;
-        return Ok(Appended {
-            message,
-            members,
-            duplicate: true,
-        });
-    }
-    if !locked {
-        return Err(StoreError::NotFound);
-    }
-    let (kind, body) = match change.body.as_deref() {
-        Some(text) => (MessageKind::MessageEdited, text),
-        None => (MessageKind::MessageDeleted, ""),
-    };
-    if has_nul(body) {
-        return Err(StoreError::Invalid(
-            "body must not contain NUL characters".into(),
-        ));
-    }
-
-    // The change of the target, the event and the member list go out in
-    // one round trip, in this order (prepared first, as in `append`). The
-    // event counts only if the target changed.
-    let target_sql = match kind {
-        MessageKind::MessageEdited => EDIT_TARGET,
-        _ => DELETE_TARGET,
-    };
-    let (target, insert, list) = tokio::try_join!(
-        tx.prepare_cached(target_sql),
-        tx.prepare_cached(INSERT_MESSAGE),
-        tx.prepare_cached(MEMBERS)
-    )?;
-    let target_seq = seq_param(change.seq);
-    let edit_params: [&(dyn ToSql + Sync); 5] =
-        [&conversation_id, &target_seq, &editor, &body, &now];
-    let target_params = match kind {
-        MessageKind::MessageEdited => &edit_params[..],
-        _ => &edit_params[..3],
-    };
-    let id = new_id('m');
-    let kind_name = kind.as_str();
-    let event_params: [&(dyn ToSql + Sync); 8] = [
-        &conversation_id,
-        &id,
-        &editor,
-        &body,
-        &key,
-        &now,
-        &kind_name,
-        &target_seq,
-    ];
-    let list_params: [&(dyn ToSql + Sync); 1] = [&conversation_id];
-    let (changed, inserted, member_list) = tokio::join!(
-        tx.query_opt(&target, target_params),
-        tx.query_opt(&insert, &event_params),
-        tx.query(&list, &list_params),
-    );
-    if changed?.is_none() {
-        // Not the editor's own live text message, or no message at all:
-        // the same answer. Undo the event and its seq.
-        tx.rollback().await?;
-        return Err(StoreError::NotFound);
-    }
-    let seq = match inserted.map_err(StoreError::from) {
-        Ok(Some(row)) => seq_value(row.try_get(0)?),
-        Ok(None) => {
-            return Err(StoreError::Internal(format!(
-                "conversation {conversation_id} vanished"
-            )))
+    let tx = c.transaction().await?;
+    match rule(&mut Tx(&tx)).await {
+        Ok(appended) => {
+            tx.commit().await?;
+            Ok(appended)
         }
         Err(StoreError::AlreadyExists) => {
-            // The key was used meanwhile for another conversation (changes
-            // of this one wait for the lock and found nothing): undo this
-            // attempt and answer the original, as `append` does.
             tx.rollback().await?;
-            let Some(message) = message_by_client_id(&*client, editor, key).await? else {
-                return Err(StoreError::Internal(
-                    "a unique violation without an original message".into(),
-                ));
-            };
-            let members = members(&*client, &message.conversation_id).await?;
-            return Ok(Appended {
-                message,
-                members,
-                duplicate: true,
-            });
+            committed_original(c, sender, client_msg_id).await
         }
-        Err(e) => return Err(e),
-    };
-    let members = usernames(member_list?)?;
-    tx.commit().await?;
-    Ok(Appended {
-        message: StoredMessage {
-            id,
-            conversation_id: change.conversation_id.clone(),
-            seq,
-            sender: change.editor.clone(),
-            body: body.to_owned(),
-            client_msg_id: change.client_msg_id.clone(),
-            sent_at_unix_ms: now,
-            kind,
-            target_seq: change.seq,
-            edited: false,
-            deleted: false,
-        },
-        members,
-        duplicate: false,
-    })
+        Err(e) => Err(e),
+    }
+}
+
+fn nul_in_body() -> StoreError {
+    StoreError::Invalid("body must not contain NUL characters".into())
+}
+
+/// Sends and changes inside one PostgreSQL transaction; each primitive is
+/// one round trip.
+impl MessageTx for Tx<'_, '_> {
+    async fn look_up(
+        &mut self,
+        sender: &str,
+        client_msg_id: &str,
+        target: Lookup<'_>,
+    ) -> Result<(Option<Appended>, Option<String>)> {
+        let tx = self.0;
+        let existing = message_by_client_id(tx, sender, client_msg_id);
+        let (existing, found) = match target {
+            Lookup::Direct(key) if !has_nul(key) => {
+                let params: [&(dyn ToSql + Sync); 1] = [&key];
+                let lookup = query_opt(
+                    tx,
+                    "SELECT id FROM conversations WHERE direct_key = $1",
+                    &params,
+                );
+                let (existing, found) = tokio::join!(existing, lookup);
+                (existing?, found?.map(|row| row.try_get(0)).transpose()?)
+            }
+            Lookup::Group(group) if !has_nul(group) => {
+                let (existing, member) = tokio::join!(existing, is_member(tx, sender, group));
+                (existing?, member?.then(|| group.to_owned()))
+            }
+            _ => (existing.await?, None),
+        };
+        Ok((original(tx, existing).await?, found))
+    }
+
+    /// A concurrent creator of the same key makes the insert wait for its
+    /// commit and then do nothing; the read that follows (read committed)
+    /// sees the winner's row.
+    async fn create_direct(
+        &mut self,
+        key: &str,
+        a: &str,
+        b: &str,
+        now: i64,
+    ) -> Result<Option<String>> {
+        let tx = self.0;
+        if has_nul(b)
+            || query_opt(tx, "SELECT 1 FROM users WHERE username = $1", &[&b])
+                .await?
+                .is_none()
+        {
+            return Ok(None);
+        }
+        let id = new_id('c');
+        let created = query_opt(
+            tx,
+            "INSERT INTO conversations (id, kind, direct_key, created_at_ms)
+             VALUES ($1, 'direct', $2, $3)
+             ON CONFLICT (direct_key) DO NOTHING RETURNING id",
+            &[&id, &key, &now],
+        )
+        .await?;
+        if created.is_some() {
+            execute(
+                tx,
+                "INSERT INTO members (conversation_id, username) VALUES ($1, $2), ($1, $3)",
+                &[&id, &a, &b],
+            )
+            .await?;
+            return Ok(Some(id));
+        }
+        match query_opt(
+            tx,
+            "SELECT id FROM conversations WHERE direct_key = $1",
+            &[&key],
+        )
+        .await?
+        {
+            Some(row) => Ok(Some(row.try_get(0)?)),
+            None => Err(StoreError::Unavailable(
+                "the direct conversation is being created; retry".into(),
+            )),
+        }
+    }
+
+    /// The member list goes out right behind the insert, in one round trip
+    /// (one less while the row lock is held). Both statements are prepared
+    /// first so that polling sends them in this order and the server reads
+    /// the members after the insert, under the lock. The list counts only
+    /// if the insert succeeded.
+    async fn insert(&mut self, draft: Draft) -> Result<(StoredMessage, Vec<String>)> {
+        if has_nul(&draft.body) {
+            return Err(nul_in_body());
+        }
+        let tx = self.0;
+        let kind = draft.kind.as_str();
+        let target_seq = seq_param(draft.target_seq);
+        let params: [&(dyn ToSql + Sync); 8] = [
+            &draft.conversation_id,
+            &draft.id,
+            &draft.sender,
+            &draft.body,
+            &draft.client_msg_id,
+            &draft.sent_at_unix_ms,
+            &kind,
+            &target_seq,
+        ];
+        let (insert, list) = tokio::try_join!(
+            tx.prepare_cached(INSERT_MESSAGE),
+            tx.prepare_cached(MEMBERS)
+        )?;
+        let list_params: [&(dyn ToSql + Sync); 1] = [&draft.conversation_id];
+        let (inserted, member_list) = tokio::join!(
+            tx.query_opt(&insert, &params),
+            tx.query(&list, &list_params),
+        );
+        let seq = inserted_seq(inserted, &draft.conversation_id)?;
+        let members = usernames(member_list?)?;
+        Ok((draft.committed(seq), members))
+    }
+
+    /// The lock and the retry check go out in one round trip; the check
+    /// runs once the lock is granted, so it sees an identical change that
+    /// committed while this one waited for the lock.
+    async fn lock_for_change(
+        &mut self,
+        editor: &str,
+        conversation_id: &str,
+        client_msg_id: &str,
+    ) -> Result<(Option<Appended>, bool)> {
+        let tx = self.0;
+        let (locked, existing) = if has_nul(conversation_id) {
+            (
+                false,
+                message_by_client_id(tx, editor, client_msg_id).await?,
+            )
+        } else {
+            let (lock, by_key) = tokio::try_join!(
+                tx.prepare_cached(LOCK_CONVERSATION),
+                tx.prepare_cached(MESSAGE_BY_CLIENT_ID)
+            )?;
+            let lock_params: [&(dyn ToSql + Sync); 2] = [&conversation_id, &editor];
+            let key_params: [&(dyn ToSql + Sync); 2] = [&editor, &client_msg_id];
+            let (locked, existing) = tokio::join!(
+                tx.query_opt(&lock, &lock_params),
+                tx.query_opt(&by_key, &key_params),
+            );
+            let existing = existing?.map(|r| message_from_row(&r, 0)).transpose()?;
+            (locked?.is_some(), existing)
+        };
+        Ok((original(tx, existing).await?, locked))
+    }
+
+    /// The change of the target, the event and the member list go out in
+    /// one round trip, in this order (prepared first, as in `insert`). The
+    /// event counts only if the target changed.
+    async fn change_target(
+        &mut self,
+        change: &MessageChange,
+        event: Draft,
+    ) -> Result<Option<(StoredMessage, Vec<String>)>> {
+        if has_nul(&event.body) {
+            return Err(nul_in_body());
+        }
+        let tx = self.0;
+        let target_sql = match change.body {
+            Some(_) => EDIT_TARGET,
+            None => DELETE_TARGET,
+        };
+        let (target, insert, list) = tokio::try_join!(
+            tx.prepare_cached(target_sql),
+            tx.prepare_cached(INSERT_MESSAGE),
+            tx.prepare_cached(MEMBERS)
+        )?;
+        let target_seq = seq_param(change.seq);
+        let edit_params: [&(dyn ToSql + Sync); 5] = [
+            &event.conversation_id,
+            &target_seq,
+            &event.sender,
+            &event.body,
+            &event.sent_at_unix_ms,
+        ];
+        let target_params = match change.body {
+            Some(_) => &edit_params[..],
+            None => &edit_params[..3],
+        };
+        let kind_name = event.kind.as_str();
+        let event_params: [&(dyn ToSql + Sync); 8] = [
+            &event.conversation_id,
+            &event.id,
+            &event.sender,
+            &event.body,
+            &event.client_msg_id,
+            &event.sent_at_unix_ms,
+            &kind_name,
+            &target_seq,
+        ];
+        let list_params: [&(dyn ToSql + Sync); 1] = [&event.conversation_id];
+        let (changed, inserted, member_list) = tokio::join!(
+            tx.query_opt(&target, target_params),
+            tx.query_opt(&insert, &event_params),
+            tx.query(&list, &list_params),
+        );
+        if changed?.is_none() {
+            // Not the editor's own live text message, or no message at
+            // all: the same answer. The rollback undoes the event.
+            return Ok(None);
+        }
+        let seq = inserted_seq(inserted, &event.conversation_id)?;
+        let members = usernames(member_list?)?;
+        Ok(Some((event.committed(seq), members)))
+    }
+}
+
+/// The seq [`INSERT_MESSAGE`] returned; no row means the conversation is
+/// gone.
+fn inserted_seq(
+    inserted: std::result::Result<Option<Row>, tokio_postgres::Error>,
+    conversation_id: &str,
+) -> Result<u64> {
+    match inserted? {
+        Some(row) => Ok(seq_value(row.try_get(0)?)),
+        None => Err(StoreError::Internal(format!(
+            "conversation {conversation_id} vanished"
+        ))),
+    }
 }
 
 // --------------------------------------------------------------- retention
@@ -634,7 +559,14 @@ const DELETE_BEFORE: &str = "
 #[async_trait]
 impl MessageStore for PostgresStore {
     async fn append_message(&self, message: NewMessage) -> Result<Appended> {
-        self.run(&[], async |c| append(c, message).await).await
+        let (sender, key) = (message.sender.clone(), message.client_msg_id.clone());
+        self.run(&[&sender], async |c| {
+            in_transaction(c, &sender, &key, async |tx| {
+                append(tx, message, now_ms()).await
+            })
+            .await
+        })
+        .await
     }
 
     async fn history(
@@ -683,8 +615,14 @@ impl MessageStore for PostgresStore {
     }
 
     async fn change_message(&self, change: MessageChange) -> Result<Appended> {
-        self.run(&[], async |c| change_message(c, change).await)
+        let (editor, key) = (change.editor.clone(), change.client_msg_id.clone());
+        self.run(&[&editor], async |c| {
+            in_transaction(c, &editor, &key, async |tx| {
+                change_message(tx, change, now_ms()).await
+            })
             .await
+        })
+        .await
     }
 
     async fn contacts(&self, username: &str, largest_group: usize) -> Result<Vec<String>> {

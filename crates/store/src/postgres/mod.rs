@@ -364,6 +364,9 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// A transaction as the rules of [`crate::domain`] use it.
+struct Tx<'a, 'c>(&'a deadpool_postgres::Transaction<'c>);
+
 /// The answer "nothing" of a lookup whose key names nothing (see
 /// [`PostgresStore::run`]): no user, no conversations, no contacts.
 fn or_empty<T: Default>(result: Result<T>) -> Result<T> {

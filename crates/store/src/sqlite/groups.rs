@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::messages::{insert_message, insert_row};
-use super::SqliteStore;
+use super::{SqliteStore, Tx};
 use crate::domain::groups::{change_group, Admission, GroupTx};
 use crate::domain::messages::Draft;
 use crate::domain::run_now;
@@ -76,9 +76,6 @@ fn add_member(
     ])?;
     Ok(())
 }
-
-/// A group change inside the writer's transaction.
-struct Tx<'c>(&'c Connection);
 
 impl GroupTx for Tx<'_> {
     async fn lock_group(&mut self, actor: &str, group_id: &str) -> Result<Option<GroupInfo>> {

@@ -6,11 +6,13 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::writer::in_savepoint;
 use super::SqliteStore;
-use crate::domain::messages::{direct_key, Draft};
+use super::Tx;
+use crate::domain::messages::{append, change_message, Draft, Lookup, MessageTx};
+use crate::domain::run_now;
 use crate::{
     new_id, Appended, ConversationKind, ConversationSummary, HistoryPage, HistoryQuery,
     MessageChange, MessageKind, MessageStore, NewMessage, ReadCursor, Result, StoreError,
-    StoredMessage, Target, MAX_PAGE,
+    StoredMessage, MAX_PAGE,
 };
 
 const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, sender, body, client_msg_id, sent_at_ms, \
@@ -184,28 +186,6 @@ fn members(conn: &Connection, conversation_id: &str) -> Result<Vec<String>> {
     Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
 }
 
-fn append(conn: &Connection, msg: NewMessage, now: i64) -> Result<Appended> {
-    if let Some(original) = original(conn, &msg.sender, &msg.client_msg_id)? {
-        return Ok(original);
-    }
-    let conversation_id = match &msg.target {
-        Target::Direct(peer) => direct_conversation(conn, &msg.sender, peer, now)?,
-        Target::Group(group_id) => {
-            if !is_member(conn, &msg.sender, group_id)? {
-                return Err(StoreError::NotFound);
-            }
-            group_id.clone()
-        }
-    };
-    let message = insert_message(conn, Draft::text(conversation_id, msg, now))?;
-    let members = members(conn, &message.conversation_id)?;
-    Ok(Appended {
-        message,
-        members,
-        duplicate: false,
-    })
-}
-
 /// What a retry of `(sender, client_msg_id)` answers: the original, if
 /// there is one.
 fn original(conn: &Connection, sender: &str, client_msg_id: &str) -> Result<Option<Appended>> {
@@ -226,32 +206,116 @@ fn original(conn: &Connection, sender: &str, client_msg_id: &str) -> Result<Opti
     }))
 }
 
-/// The id of the direct conversation of `a` and `b`, created on first use.
-fn direct_conversation(conn: &Connection, a: &str, b: &str, now: i64) -> Result<String> {
-    let key = direct_key(a, b)?;
-    let existing: Option<String> = conn
-        .prepare_cached("SELECT id FROM conversations WHERE direct_key = ?1")?
-        .query_row(params![key], |r| r.get(0))
-        .optional()?;
-    if let Some(id) = existing {
-        return Ok(id);
+/// Sends and changes inside the writer's transaction: the single writer
+/// is the lock.
+impl MessageTx for Tx<'_> {
+    async fn look_up(
+        &mut self,
+        sender: &str,
+        client_msg_id: &str,
+        target: Lookup<'_>,
+    ) -> Result<(Option<Appended>, Option<String>)> {
+        let conn = self.0;
+        let original = original(conn, sender, client_msg_id)?;
+        let found = match target {
+            Lookup::Direct(key) => conn
+                .prepare_cached("SELECT id FROM conversations WHERE direct_key = ?1")?
+                .query_row(params![key], |r| r.get(0))
+                .optional()?,
+            Lookup::Group(id) => is_member(conn, sender, id)?.then(|| id.to_owned()),
+            Lookup::Nothing => None,
+        };
+        Ok((original, found))
     }
-    let peer_exists = conn
-        .prepare_cached("SELECT 1 FROM users WHERE username = ?1")?
-        .exists(params![b])?;
-    if !peer_exists {
-        return Err(StoreError::NotFound);
+
+    async fn create_direct(
+        &mut self,
+        key: &str,
+        a: &str,
+        b: &str,
+        now: i64,
+    ) -> Result<Option<String>> {
+        let conn = self.0;
+        let peer_exists = conn
+            .prepare_cached("SELECT 1 FROM users WHERE username = ?1")?
+            .exists(params![b])?;
+        if !peer_exists {
+            return Ok(None);
+        }
+        let id = new_id('c');
+        conn.prepare_cached(
+            "INSERT INTO conversations (id, kind, direct_key, created_at_ms)
+             VALUES (?1, 'direct', ?2, ?3)",
+        )?
+        .execute(params![id, key, now])?;
+        let mut add =
+            conn.prepare_cached("INSERT INTO members (conversation_id, username) VALUES (?1, ?2)")?;
+        add.execute(params![id, a])?;
+        add.execute(params![id, b])?;
+        Ok(Some(id))
     }
-    let id = new_id('c');
-    conn.prepare_cached(
-        "INSERT INTO conversations (id, kind, direct_key, created_at_ms) VALUES (?1, 'direct', ?2, ?3)",
-    )?
-    .execute(params![id, key, now])?;
-    let mut add =
-        conn.prepare_cached("INSERT INTO members (conversation_id, username) VALUES (?1, ?2)")?;
-    add.execute(params![id, a])?;
-    add.execute(params![id, b])?;
-    Ok(id)
+
+    async fn insert(&mut self, draft: Draft) -> Result<(StoredMessage, Vec<String>)> {
+        let message = insert_message(self.0, draft)?;
+        let members = members(self.0, &message.conversation_id)?;
+        Ok((message, members))
+    }
+
+    async fn lock_for_change(
+        &mut self,
+        editor: &str,
+        conversation_id: &str,
+        client_msg_id: &str,
+    ) -> Result<(Option<Appended>, bool)> {
+        let original = original(self.0, editor, client_msg_id)?;
+        Ok((original, is_member(self.0, editor, conversation_id)?))
+    }
+
+    async fn change_target(
+        &mut self,
+        change: &MessageChange,
+        event: Draft,
+    ) -> Result<Option<(StoredMessage, Vec<String>)>> {
+        let conn = self.0;
+        let Some(joined) = joined_seq(conn, &change.editor, &change.conversation_id)? else {
+            return Ok(None);
+        };
+        let target = conn
+            .prepare_cached(
+                "SELECT 1 FROM messages
+                 WHERE conversation_id = ?1 AND seq = ?2 AND sender = ?3
+                   AND kind = 'text' AND deleted = 0 AND seq >= ?4",
+            )?
+            .exists(params![
+                change.conversation_id,
+                change.seq as i64,
+                change.editor,
+                joined as i64
+            ])?;
+        if !target {
+            return Ok(None);
+        }
+        match &change.body {
+            Some(body) => conn
+                .prepare_cached(
+                    "UPDATE messages SET body = ?3, edited_at_ms = ?4
+                     WHERE conversation_id = ?1 AND seq = ?2",
+                )?
+                .execute(params![
+                    change.conversation_id,
+                    change.seq as i64,
+                    body,
+                    event.sent_at_unix_ms
+                ])?,
+            None => conn
+                .prepare_cached(
+                    "UPDATE messages SET body = '', deleted = 1
+                     WHERE conversation_id = ?1 AND seq = ?2",
+                )?
+                .execute(params![change.conversation_id, change.seq as i64])?,
+        };
+        self.insert(event).await.map(Some)
+    }
 }
 
 fn last_seq(conn: &Connection, conversation_id: &str) -> Result<u64> {
@@ -339,58 +403,6 @@ pub(super) fn insert_row(conn: &Connection, message: &StoredMessage) -> Result<(
 }
 
 /// Edits or deletes a text message its sender wrote, with its event.
-fn change_message(conn: &Connection, change: MessageChange, now: i64) -> Result<Appended> {
-    if let Some(original) = original(conn, &change.editor, &change.client_msg_id)? {
-        return Ok(original);
-    }
-    let joined =
-        joined_seq(conn, &change.editor, &change.conversation_id)?.ok_or(StoreError::NotFound)?;
-    // Only the editor's own, visible, live text message; anything else is
-    // answered like a message that does not exist.
-    let target = conn
-        .prepare_cached(
-            "SELECT 1 FROM messages
-             WHERE conversation_id = ?1 AND seq = ?2 AND sender = ?3
-               AND kind = 'text' AND deleted = 0 AND seq >= ?4",
-        )?
-        .exists(params![
-            change.conversation_id,
-            change.seq as i64,
-            change.editor,
-            joined as i64
-        ])?;
-    if !target {
-        return Err(StoreError::NotFound);
-    }
-    match &change.body {
-        Some(body) => {
-            conn.prepare_cached(
-                "UPDATE messages SET body = ?3, edited_at_ms = ?4
-                 WHERE conversation_id = ?1 AND seq = ?2",
-            )?
-            .execute(params![
-                change.conversation_id,
-                change.seq as i64,
-                body,
-                now
-            ])?;
-        }
-        None => {
-            conn.prepare_cached(
-                "UPDATE messages SET body = '', deleted = 1 WHERE conversation_id = ?1 AND seq = ?2",
-            )?
-            .execute(params![change.conversation_id, change.seq as i64])?;
-        }
-    }
-    let message = insert_message(conn, Draft::change(&change, now))?;
-    let members = members(conn, &change.conversation_id)?;
-    Ok(Appended {
-        message,
-        members,
-        duplicate: false,
-    })
-}
-
 /// Deletes at most `batch` messages sent before `cutoff`, oldest first
 /// (a range of `messages_by_time`). Nothing else changes: the
 /// conversations keep their last seq, the members their cursors.
@@ -409,7 +421,8 @@ fn delete_messages_before(conn: &Connection, cutoff: i64, batch: usize) -> Resul
 #[async_trait]
 impl MessageStore for SqliteStore {
     async fn append_message(&self, message: NewMessage) -> Result<Appended> {
-        self.write(move |c, now| append(c, message, now)).await
+        self.write(move |c, now| run_now(append(&mut Tx(c), message, now)))
+            .await
     }
 
     /// One write for all of them: they commit in the same transaction, in
@@ -420,7 +433,7 @@ impl MessageStore for SqliteStore {
             .write(move |c, now| {
                 Ok(messages
                     .into_iter()
-                    .map(|message| in_savepoint(c, |c| append(c, message, now)))
+                    .map(|message| in_savepoint(c, |c| run_now(append(&mut Tx(c), message, now))))
                     .collect::<Vec<_>>())
             })
             .await
@@ -484,7 +497,7 @@ impl MessageStore for SqliteStore {
     }
 
     async fn change_message(&self, change: MessageChange) -> Result<Appended> {
-        self.write(move |c, now| change_message(c, change, now))
+        self.write(move |c, now| run_now(change_message(&mut Tx(c), change, now)))
             .await
     }
 

@@ -203,6 +203,10 @@ impl SqliteStore {
         .map_err(|e| StoreError::Internal(e.to_string()))?
     }
 }
+/// The write connection inside the writer's transaction, as the rules of
+/// [`crate::domain`] use it: the single writer is every lock they need.
+struct Tx<'c>(&'c Connection);
+
 /// Read-only connections kept open between reads.
 struct ReadPool {
     path: PathBuf,
