@@ -99,10 +99,11 @@ pub struct Setting {
 ///
 /// An entry is its doc comment (the help, the example file's comment and
 /// the field's doc), then `name: Type = default`, then options:
-/// `check = f` (`f(&value) -> Result<(), String>`, refused values name the
-/// setting), `secret = true`, and for a setting without a default (an
-/// `Option<Type>`, absent unless given) `example = "…"` and
-/// `unset = "what happens without it"`.
+/// `check = f` (`f(&value) -> Result<(), String>`; a refused value names
+/// the setting) and, for a setting without a default (an `Option<Type>`,
+/// absent unless given), `example = "…"` (its line in the example file),
+/// `unset = "what happens without it"` and `secret = true` (a string never
+/// printed). Options come in that order.
 macro_rules! settings {
     ($(
         $section:literal {
