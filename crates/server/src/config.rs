@@ -1,5 +1,8 @@
-//! Settings of the server. Every field states its default; the binary fills
-//! them from flags and `CHAT_…` environment variables.
+//! The configuration the server runs with, typed: what each part of the
+//! server reads. Operators do not write it: [`crate::settings`] builds it
+//! from the settings they give, and holds every default (the `Default`
+//! impls here are the default settings' configuration). A field that is a
+//! setting names it; this module does not restate its default.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,29 +10,32 @@ use std::time::Duration;
 
 pub use chat_store::sqlite::Durability;
 
+use crate::settings::Settings;
+
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Where the SQLite database lives. Default: `./data`.
+    /// Where the SQLite database lives (`data_dir`).
     pub data_dir: PathBuf,
-    /// gRPC listen address. Default: `127.0.0.1:50050`.
+    /// gRPC listen address (`grpc_addr`).
     pub grpc_addr: SocketAddr,
-    /// HTTP listen address. Default: `127.0.0.1:3000`.
+    /// HTTP listen address (`http_addr`).
     pub http_addr: SocketAddr,
-    /// fsync on every commit (`Full`, default) or only survive a process
-    /// crash (`Normal`).
+    /// fsync on every commit (`Full`) or only survive a process crash
+    /// (`Normal`) (`durability`).
     pub durability: Durability,
     pub limits: Limits,
     pub cluster: ClusterConfig,
     /// The bearer token of the admin API (`/admin/…`: users, sessions,
-    /// servers, the dead-letter queue). Default: none, and the admin API
-    /// answers 404 as if it did not exist.
+    /// servers, the dead-letter queue) (`admin_token`). Without one the
+    /// admin API answers 404 as if it did not exist.
     pub admin_token: Option<AdminToken>,
     /// How long a stopping server lets its sessions finish the sends they
-    /// have read (commit and ack them) before it closes them anyway.
-    /// Default: 10 s.
+    /// have read (commit and ack them) before it closes them anyway
+    /// (`shutdown_grace_secs`).
     pub shutdown_grace: Duration,
     /// Deletes history older than a maximum age, in the background (see
-    /// [`Retention`]). Default: none, and history is kept forever.
+    /// [`Retention`]; `retention_days`). Without one history is kept
+    /// forever.
     pub retention: Option<Retention>,
 }
 
@@ -138,17 +144,17 @@ impl std::fmt::Debug for AdminToken {
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     /// This server's id in the cluster: its sessions are registered under
-    /// it and other servers publish to its inbox. Default: `node-` and 8
-    /// random hex digits.
+    /// it and other servers publish to its inbox (`node_id`).
     pub node_id: String,
-    /// Default: SQLite in `data_dir`.
+    /// `store`.
     pub store: StoreBackend,
-    /// Default: in-process.
+    /// `registry`.
     pub registry: RegistryBackend,
-    /// Default: in-process.
+    /// `bus`.
     pub bus: BusBackend,
     /// How long a session entry lives in the registry without a heartbeat.
-    /// A crashed server's sessions disappear within this time. Default: 15 s.
+    /// A crashed server's sessions disappear within this time
+    /// (`session_ttl_secs`).
     pub session_ttl: Duration,
 }
 
@@ -164,7 +170,7 @@ pub enum StoreBackend {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegistryBackend {
     Memory,
-    /// `redis://host:port/`; keys start with `prefix` (default `chat:`).
+    /// `redis://host:port/`; keys start with `prefix`.
     Redis {
         url: String,
         prefix: String,
@@ -174,7 +180,7 @@ pub enum RegistryBackend {
 #[derive(Debug, Clone)]
 pub enum BusBackend {
     Memory,
-    /// Redis pub/sub; channels start with `prefix` (default `chat:`).
+    /// Redis pub/sub; channels start with `prefix`.
     Redis {
         url: String,
         prefix: String,
@@ -203,90 +209,82 @@ impl ClusterConfig {
     }
 }
 
+/// The default settings' cluster: one node, in-process backends, a new
+/// random node id.
 impl Default for ClusterConfig {
     fn default() -> Self {
-        Self {
-            node_id: format!("node-{:08x}", rand::random::<u32>()),
-            store: StoreBackend::Sqlite,
-            registry: RegistryBackend::Memory,
-            bus: BusBackend::Memory,
-            session_ttl: Duration::from_secs(15),
-        }
+        Settings::default()
+            .cluster()
+            .expect("the default settings are a valid configuration")
     }
 }
 
 /// Bounds on what one client can make the server hold or do.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Largest message body in bytes. Default: 4096.
+    /// Largest message body in bytes (`max_body_bytes`).
     pub max_body_bytes: usize,
-    /// Largest protobuf message the gRPC server decodes. Default: 64 KiB.
+    /// Largest protobuf message the gRPC server decodes: room for the
+    /// largest body, at least [`Self::MIN_FRAME_BYTES`].
     pub max_frame_bytes: usize,
-    /// Frames waiting for one slow session before it is disconnected.
-    /// Default: 1024.
+    /// Frames waiting for one slow session before it is disconnected
+    /// (`session_queue`).
     pub session_queue: usize,
     /// Sends of one stream waiting to be committed (in order) before the
-    /// server stops reading that stream. Default: 64.
+    /// server stops reading that stream. Not a setting:
+    /// [`Self::QUEUED_SENDS_PER_SESSION`].
     pub queued_sends_per_session: usize,
-    /// Largest HTTP request body. Default: 16 KiB.
+    /// Largest HTTP request body: room for the largest body, at least
+    /// [`Self::MIN_HTTP_BODY_BYTES`].
     pub max_http_body_bytes: usize,
-    /// Most members of one group, the owner included. Default: 1024.
+    /// Most members of one group, the owner included
+    /// (`max_group_members`).
     pub max_group_members: usize,
-    /// Most groups one user belongs to. Default: 1000.
+    /// Most groups one user belongs to (`max_groups_per_user`).
     pub max_groups_per_user: usize,
     /// Members of groups at most this large see each other's presence;
     /// in larger groups only direct contacts do. Presence costs every
     /// connect a message to each online contact, so a group of N members
-    /// all connecting costs N² of them. Default: 100.
+    /// all connecting costs N² of them (`presence_group_members`).
     pub presence_group_members: usize,
     /// Dead letters the store keeps before new ones are refused (logged
     /// at error level and counted in `chat_dead_letter_failures_total`):
-    /// a bus outage must not fill the disk. Default: 100 000.
+    /// a bus outage must not fill the disk (`max_dead_letters`).
     pub max_dead_letters: u64,
     /// Registrations one client address may make per minute (HTTP and
     /// gRPC together); more are refused with 429 / `RESOURCE_EXHAUSTED`
-    /// and the time to wait. 0: no limit (the default).
+    /// and the time to wait. 0: no limit (`registrations_per_minute`).
     pub registrations_per_minute: u32,
     /// `Connect` streams one client address may open per minute. 0: no
-    /// limit (the default).
+    /// limit (`connects_per_minute`).
     pub connects_per_minute: u32,
     /// Messages one user may send per second, from all devices together.
-    /// 0: no limit (the default).
+    /// 0: no limit (`sends_per_second`).
     pub sends_per_second: u32,
 }
 
+impl Limits {
+    /// The smallest gRPC frame limit, whatever the body limit.
+    pub const MIN_FRAME_BYTES: usize = 64 * 1024;
+    /// The smallest HTTP request body limit, whatever the body limit.
+    pub const MIN_HTTP_BODY_BYTES: usize = 16 * 1024;
+    /// Sends of one stream queued before the server stops reading it.
+    pub const QUEUED_SENDS_PER_SESSION: usize = 64;
+}
+
+/// The default settings' limits.
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_body_bytes: 4096,
-            max_frame_bytes: 64 * 1024,
-            session_queue: 1024,
-            queued_sends_per_session: 64,
-            max_http_body_bytes: 16 * 1024,
-            max_group_members: 1024,
-            max_groups_per_user: 1000,
-            presence_group_members: 100,
-            max_dead_letters: 100_000,
-            registrations_per_minute: 0,
-            connects_per_minute: 0,
-            sends_per_second: 0,
-        }
+        Settings::default().limits()
     }
 }
 
+/// The default settings' configuration (a new random node id each time).
 impl Default for Config {
     fn default() -> Self {
-        Self {
-            data_dir: PathBuf::from("data"),
-            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50050)),
-            http_addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
-            durability: Durability::Full,
-            limits: Limits::default(),
-            cluster: ClusterConfig::default(),
-            admin_token: None,
-            shutdown_grace: Duration::from_secs(10),
-            retention: None,
-        }
+        Settings::default()
+            .into_config()
+            .expect("the default settings are a valid configuration")
     }
 }
 

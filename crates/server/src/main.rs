@@ -36,7 +36,12 @@ enum Command {
     /// Print the settings the server would run with (file, environment
     /// and flags applied; secrets hidden) and exit: 0 if they are valid,
     /// 2 with the invalid setting named otherwise.
-    Config,
+    Config {
+        /// Print instead every setting with its meaning and default: the
+        /// text of chat-server.example.toml.
+        #[arg(long)]
+        example: bool,
+    },
 }
 
 #[tokio::main]
@@ -44,7 +49,11 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Admin(admin)) => admin_cli::run(admin).await,
-        Some(Command::Config) => match checked(cli.serve) {
+        Some(Command::Config { example: true }) => {
+            print!("{}", Settings::example());
+            ExitCode::SUCCESS
+        }
+        Some(Command::Config { example: false }) => match checked(cli.serve) {
             Ok((settings, _)) => {
                 print!("{}", settings.to_toml_redacted());
                 ExitCode::SUCCESS
@@ -69,19 +78,15 @@ async fn main() -> ExitCode {
 /// flags, and the configuration they make: any invalid value stops here.
 fn checked(overrides: Overrides) -> anyhow::Result<(Settings, chat_server::Config)> {
     let settings = Settings::load(overrides).map_err(anyhow::Error::msg)?;
-    log_filter(&settings)?;
     let config = settings.clone().into_config()?;
     Ok((settings, config))
 }
 
-fn log_filter(settings: &Settings) -> anyhow::Result<tracing_subscriber::EnvFilter> {
-    tracing_subscriber::EnvFilter::try_new(&settings.log)
-        .map_err(|e| anyhow::anyhow!("invalid setting `log` (--log, CHAT_LOG): {e}"))
-}
-
 async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     let (settings, config) = checked(overrides)?;
-    let logs = tracing_subscriber::fmt().with_env_filter(log_filter(&settings)?);
+    // `into_config` has checked the filter, naming the setting.
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log)?;
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
     match settings.log_format {
         // Colours only on a terminal, never in log files or pipes.
         LogFormat::Text => logs

@@ -4,16 +4,21 @@
 //! variable (`CHAT_MAX_BODY_BYTES`). Flags win over the environment, which
 //! wins over the file, which wins over the defaults.
 //!
-//! [`Settings`] is the whole set with its defaults; [`Overrides`] is the
-//! same set as command-line flags and variables, each optional.
+//! Every setting is declared once, in the table at the `settings!` call
+//! below: its name, type, default, meaning and check. Everything else is
+//! derived from that line: [`Settings`] (the TOML keys and the defaults),
+//! [`Overrides`] (the flags and variables, each optional, with the
+//! defaults in `--help`), [`SETTINGS`] (the list in the file's order) and
+//! [`Settings::example`], the text of `chat-server.example.toml` at the
+//! repository root (a test holds the file to it).
+//!
 //! [`Settings::into_config`] checks every value and builds the
 //! [`Config`](crate::Config) the server runs with; an invalid value stops
-//! the server at start with a message naming the setting.
-//!
-//! `chat-server.example.toml` at the repository root lists every setting
-//! with its default; a test holds it, the flags and the defaults to the
-//! same list.
+//! the server at start with a message naming the setting. This module does
+//! not decide what the server does with a value: that is [`crate::config`]
+//! and the modules it configures.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -68,251 +73,423 @@ pub enum LogFormat {
     Json,
 }
 
-/// Every setting with its default. Field docs are the reference; the
-/// flags in [`Overrides`] repeat them for `--help`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Settings {
-    /// Directory of the SQLite database. Default: `data`.
-    pub data_dir: PathBuf,
-    /// gRPC listen address. Default: `127.0.0.1:50050`.
-    pub grpc_addr: SocketAddr,
-    /// HTTP listen address. Default: `127.0.0.1:3000`.
-    pub http_addr: SocketAddr,
-    /// `full`: fsync every commit (survives power loss); `normal`: survives
-    /// a crash of the server process only. Default: `full`.
-    pub durability: DurabilityKind,
-    /// Log filter: a level (`info`) or per-module directives
-    /// (`info,chat_server=debug`). Default: `info`.
-    pub log: String,
-    /// `text` or `json`. Default: `text`.
-    pub log_format: LogFormat,
-    /// This server's id in the cluster. Default: `node-` and 8 random hex
-    /// digits.
-    pub node_id: Option<String>,
-    /// `sqlite` or `postgres`. Default: `sqlite`.
-    pub store: StoreKind,
-    /// PostgreSQL URL, needed by `store = "postgres"`. Default: none.
-    pub postgres_url: Option<String>,
-    /// `memory` (single node) or `redis`. Default: `memory`.
-    pub registry: RegistryKind,
-    /// Redis URL, needed by the Redis registry and bus. Default: none.
-    pub redis_url: Option<String>,
-    /// Prefix of every Redis key and channel. Default: `chat:`.
-    pub redis_prefix: String,
-    /// `memory` (single node), `redis` (pub/sub) or `kafka` (an inbox
-    /// topic per server). Default: `memory`.
-    pub bus: BusKind,
-    /// Kafka bootstrap servers, needed by `bus = "kafka"`. Default: none.
-    pub kafka_brokers: Option<String>,
-    /// Prefix of the per-server inbox topics. Default: `chat-inbox-`.
-    pub kafka_topic_prefix: String,
-    /// Producer `linger.ms`. Default: 1.
-    pub kafka_linger_ms: u64,
-    /// Consumer `fetch.wait.max.ms`. Default: 100.
-    pub kafka_fetch_wait_ms: u64,
-    /// Seconds a session stays registered without a heartbeat. Default: 15.
-    pub session_ttl_secs: u64,
-    /// Largest message body in bytes. Default: 4096.
-    pub max_body_bytes: usize,
-    /// Frames queued for one slow session before it is disconnected.
-    /// Default: 1024.
-    pub session_queue: usize,
-    /// Most members of one group. Default: 1024.
-    pub max_group_members: usize,
-    /// Most groups one user belongs to. Default: 1000.
-    pub max_groups_per_user: usize,
-    /// Groups at most this large share presence. Default: 100.
-    pub presence_group_members: usize,
-    /// Registrations per client address per minute, 0 for no limit.
-    /// Default: 0.
-    pub registrations_per_minute: u32,
-    /// `Connect` streams per client address per minute, 0 for no limit.
-    /// Default: 0.
-    pub connects_per_minute: u32,
-    /// Messages per user per second, 0 for no limit. Default: 0.
-    pub sends_per_second: u32,
-    /// Dead letters kept before new ones are refused. Default: 100000.
-    pub max_dead_letters: u64,
-    /// Token of the admin API; without one the admin API does not exist.
-    /// Default: none.
-    pub admin_token: Option<String>,
-    /// Seconds a stopping server gives its sessions to finish their
-    /// in-flight sends before it closes them anyway. Default: 10.
-    pub shutdown_grace_secs: u64,
-    /// Delete messages older than this many days, for everyone; 0 keeps
-    /// history forever. Default: 0.
-    pub retention_days: u32,
-    /// Seconds between two retention passes. Default: 3600.
-    pub retention_interval_secs: u64,
+/// One setting as the table declares it, without its type: what the
+/// flags, the help and the example file are made from.
+#[derive(Debug)]
+pub struct Setting {
+    /// The TOML key; the flag and the variable are spelled from it.
+    pub key: &'static str,
+    /// The heading it is listed under in the example file.
+    pub section: &'static str,
+    /// Its meaning, one entry per line of its doc comment.
+    pub doc: &'static [&'static str],
+    /// What happens when a setting without a default is not given, if
+    /// more than "nothing".
+    pub unset: Option<&'static str>,
+    /// A value shown (commented out) in the example file for a setting
+    /// without a default.
+    pub example: Option<&'static str>,
+    /// Never printed: `***` in `chat-server config`, hidden in `--help`.
+    pub secret: bool,
+    /// Parses the flag's or the variable's text.
+    parser: fn() -> clap::builder::ValueParser,
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        let config = Config::default();
-        let limits = Limits::default();
-        let kafka = chat_cluster::bus::KafkaConfig::new("");
-        Self {
-            data_dir: config.data_dir,
-            grpc_addr: config.grpc_addr,
-            http_addr: config.http_addr,
-            durability: DurabilityKind::Full,
-            log: "info".into(),
-            log_format: LogFormat::Text,
-            node_id: None,
-            store: StoreKind::Sqlite,
-            postgres_url: None,
-            registry: RegistryKind::Memory,
-            redis_url: None,
-            redis_prefix: "chat:".into(),
-            bus: BusKind::Memory,
-            kafka_brokers: None,
-            kafka_topic_prefix: kafka.topic_prefix,
-            kafka_linger_ms: kafka.linger_ms,
-            kafka_fetch_wait_ms: kafka.fetch_wait_ms,
-            session_ttl_secs: ClusterConfig::default().session_ttl.as_secs(),
-            max_body_bytes: limits.max_body_bytes,
-            session_queue: limits.session_queue,
-            max_group_members: limits.max_group_members,
-            max_groups_per_user: limits.max_groups_per_user,
-            presence_group_members: limits.presence_group_members,
-            registrations_per_minute: limits.registrations_per_minute,
-            connects_per_minute: limits.connects_per_minute,
-            sends_per_second: limits.sends_per_second,
-            max_dead_letters: limits.max_dead_letters,
-            admin_token: None,
-            shutdown_grace_secs: config.shutdown_grace.as_secs(),
-            retention_days: 0,
-            retention_interval_secs: Retention::new(Duration::from_secs(1)).interval.as_secs(),
+/// The declaration of every setting: the one place a setting is added.
+///
+/// An entry is its doc comment (the help, the example file's comment and
+/// the field's doc), then `name: Type = default`, then options:
+/// `check = f` (`f(&value) -> Result<(), String>`; a refused value names
+/// the setting) and, for a setting without a default (an `Option<Type>`,
+/// absent unless given), `example = "…"` (its line in the example file),
+/// `unset = "what happens without it"` and `secret = true` (a string never
+/// printed). Options come in that order.
+macro_rules! settings {
+    ($(
+        $section:literal {
+            $(
+                $(#[doc = $doc:literal])*
+                $name:ident: $ty:ty $(= $default:expr)?
+                    $(, unset = $unset:literal)?
+                    $(, example = $example:literal)?
+                    $(, secret = $secret:literal)?
+                    $(, check = $check:expr)?;
+            )*
         }
+    )*) => {
+        /// Every setting with its default.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct Settings {
+            $($(
+                $(#[doc = $doc])*
+                pub $name: setting_type!($ty $(, $default)?),
+            )*)*
+        }
+
+        impl Default for Settings {
+            fn default() -> Self {
+                Self {
+                    $($($name: setting_default!($($default)?),)*)*
+                }
+            }
+        }
+
+        /// The settings as flags and `CHAT_…` variables, each optional:
+        /// what is given replaces the file's value or the default.
+        #[derive(Debug, Default, Clone)]
+        pub struct Overrides {
+            /// A TOML file of settings (keys as the flags, with `_`); see
+            /// chat-server.example.toml.
+            pub config: Option<PathBuf>,
+            $($(
+                $(#[doc = $doc])*
+                pub $name: Option<$ty>,
+            )*)*
+        }
+
+        /// Every setting, in the order of the example file.
+        pub const SETTINGS: &[Setting] = &[$($(
+            Setting {
+                key: stringify!($name),
+                section: $section,
+                doc: &[$($doc),*],
+                unset: some!($($unset)?),
+                example: some!($($example)?),
+                secret: false $(|| $secret)?,
+                parser: || clap::builder::ValueParser::from(clap::value_parser!($ty)),
+            },
+        )*)*];
+
+        impl clap::FromArgMatches for Overrides {
+            fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+                Ok(Self {
+                    config: given(matches, "config")?,
+                    $($($name: given(matches, stringify!($name))?,)*)*
+                })
+            }
+
+            fn update_from_arg_matches(
+                &mut self,
+                matches: &clap::ArgMatches,
+            ) -> Result<(), clap::Error> {
+                let given = Self::from_arg_matches(matches)?;
+                self.config = given.config.or(self.config.take());
+                $($(self.$name = given.$name.or(self.$name.take());)*)*
+                Ok(())
+            }
+        }
+
+        impl Settings {
+            /// Replaces every setting `overrides` gives.
+            pub fn apply(&mut self, overrides: Overrides) {
+                $($(
+                    if let Some(value) = overrides.$name {
+                        self.$name = value.into();
+                    }
+                )*)*
+            }
+
+            /// The settings as TOML, secrets replaced by `***`: what
+            /// `chat-server config` prints.
+            pub fn to_toml_redacted(&self) -> String {
+                let mut shown = self.clone();
+                $($($(
+                    if $secret && shown.$name.is_some() {
+                        shown.$name = Some("***".into());
+                    }
+                )?)*)*
+                toml::to_string(&shown)
+                    .unwrap_or_else(|e| format!("# cannot show the settings: {e}\n"))
+            }
+
+            /// Runs the check of every setting that has one.
+            fn check(&self) -> Result<(), InvalidSetting> {
+                $($($(
+                    ($check)(&self.$name).map_err(|reason| invalid(stringify!($name), reason))?;
+                )?)*)*
+                Ok(())
+            }
+        }
+    };
+}
+
+/// The field type of a setting: optional without a default.
+macro_rules! setting_type {
+    ($ty:ty) => { Option<$ty> };
+    ($ty:ty, $default:expr) => { $ty };
+}
+
+/// The default of a setting: absent without one.
+macro_rules! setting_default {
+    () => {
+        None
+    };
+    ($default:expr) => {
+        $default
+    };
+}
+
+macro_rules! some {
+    () => {
+        None
+    };
+    ($value:expr) => {
+        Some($value)
+    };
+}
+
+settings! {
+    "Listening and storage" {
+        /// gRPC listen address; 0.0.0.0:50050 serves other machines.
+        grpc_addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 50050));
+        /// HTTP listen address (registration, JSON API, /healthz, /readyz,
+        /// /metrics).
+        http_addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 3000));
+        /// Directory of the SQLite database (`store = "sqlite"`).
+        data_dir: PathBuf = PathBuf::from("data");
+        /// `full`: fsync every commit (survives power loss); `normal`: survives
+        /// a crash of the server process only.
+        durability: DurabilityKind = DurabilityKind::Full;
+    }
+    "Logs" {
+        /// A level (error, warn, info, debug, trace) or per-module directives
+        /// such as `info,chat_server=debug`.
+        log: String = "info".into(), check = log_filter;
+        /// `text` or `json` (one object per line, with the fields of its
+        /// spans: request, gRPC call, session).
+        log_format: LogFormat = LogFormat::Text;
+    }
+    "Cluster" {
+        /// This server's id in the cluster: letters, digits, `.`, `_`, `-`.
+        node_id: String,
+            unset = "`node-` and 8 random hex digits, new at every start",
+            example = "chat-1",
+            check = node_id;
+        /// Where durable data lives: `sqlite` (one server) or `postgres` (a
+        /// cluster).
+        store: StoreKind = StoreKind::Sqlite;
+        /// PostgreSQL URL, needed by `store = "postgres"`; the server migrates
+        /// the schema at start.
+        postgres_url: String, example = "postgres://chat@db:5432/chat", secret = true;
+        /// Where sessions are registered: `memory` (one server) or `redis`
+        /// (who is connected where, shared by the cluster).
+        registry: RegistryKind = RegistryKind::Memory;
+        /// Redis URL, needed by `registry = "redis"` and `bus = "redis"`.
+        redis_url: String, example = "redis://cache:6379/", secret = true;
+        /// Prefix of every Redis key and channel: servers sharing it are one
+        /// cluster.
+        redis_prefix: String = "chat:".into();
+        /// How servers reach each other: `memory` (one server), `redis`
+        /// (pub/sub) or `kafka` (an inbox topic per server). Both shared buses
+        /// need `registry = "redis"`.
+        bus: BusKind = BusKind::Memory;
+        /// Kafka bootstrap servers, needed by `bus = "kafka"`.
+        kafka_brokers: String, example = "kafka:9092";
+        /// Prefix of the per-server inbox topics (`<prefix><node_id>`, created
+        /// at start).
+        kafka_topic_prefix: String = chat_cluster::bus::KafkaConfig::new("").topic_prefix;
+        /// Producer `linger.ms`.
+        kafka_linger_ms: u64 = chat_cluster::bus::KafkaConfig::new("").linger_ms;
+        /// Consumer `fetch.wait.max.ms`: keep it small (about 5) with brokers
+        /// that do not answer a waiting fetch when data arrives (tansu).
+        kafka_fetch_wait_ms: u64 = chat_cluster::bus::KafkaConfig::new("").fetch_wait_ms;
+        /// Seconds a session stays registered without a heartbeat: a crashed
+        /// server's sessions disappear within this time.
+        session_ttl_secs: u64 = 15, check = positive;
+    }
+    "Limits" {
+        /// Largest message body in bytes: a chat message, not a file.
+        max_body_bytes: usize = 4096, check = body_size;
+        /// Frames queued for one slow session before it is disconnected.
+        session_queue: usize = 1024, check = positive;
+        /// Most members of one group, the owner included.
+        max_group_members: usize = 1024, check = positive;
+        /// Most groups one user belongs to.
+        max_groups_per_user: usize = 1000, check = positive;
+        /// Members of groups at most this large see each other's presence; in
+        /// larger groups only direct contacts do (a group of N members all
+        /// connecting costs N² presence frames).
+        presence_group_members: usize = 100;
+        /// Registrations per client address per minute, HTTP and gRPC together
+        /// (0: no limit).
+        registrations_per_minute: u32 = 0;
+        /// `Connect` streams opened per client address per minute (0: no
+        /// limit).
+        connects_per_minute: u32 = 0;
+        /// Messages per user per second, all devices together (0: no limit).
+        sends_per_second: u32 = 0;
+        /// Dead letters kept before new ones are refused (and logged): a bus
+        /// outage must not fill the disk.
+        max_dead_letters: u64 = 100_000;
+    }
+    "Operations" {
+        /// Token of the admin API (`/admin/…`: users, sessions, servers, dead
+        /// letters; `chat-server admin`), sent as `Authorization: Bearer
+        /// <token>`: at least 16 visible characters. Without one the admin API
+        /// does not exist (404).
+        admin_token: String, example = "change-me-to-a-long-random-string", secret = true;
+        /// Seconds a stopping server (SIGTERM, ctrl-c) gives its sessions to
+        /// finish the sends they have read before it closes them anyway.
+        shutdown_grace_secs: u64 = 10;
+        /// Delete messages older than this many days, for everyone, in the
+        /// background (0: keep history forever). Seqs are not reused: histories
+        /// start later.
+        retention_days: u32 = 0;
+        /// Seconds between two retention passes; the first runs when the server
+        /// starts.
+        retention_interval_secs: u64 = Retention::new(Duration::from_secs(1)).interval.as_secs(),
+            check = positive;
     }
 }
 
-/// The settings as flags and `CHAT_…` variables, each optional: what is
-/// given replaces the file's value or the default.
-#[derive(clap::Args, Debug, Default, Clone)]
-pub struct Overrides {
-    /// A TOML file of settings (keys as the flags, with `_`); see
-    /// chat-server.example.toml.
-    #[arg(long, env = "CHAT_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Directory of the SQLite database. Default: data.
-    #[arg(long, env = "CHAT_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// gRPC listen address (0.0.0.0:50050 serves other machines). Default:
-    /// 127.0.0.1:50050.
-    #[arg(long, env = "CHAT_GRPC_ADDR")]
-    pub grpc_addr: Option<SocketAddr>,
-    /// HTTP listen address. Default: 127.0.0.1:3000.
-    #[arg(long, env = "CHAT_HTTP_ADDR")]
-    pub http_addr: Option<SocketAddr>,
-    /// `full`: fsync every commit (survives power loss); `normal`: survive
-    /// a crash of the server process only. Default: full.
-    #[arg(long, env = "CHAT_DURABILITY")]
-    pub durability: Option<DurabilityKind>,
-    /// Log filter: a level or per-module directives
-    /// (info,chat_server=debug). Default: info.
-    #[arg(long, env = "CHAT_LOG")]
-    pub log: Option<String>,
-    /// Log lines as text or JSON. Default: text.
-    #[arg(long, env = "CHAT_LOG_FORMAT")]
-    pub log_format: Option<LogFormat>,
-    /// This server's id in the cluster: letters, digits, `.`, `_`, `-`.
-    /// Default: node- and 8 random hex digits.
-    #[arg(long, env = "CHAT_NODE_ID")]
-    pub node_id: Option<String>,
-    /// Where durable data lives. Default: sqlite.
-    #[arg(long, env = "CHAT_STORE")]
-    pub store: Option<StoreKind>,
-    /// PostgreSQL URL for `--store postgres`, e.g.
-    /// postgres://chat@db:5432/chat. Default: none.
-    #[arg(long, env = "CHAT_POSTGRES_URL", hide_env_values = true)]
-    pub postgres_url: Option<String>,
-    /// Where sessions are registered: memory (single node) or redis.
-    /// Default: memory.
-    #[arg(long, env = "CHAT_REGISTRY")]
-    pub registry: Option<RegistryKind>,
-    /// Redis URL for the registry and the Redis bus, e.g.
-    /// redis://cache:6379/. Default: none.
-    #[arg(long, env = "CHAT_REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
-    /// Prefix of every Redis key and channel. Default: chat:.
-    #[arg(long, env = "CHAT_REDIS_PREFIX")]
-    pub redis_prefix: Option<String>,
-    /// How servers reach each other: memory (single node), redis (pub/sub)
-    /// or kafka (an inbox topic per server). Default: memory.
-    #[arg(long, env = "CHAT_BUS")]
-    pub bus: Option<BusKind>,
-    /// Kafka bootstrap servers for `--bus kafka`, e.g. kafka:9092.
-    /// Default: none.
-    #[arg(long, env = "CHAT_KAFKA_BROKERS")]
-    pub kafka_brokers: Option<String>,
-    /// Prefix of the per-server inbox topics. Default: chat-inbox-.
-    #[arg(long, env = "CHAT_KAFKA_TOPIC_PREFIX")]
-    pub kafka_topic_prefix: Option<String>,
-    /// Producer linger.ms. Default: 1.
-    #[arg(long, env = "CHAT_KAFKA_LINGER_MS")]
-    pub kafka_linger_ms: Option<u64>,
-    /// Consumer fetch.wait.max.ms (keep it small with brokers that do not
-    /// answer a waiting fetch when data arrives). Default: 100.
-    #[arg(long, env = "CHAT_KAFKA_FETCH_WAIT_MS")]
-    pub kafka_fetch_wait_ms: Option<u64>,
-    /// Seconds a session stays registered without a heartbeat; a crashed
-    /// server's sessions disappear within this time. Default: 15.
-    #[arg(long, env = "CHAT_SESSION_TTL_SECS")]
-    pub session_ttl_secs: Option<u64>,
-    /// Largest message body in bytes. Default: 4096.
-    #[arg(long, env = "CHAT_MAX_BODY_BYTES")]
-    pub max_body_bytes: Option<usize>,
-    /// Frames queued for one slow session before it is disconnected.
-    /// Default: 1024.
-    #[arg(long, env = "CHAT_SESSION_QUEUE")]
-    pub session_queue: Option<usize>,
-    /// Most members of one group, the owner included. Default: 1024.
-    #[arg(long, env = "CHAT_MAX_GROUP_MEMBERS")]
-    pub max_group_members: Option<usize>,
-    /// Most groups one user belongs to. Default: 1000.
-    #[arg(long, env = "CHAT_MAX_GROUPS_PER_USER")]
-    pub max_groups_per_user: Option<usize>,
-    /// Members of groups at most this large see each other's presence; in
-    /// larger groups only direct contacts do. Default: 100.
-    #[arg(long, env = "CHAT_PRESENCE_GROUP_MEMBERS")]
-    pub presence_group_members: Option<usize>,
-    /// Registrations per client address per minute (0: no limit).
-    /// Default: 0.
-    #[arg(long, env = "CHAT_REGISTRATIONS_PER_MINUTE")]
-    pub registrations_per_minute: Option<u32>,
-    /// `Connect` streams opened per client address per minute (0: no
-    /// limit). Default: 0.
-    #[arg(long, env = "CHAT_CONNECTS_PER_MINUTE")]
-    pub connects_per_minute: Option<u32>,
-    /// Messages per user per second (0: no limit). Default: 0.
-    #[arg(long, env = "CHAT_SENDS_PER_SECOND")]
-    pub sends_per_second: Option<u32>,
-    /// Dead letters kept before new ones are refused (and logged). Default:
-    /// 100000.
-    #[arg(long, env = "CHAT_MAX_DEAD_LETTERS")]
-    pub max_dead_letters: Option<u64>,
-    /// Enables the admin HTTP API (`/admin/…`: users, sessions, servers,
-    /// dead letters) for requests with
-    /// `Authorization: Bearer <token>`; at least 16 characters. Without it
-    /// the admin API does not exist (404). Default: none.
-    #[arg(long, env = "CHAT_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
-    /// Seconds a stopping server (SIGTERM, ctrl-c) gives its sessions to
-    /// finish their in-flight sends before closing them anyway. Default:
-    /// 10.
-    #[arg(long, env = "CHAT_SHUTDOWN_GRACE_SECS")]
-    pub shutdown_grace_secs: Option<u64>,
-    /// Delete messages older than this many days, for everyone, in the
-    /// background (0: keep history forever). Default: 0.
-    #[arg(long, env = "CHAT_RETENTION_DAYS")]
-    pub retention_days: Option<u32>,
-    /// Seconds between two retention passes (the first runs at start).
-    /// Default: 3600.
-    #[arg(long, env = "CHAT_RETENTION_INTERVAL_SECS")]
-    pub retention_interval_secs: Option<u64>,
+// ------------------------------------------------------------- checks
+
+/// The largest message body a server may be configured for.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+fn positive<T: Default + PartialEq>(value: &T) -> Result<(), String> {
+    if *value == T::default() {
+        return Err("must be positive".into());
+    }
+    Ok(())
 }
+
+fn body_size(bytes: &usize) -> Result<(), String> {
+    positive(bytes)?;
+    if *bytes > MAX_BODY_BYTES {
+        return Err(format!(
+            "at most {MAX_BODY_BYTES}: a chat message, not a file"
+        ));
+    }
+    Ok(())
+}
+
+fn log_filter(filter: &String) -> Result<(), String> {
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+fn node_id(node: &Option<String>) -> Result<(), String> {
+    match node {
+        Some(node) => chat_cluster::check_node_id(node).map_err(|e| e.to_string()),
+        None => Ok(()),
+    }
+}
+
+// ------------------------------------------------------- flags and help
+
+/// The value of one flag or variable, if given.
+fn given<T: Clone + Send + Sync + 'static>(
+    matches: &clap::ArgMatches,
+    id: &str,
+) -> Result<Option<T>, clap::Error> {
+    matches
+        .try_get_one::<T>(id)
+        .map(|value| value.cloned())
+        .map_err(|e| clap::Error::raw(clap::error::ErrorKind::InvalidValue, e))
+}
+
+impl clap::Args for Overrides {
+    fn augment_args(command: clap::Command) -> clap::Command {
+        let defaults = Settings::default().table();
+        let config = clap::Arg::new("config")
+            .long("config")
+            .env("CHAT_CONFIG")
+            .value_name("CONFIG")
+            .value_parser(clap::value_parser!(PathBuf))
+            .help("A TOML file of settings (keys as the flags, with `_`); see chat-server.example.toml.");
+        SETTINGS
+            .iter()
+            .fold(command.arg(config), |command, setting| {
+                command.arg(setting.arg(defaults.get(setting.key)))
+            })
+    }
+
+    fn augment_args_for_update(command: clap::Command) -> clap::Command {
+        Self::augment_args(command)
+    }
+}
+
+impl Setting {
+    /// The doc comment as one line.
+    fn doc_line(&self) -> String {
+        let words: Vec<&str> = self.doc.iter().map(|line| line.trim()).collect();
+        words.join(" ")
+    }
+
+    /// The flag and the variable of this setting.
+    fn arg(&self, default: Option<&toml::Value>) -> clap::Arg {
+        let default = match default {
+            // What `--help` shows: strings without their quotes.
+            Some(toml::Value::String(text)) => text.clone(),
+            Some(value) => value.to_string(),
+            None => self.unset.unwrap_or("none").to_owned(),
+        };
+        clap::Arg::new(self.key)
+            .long(flag(self.key))
+            .env(env_var(self.key))
+            .hide_env_values(self.secret)
+            .value_name(self.key.to_ascii_uppercase())
+            .action(clap::ArgAction::Set)
+            .value_parser((self.parser)())
+            .help(format!("{} Default: {default}.", self.doc_line()))
+    }
+}
+
+fn flag(key: &str) -> String {
+    key.replace('_', "-")
+}
+
+/// The environment variable of a setting.
+pub fn env_var(key: &str) -> String {
+    format!("CHAT_{}", key.to_ascii_uppercase())
+}
+
+// ------------------------------------------------------- example file
+
+/// How `chat-server.example.toml` starts.
+const EXAMPLE_HEADER: &str = "\
+# chat-server settings: every one with its default.
+#
+# Use it with `chat-server --config chat-server.toml` (or CHAT_CONFIG).
+# Each key is also a flag (`max_body_bytes` is `--max-body-bytes`) and an
+# environment variable (`CHAT_MAX_BODY_BYTES`). Flags win over variables,
+# variables over this file, this file over the defaults. Keys the server
+# does not know, and invalid values, stop it at start with the key named.
+# `chat-server config` prints the settings it would run with.
+#
+# Lines starting with `# key =` are settings without a default: remove the
+# `# ` and give a value.
+#
+# `chat-server config --example` writes this file, from the settings'
+# declarations in crates/server/src/settings.rs.
+";
+
+/// The width of a section heading in the example file.
+const HEADING_WIDTH: usize = 76;
+
+/// The widest comment line of the example file.
+const COMMENT_WIDTH: usize = 78;
+
+/// `text` in lines of at most `width` characters (or one word), broken
+/// between words.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split_whitespace() {
+        match lines.last_mut() {
+            Some(line) if line.chars().count() + 1 + word.chars().count() <= width => {
+                line.push(' ');
+                line.push_str(word);
+            }
+            _ => lines.push(word.to_owned()),
+        }
+    }
+    lines
+}
+
+// ------------------------------------------------------------- errors
 
 /// A setting with a value the server cannot run with.
 #[derive(Debug)]
@@ -335,18 +512,6 @@ impl std::fmt::Display for InvalidSetting {
 }
 
 impl std::error::Error for InvalidSetting {}
-
-/// The largest message body a server may be configured for.
-pub const MAX_BODY_BYTES: usize = 1 << 20;
-
-fn flag(key: &str) -> String {
-    key.replace('_', "-")
-}
-
-/// The environment variable of a setting.
-pub fn env_var(key: &str) -> String {
-    format!("CHAT_{}", key.to_ascii_uppercase())
-}
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> InvalidSetting {
     InvalidSetting {
@@ -380,100 +545,76 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Replaces every setting `overrides` gives.
-    pub fn apply(&mut self, overrides: Overrides) {
-        macro_rules! apply {
-            ($($name:ident),* $(,)?) => {
-                let Overrides { config: _, $($name),* } = overrides;
-                $(if let Some(value) = $name { self.$name = value.into(); })*
-            };
+    /// Each setting's value as TOML, by key; settings without a value are
+    /// absent.
+    fn table(&self) -> toml::Table {
+        match toml::Value::try_from(self) {
+            Ok(toml::Value::Table(table)) => table,
+            // Not reached: every setting is a string, a number or absent.
+            _ => toml::Table::new(),
         }
-        apply!(
-            data_dir,
-            grpc_addr,
-            http_addr,
-            durability,
-            log,
-            log_format,
-            node_id,
-            store,
-            postgres_url,
-            registry,
-            redis_url,
-            redis_prefix,
-            bus,
-            kafka_brokers,
-            kafka_topic_prefix,
-            kafka_linger_ms,
-            kafka_fetch_wait_ms,
-            session_ttl_secs,
-            max_body_bytes,
-            session_queue,
-            max_group_members,
-            max_groups_per_user,
-            presence_group_members,
-            registrations_per_minute,
-            connects_per_minute,
-            sends_per_second,
-            max_dead_letters,
-            admin_token,
-            shutdown_grace_secs,
-            retention_days,
-            retention_interval_secs,
-        );
     }
 
-    /// The settings as TOML, secrets replaced by `***`: what
-    /// `chat-server config` prints.
-    pub fn to_toml_redacted(&self) -> String {
-        let mut shown = self.clone();
-        let hide = |value: &mut Option<String>| {
-            if value.is_some() {
-                *value = Some("***".into());
+    /// The text of `chat-server.example.toml`: every setting with its
+    /// meaning and its default, or commented out with an example value.
+    pub fn example() -> String {
+        let defaults = Self::default().table();
+        let mut text = EXAMPLE_HEADER.to_owned();
+        let mut section = "";
+        for setting in SETTINGS {
+            if setting.section != section {
+                section = setting.section;
+                let heading = format!("# --- {section} ");
+                let dashes = "-".repeat(HEADING_WIDTH.saturating_sub(heading.len()));
+                let _ = write!(text, "\n{heading}{dashes}\n\n");
             }
-        };
-        hide(&mut shown.admin_token);
-        hide(&mut shown.postgres_url);
-        hide(&mut shown.redis_url);
-        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot show the settings: {e}\n"))
+            for line in wrap(&setting.doc_line(), COMMENT_WIDTH - 2) {
+                let _ = writeln!(text, "# {line}");
+            }
+            let key = setting.key;
+            match defaults.get(key) {
+                Some(value) => {
+                    let _ = writeln!(text, "{key} = {value}");
+                }
+                None => {
+                    if let Some(unset) = setting.unset {
+                        let _ = writeln!(text, "# Default: {unset}.");
+                    }
+                    let example = toml::Value::String(setting.example.unwrap_or("").into());
+                    let _ = writeln!(text, "# {key} = {example}");
+                }
+            }
+        }
+        text
     }
 
-    /// Checks every value and builds the server's configuration.
-    pub fn into_config(self) -> Result<Config, InvalidSetting> {
-        let positive = |key, value: usize| {
-            if value == 0 {
-                Err(invalid(key, "must be positive"))
-            } else {
-                Ok(value)
-            }
-        };
-        let required = |key, value: &Option<String>, by: &str| match value {
-            Some(v) if !v.trim().is_empty() => Ok(v.clone()),
-            _ => Err(invalid(key, format!("{by} needs it"))),
-        };
-        if self.max_body_bytes > MAX_BODY_BYTES {
-            return Err(invalid(
-                "max_body_bytes",
-                format!("at most {MAX_BODY_BYTES}: a chat message, not a file"),
-            ));
-        }
-        let defaults = Limits::default();
-        let max_body_bytes = positive("max_body_bytes", self.max_body_bytes)?;
-        let limits = Limits {
-            max_body_bytes,
+    /// The limits these settings give; unchecked (see [`Self::check`]).
+    pub(crate) fn limits(&self) -> Limits {
+        let body = self.max_body_bytes;
+        Limits {
+            max_body_bytes: body,
             // Room for the largest body in a frame or an HTTP request:
             // JSON may escape a byte as six (`\u0001`).
-            max_frame_bytes: defaults.max_frame_bytes.max(2 * max_body_bytes + 4096),
-            max_http_body_bytes: defaults.max_http_body_bytes.max(6 * max_body_bytes + 4096),
-            session_queue: positive("session_queue", self.session_queue)?,
-            max_group_members: positive("max_group_members", self.max_group_members)?,
-            max_groups_per_user: positive("max_groups_per_user", self.max_groups_per_user)?,
+            max_frame_bytes: Limits::MIN_FRAME_BYTES.max(2 * body + 4096),
+            max_http_body_bytes: Limits::MIN_HTTP_BODY_BYTES.max(6 * body + 4096),
+            queued_sends_per_session: Limits::QUEUED_SENDS_PER_SESSION,
+            session_queue: self.session_queue,
+            max_group_members: self.max_group_members,
+            max_groups_per_user: self.max_groups_per_user,
             presence_group_members: self.presence_group_members,
             registrations_per_minute: self.registrations_per_minute,
             connects_per_minute: self.connects_per_minute,
             sends_per_second: self.sends_per_second,
             max_dead_letters: self.max_dead_letters,
-            ..defaults
+        }
+    }
+
+    /// The backends and this node's place in the cluster; refuses a
+    /// backend without the address it needs.
+    pub(crate) fn cluster(&self) -> Result<ClusterConfig, InvalidSetting> {
+        let required = |key, value: &Option<String>, by: &str| match value {
+            Some(v) if !v.trim().is_empty() => Ok(v.clone()),
+            _ => Err(invalid(key, format!("{by} needs it"))),
         };
         let store = match self.store {
             StoreKind::Sqlite => StoreBackend::Sqlite,
@@ -512,32 +653,28 @@ impl Settings {
                 "a Redis or Kafka bus needs the Redis registry",
             ));
         }
-        if self.session_ttl_secs == 0 {
-            return Err(invalid("session_ttl_secs", "must be at least 1"));
-        }
-        let node_id = match self.node_id {
-            Some(node) => {
-                chat_cluster::check_node_id(&node)
-                    .map_err(|e| invalid("node_id", e.to_string()))?;
-                node
-            }
-            None => ClusterConfig::default().node_id,
-        };
-        let cluster = ClusterConfig {
-            node_id,
+        Ok(ClusterConfig {
+            node_id: self
+                .node_id
+                .clone()
+                .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>())),
             store,
             registry,
             bus,
             session_ttl: Duration::from_secs(self.session_ttl_secs),
-        };
+        })
+    }
+
+    /// Checks every value and builds the server's configuration.
+    pub fn into_config(self) -> Result<Config, InvalidSetting> {
+        self.check()?;
+        let limits = self.limits();
+        let cluster = self.cluster()?;
         let admin_token = self
             .admin_token
             .map(AdminToken::new)
             .transpose()
             .map_err(|e| invalid("admin_token", e))?;
-        if self.retention_interval_secs == 0 {
-            return Err(invalid("retention_interval_secs", "must be at least 1"));
-        }
         let retention = match self.retention_days {
             0 => None,
             days => {
@@ -588,6 +725,42 @@ mod tests {
 
     fn flags() -> clap::Command {
         Overrides::augment_args(clap::Command::new("chat-server"))
+    }
+
+    #[test]
+    fn the_example_file_is_the_declared_settings() {
+        let (file, rendered) = (example(), Settings::example());
+        if file != rendered {
+            let differs = file
+                .lines()
+                .map(Some)
+                .chain(std::iter::repeat(None))
+                .zip(rendered.lines().map(Some).chain(std::iter::repeat(None)))
+                .enumerate()
+                .find(|(_, (a, b))| a != b);
+            let (line, (file_line, rendered_line)) = differs.unwrap_or((0, (None, None)));
+            panic!(
+                "chat-server.example.toml differs from the declared settings at line {}:\n  \
+                 file:     {}\n  declared: {}\nRegenerate it: \
+                 cargo run -p chat-server -- config --example > chat-server.example.toml",
+                line + 1,
+                file_line.unwrap_or("(end of file)"),
+                rendered_line.unwrap_or("(end of file)"),
+            );
+        }
+    }
+
+    #[test]
+    fn the_defaults_are_a_valid_configuration() {
+        let settings = Settings::default();
+        let config = settings.clone().into_config().unwrap();
+        assert_eq!(config.limits.max_group_members, settings.max_group_members);
+        assert_eq!(
+            config.cluster.session_ttl,
+            Duration::from_secs(settings.session_ttl_secs)
+        );
+        assert!(config.cluster.node_id.starts_with("node-"));
+        assert_eq!(Limits::default().max_body_bytes, settings.max_body_bytes);
     }
 
     #[test]

@@ -106,6 +106,14 @@ fn the_example_file_is_a_valid_configuration() {
     assert!(output.status.success(), "{}", stderr(&output));
 }
 
+#[test]
+fn config_example_prints_the_declared_settings() {
+    // Given settings change nothing: the example shows the defaults.
+    let output = run(&["--max-body-bytes", "1000", "config", "--example"], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), chat_server::settings::Settings::example());
+}
+
 /// Arguments, environment, and what the error must name.
 type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
 
