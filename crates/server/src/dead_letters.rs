@@ -28,7 +28,9 @@
 //!
 //! Replay decodes the stored payload as an envelope and delivers its event
 //! to the named users' sessions wherever they are now (this node's
-//! directly, the others' through the registry and the bus), then records
+//! directly, the others' through the registry and the bus: the one
+//! delivery path, [`AppState::deliver`], awaited and with refusals only
+//! reported, since the letter itself stays pending), then records
 //! the replay: the letter stays, marked replayed, until purged. Replaying
 //! a message twice is safe: clients dedupe by (conversation, seq).
 

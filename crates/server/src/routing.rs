@@ -7,6 +7,14 @@
 //! to that node's inbox. Each node reads its own inbox and hands what it
 //! receives to its local sessions.
 //!
+//! [`AppState::deliver`] is the only way an event leaves this node, for
+//! every caller: its [`Mode`] says whether publishing to other nodes is
+//! awaited (an operator's revocation, a dead-letter replay: the answer
+//! says where the event went) or runs in the background (everything
+//! else), and whether what the bus refused is dead-lettered or only
+//! reported. Other modules must not publish to the bus or dead-letter a
+//! refused record themselves.
+//!
 //! All of this is best effort by design: the store already holds every
 //! message, and a session that misses a live event catches up when it
 //! reconnects. A failure here is logged and counted, never returned to the
@@ -136,7 +144,7 @@ impl AppState {
     /// Delivers `event` to every session of `usernames` in the cluster
     /// (except the session `origin` of this node): this node's sessions
     /// directly, the other nodes' through the registry and their inboxes
-    /// on the bus. The only way an event leaves this node.
+    /// on the bus.
     pub async fn deliver(
         self: &Arc<Self>,
         usernames: Vec<String>,
