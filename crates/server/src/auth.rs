@@ -10,6 +10,7 @@ use tonic::metadata::MetadataMap;
 
 use std::sync::Arc;
 
+use crate::routing::{Mode, Refused, Undelivered};
 use crate::sessions::Event;
 use crate::{ApiError, AppState};
 
@@ -100,7 +101,9 @@ impl AppState {
                 token: fingerprint(old),
             },
             None,
-        );
+            Mode::Background,
+        )
+        .await;
         Ok(secret)
     }
 
@@ -122,39 +125,29 @@ impl AppState {
         let event = Event::Revoked {
             token: fingerprint(&old),
         };
-        let users = vec![username.clone()];
-        let local_sessions = self.sessions.deliver([username.as_str()], &event, None);
-        let mut revocation = Revocation {
+        let delivered = self
+            .deliver(
+                vec![username.clone()],
+                event,
+                None,
+                Mode::Awaited(Refused::DeadLetter),
+            )
+            .await;
+        let undelivered = delivered
+            .undelivered
+            .into_iter()
+            .map(|missed| match missed {
+                Undelivered::Registry(e) => format!("registry lookup failed: {e}"),
+                Undelivered::Node { node, error } => format!("node {node}: {error}"),
+            })
+            .collect();
+        let revocation = Revocation {
             username,
             secret,
-            local_sessions,
-            nodes: Vec::new(),
-            undelivered: Vec::new(),
+            local_sessions: delivered.local_sessions,
+            nodes: delivered.nodes,
+            undelivered,
         };
-        match self.fan_out(&users, &event).await {
-            Ok(out) => {
-                revocation.nodes = out.published;
-                for failed in out.failed {
-                    tracing::warn!(node = %failed.node, error = %failed.error,
-                        "revocation not delivered; the record goes to the dead-letter queue");
-                    self.dead_letter(
-                        &format!(
-                            "publish to node {} failed after {} attempts: {}",
-                            failed.node,
-                            crate::routing::PUBLISH_ATTEMPTS,
-                            failed.error
-                        ),
-                        &failed.payload,
-                    );
-                    revocation
-                        .undelivered
-                        .push(format!("node {}: {}", failed.node, failed.error));
-                }
-            }
-            Err(e) => revocation
-                .undelivered
-                .push(format!("registry lookup failed: {e}")),
-        }
         Ok(revocation)
     }
 }

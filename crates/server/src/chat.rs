@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use chat_store::{Appended, NewMessage, ReadCursor, StoredMessage, Target};
 
+use crate::routing::Mode;
 use crate::sessions::{Event, SessionId};
 use crate::{names, ApiError, AppState};
 
@@ -43,7 +44,7 @@ impl AppState {
         let answer = match self.new_message(sender, input) {
             Ok((message, is_direct)) => {
                 let appended = self.store.append_message(message).await;
-                self.committed(appended, is_direct, origin, received)
+                self.committed(appended, is_direct, origin, received).await
             }
             Err(refused) => Err(refused),
         };
@@ -82,18 +83,19 @@ impl AppState {
             .await
             .into_iter()
             .zip(kinds);
-        let answers: Vec<_> = answers
-            .into_iter()
-            .map(|answer| match answer {
+        let mut done = Vec::with_capacity(answers.len());
+        for answer in answers {
+            done.push(match answer {
                 Some(refused) => refused,
                 None => match committed.next() {
                     Some((appended, (is_direct, received))) => {
-                        self.committed(appended, is_direct, origin, received)
+                        self.committed(appended, is_direct, origin, received).await
                     }
                     None => Err(ApiError::Internal("the store lost a send".into())),
                 },
-            })
-            .collect();
+            });
+        }
+        let answers = done;
         for answer in &answers {
             if let Err(e) = answer {
                 self.metrics.send_failed(e);
@@ -146,7 +148,7 @@ impl AppState {
 
     /// After the store answered a send (received at `received`): counts
     /// and delivers a new message, and names what was not found.
-    fn committed(
+    async fn committed(
         self: &Arc<Self>,
         appended: chat_store::Result<Appended>,
         is_direct: bool,
@@ -162,7 +164,8 @@ impl AppState {
             self.metrics.messages_accepted.increment(1);
             self.metrics.send_to_commit.record(received.elapsed());
             let event = Event::Message(Arc::new(appended.message.clone()));
-            self.deliver(appended.members.clone(), event, origin);
+            self.deliver(appended.members.clone(), event, origin, Mode::Background)
+                .await;
             tracing::debug!(
                 user = %appended.message.sender,
                 conversation = %appended.message.conversation_id,
@@ -193,7 +196,8 @@ impl AppState {
             })?;
         if !appended.duplicate {
             let event = Event::Message(Arc::new(appended.message.clone()));
-            self.deliver(appended.members, event, None);
+            self.deliver(appended.members, event, None, Mode::Background)
+                .await;
         }
         Ok(appended.message)
     }
@@ -232,7 +236,8 @@ impl AppState {
             read_seq: cursor.read_seq,
             unread_count: cursor.unread_count,
         };
-        self.deliver(vec![username.to_owned()], event, None);
+        self.deliver(vec![username.to_owned()], event, None, Mode::Background)
+            .await;
         // The read receipt: the other members learn how far this member
         // has read (their own unread counts are not part of it).
         let members = self.store.members(username, conversation_id).await?;
@@ -244,7 +249,7 @@ impl AppState {
                 read_seq: cursor.read_seq,
                 unread_count: 0,
             };
-            self.deliver(others, receipt, None);
+            self.deliver(others, receipt, None, Mode::Background).await;
         }
         Ok(cursor)
     }
@@ -262,7 +267,8 @@ impl AppState {
             username: username.to_owned(),
         };
         let others = members.into_iter().filter(|m| m != username).collect();
-        self.deliver(others, event, Some(origin));
+        self.deliver(others, event, Some(origin), Mode::Background)
+            .await;
         Ok(())
     }
 }
@@ -312,7 +318,9 @@ impl AppState {
                 changed.notify.clone(),
                 Event::Message(Arc::new(event.clone())),
                 None,
-            );
+                Mode::Background,
+            )
+            .await;
             tracing::info!(
                 group = %event.conversation_id,
                 seq = event.seq,

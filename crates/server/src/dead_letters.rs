@@ -28,7 +28,9 @@
 //!
 //! Replay decodes the stored payload as an envelope and delivers its event
 //! to the named users' sessions wherever they are now (this node's
-//! directly, the others' through the registry and the bus), then records
+//! directly, the others' through the registry and the bus: the one
+//! delivery path, [`AppState::deliver`], awaited and with refusals only
+//! reported, since the letter itself stays pending), then records
 //! the replay: the letter stays, marked replayed, until purged. Replaying
 //! a message twice is safe: clients dedupe by (conversation, seq).
 
@@ -37,7 +39,7 @@ use std::sync::Arc;
 use chat_store::{DeadLetter, DeadLetterQuery, NewDeadLetter};
 use tokio::sync::mpsc;
 
-use crate::routing::decode_envelope;
+use crate::routing::{decode_envelope, Mode, Refused, Undelivered};
 use crate::{ApiError, AppState};
 
 /// The largest payload stored with a dead letter. A longer one is cut (and
@@ -228,22 +230,24 @@ impl AppState {
         let replay = match decode_envelope(&letter.payload) {
             Err(reason) => Replay::NotReplayable(reason),
             Ok(envelope) => {
-                let local_sessions = self.sessions.deliver(
-                    envelope.to.iter().map(String::as_str),
-                    &envelope.event,
-                    None,
-                );
-                match self.fan_out(&envelope.to, &envelope.event).await {
-                    Err(e) => Replay::Failed(format!("registry lookup failed: {e}")),
-                    Ok(out) => match out.failed.first() {
-                        Some(failed) => Replay::Failed(format!(
-                            "publish to node {} failed: {}",
-                            failed.node, failed.error
-                        )),
-                        None => Replay::Delivered {
-                            local_sessions,
-                            nodes: out.published,
-                        },
+                let delivered = self
+                    .deliver(
+                        envelope.to,
+                        envelope.event,
+                        None,
+                        Mode::Awaited(Refused::Report),
+                    )
+                    .await;
+                match delivered.undelivered.first() {
+                    Some(Undelivered::Registry(e)) => {
+                        Replay::Failed(format!("registry lookup failed: {e}"))
+                    }
+                    Some(Undelivered::Node { node, error }) => {
+                        Replay::Failed(format!("publish to node {node} failed: {error}"))
+                    }
+                    None => Replay::Delivered {
+                        local_sessions: delivered.local_sessions,
+                        nodes: delivered.nodes,
                     },
                 }
             }

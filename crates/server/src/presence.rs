@@ -18,6 +18,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
+use crate::routing::Mode;
+
 /// The contacts this node's sessions watch, with their last known state.
 #[derive(Default)]
 pub struct PresenceWatch {
@@ -126,7 +128,8 @@ impl crate::AppState {
                 username: username.to_owned(),
                 online: true,
             };
-            self.deliver(contacts.clone(), event, None);
+            self.deliver(contacts.clone(), event, None, Mode::Background)
+                .await;
         }
         (contacts, online)
     }
@@ -147,7 +150,8 @@ impl crate::AppState {
                 username: username.to_owned(),
                 online: false,
             };
-            self.deliver(contacts.to_vec(), event, None);
+            self.deliver(contacts.to_vec(), event, None, Mode::Background)
+                .await;
         }
     }
 

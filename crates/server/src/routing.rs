@@ -7,6 +7,14 @@
 //! to that node's inbox. Each node reads its own inbox and hands what it
 //! receives to its local sessions.
 //!
+//! [`AppState::deliver`] is the only way an event leaves this node, for
+//! every caller: its [`Mode`] says whether publishing to other nodes is
+//! awaited (an operator's revocation, a dead-letter replay: the answer
+//! says where the event went) or runs in the background (everything
+//! else), and whether what the bus refused is dead-lettered or only
+//! reported. Other modules must not publish to the bus or dead-letter a
+//! refused record themselves.
+//!
 //! All of this is best effort by design: the store already holds every
 //! message, and a session that misses a live event catches up when it
 //! reconnects. A failure here is logged and counted, never returned to the
@@ -71,67 +79,160 @@ pub(crate) fn decode_envelope(record: &[u8]) -> Result<Envelope, String> {
     }
 }
 
-/// A record the bus refused for one node, after every attempt.
-pub(crate) struct FailedPublish {
-    pub node: String,
-    pub error: String,
-    pub payload: Bytes,
+/// How far [`AppState::deliver`] goes before it returns, and what becomes
+/// of a record the bus refused after every attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Publishing to other nodes runs in a task of its own, so it never
+    /// delays the caller (a sender's acknowledgement); what the bus
+    /// refuses is dead-lettered.
+    Background,
+    /// Publishing is awaited, so the answer says where the event went;
+    /// `refused` says what becomes of what the bus refused.
+    Awaited(Refused),
+}
+
+/// What becomes of a record the bus refused for a node after
+/// [`PUBLISH_ATTEMPTS`] attempts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// It goes to the dead-letter queue, to be replayed. Ephemeral events
+    /// (typing, presence) never do: they are logged and dropped.
+    DeadLetter,
+    /// It is only reported: the caller still holds the event (a replayed
+    /// dead letter stays pending).
+    Report,
+}
+
+/// Where [`AppState::deliver`] took an event.
+#[derive(Debug, Default)]
+pub struct Delivered {
+    /// Sessions on this node that were handed the event.
+    pub local_sessions: usize,
+    /// Other nodes whose inbox took a record. Known only with
+    /// [`Mode::Awaited`]; empty otherwise.
+    pub nodes: Vec<String>,
+    /// Where the event could not go. Known only with [`Mode::Awaited`];
+    /// empty otherwise.
+    pub undelivered: Vec<Undelivered>,
+}
+
+/// Why an event did not reach some of its recipients' nodes.
+#[derive(Debug)]
+pub enum Undelivered {
+    /// The registry could not say where the sessions are.
+    Registry(String),
+    /// The bus refused the record for `node` after every attempt.
+    Node { node: String, error: String },
+}
+
+/// A record for one node's inbox, and the bus's last refusal of it.
+struct Record {
+    node: String,
+    error: String,
+    payload: Bytes,
 }
 
 /// Where an event went beyond this node.
-pub(crate) struct FanOut {
+struct FanOut {
     /// The nodes whose inbox took a record.
-    pub published: Vec<String>,
-    pub failed: Vec<FailedPublish>,
+    published: Vec<String>,
+    failed: Vec<Record>,
 }
 
 impl AppState {
-    /// Delivers `event` to every session of `usernames` in the cluster,
-    /// except the session `origin` of this node.
-    pub fn deliver(
+    /// Delivers `event` to every session of `usernames` in the cluster
+    /// (except the session `origin` of this node): this node's sessions
+    /// directly, the other nodes' through the registry and their inboxes
+    /// on the bus.
+    pub async fn deliver(
         self: &Arc<Self>,
         usernames: Vec<String>,
         event: Event,
         origin: Option<SessionId>,
-    ) {
-        self.sessions
-            .deliver(usernames.iter().map(String::as_str), &event, origin);
-        let state = self.clone();
-        let mut remote =
-            Box::pin(async move { state.deliver_to_other_nodes(usernames, event).await });
-        // With the in-process registry this finishes at once (nobody is on
-        // another node); only work that really waits, on Redis or a
-        // broker, becomes a task of its own. Polling it once here is safe:
-        // if it is pending, the spawned task polls it again at once and
-        // registers its real waker.
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if remote.as_mut().poll(&mut cx).is_pending() {
-            tokio::spawn(remote);
+        mode: Mode,
+    ) -> Delivered {
+        let local_sessions =
+            self.sessions
+                .deliver(usernames.iter().map(String::as_str), &event, origin);
+        match mode {
+            Mode::Background => {
+                let state = self.clone();
+                let mut remote = Box::pin(async move {
+                    state
+                        .deliver_to_other_nodes(&usernames, &event, Refused::DeadLetter)
+                        .await
+                });
+                // With the in-process registry this finishes at once
+                // (nobody is on another node); only work that really
+                // waits, on Redis or a broker, becomes a task of its own.
+                // Polling it once here is safe: if it is pending, the
+                // spawned task polls it again at once and registers its
+                // real waker.
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                if remote.as_mut().poll(&mut cx).is_pending() {
+                    tokio::spawn(remote);
+                }
+                Delivered {
+                    local_sessions,
+                    ..Delivered::default()
+                }
+            }
+            Mode::Awaited(refused) => {
+                let (nodes, undelivered) = self
+                    .deliver_to_other_nodes(&usernames, &event, refused)
+                    .await;
+                Delivered {
+                    local_sessions,
+                    nodes,
+                    undelivered,
+                }
+            }
         }
     }
 
-    async fn deliver_to_other_nodes(&self, usernames: Vec<String>, event: Event) {
-        let Ok(out) = self.fan_out(&usernames, &event).await else {
-            return;
+    /// Publishes `event` to the other nodes of `usernames` and settles
+    /// what the bus refused: the nodes that took it, and where it did not
+    /// go.
+    async fn deliver_to_other_nodes(
+        &self,
+        usernames: &[String],
+        event: &Event,
+        refused: Refused,
+    ) -> (Vec<String>, Vec<Undelivered>) {
+        let out = match self.fan_out(usernames, event).await {
+            Ok(out) => out,
+            Err(e) => return (Vec::new(), vec![Undelivered::Registry(e)]),
         };
+        // Stale in seconds (typing), or corrected by the next presence
+        // sweep: a replay could only mislead.
+        let ephemeral = matches!(event, Event::Typing { .. } | Event::Presence { .. });
+        let mut undelivered = Vec::with_capacity(out.failed.len());
         for failed in out.failed {
-            if matches!(event, Event::Typing { .. } | Event::Presence { .. }) {
-                // Stale in seconds (typing), or corrected by the next
-                // presence sweep: a replay could only mislead.
-                tracing::warn!(node = %failed.node, error = %failed.error,
-                    "publish of an ephemeral event failed; dropped");
-                continue;
+            match refused {
+                Refused::Report => {}
+                Refused::DeadLetter if ephemeral => {
+                    tracing::warn!(node = %failed.node, error = %failed.error,
+                        "publish of an ephemeral event failed; dropped");
+                }
+                Refused::DeadLetter => {
+                    tracing::warn!(node = %failed.node, error = %failed.error,
+                        "publish failed; the record goes to the dead-letter queue");
+                    self.dead_letter(
+                        &format!(
+                            "publish to node {} failed after {PUBLISH_ATTEMPTS} attempts: {}",
+                            failed.node, failed.error
+                        ),
+                        &failed.payload,
+                    );
+                }
             }
-            tracing::warn!(node = %failed.node, error = %failed.error,
-                "publish failed; the record goes to the dead-letter queue");
-            self.dead_letter(
-                &format!(
-                    "publish to node {} failed after {PUBLISH_ATTEMPTS} attempts: {}",
-                    failed.node, failed.error
-                ),
-                &failed.payload,
-            );
+            undelivered.push(Undelivered::Node {
+                node: failed.node,
+                error: failed.error,
+            });
         }
+        (out.published, undelivered)
     }
 
     /// Hands `event` to the inbox of every other node holding a session of
@@ -140,11 +241,7 @@ impl AppState {
     /// attempts, in rounds: every node is tried once before any is retried,
     /// so a failing node never delays a healthy one. `Err` when the
     /// registry cannot say where the sessions are (logged and counted).
-    pub(crate) async fn fan_out(
-        &self,
-        usernames: &[String],
-        event: &Event,
-    ) -> Result<FanOut, String> {
+    async fn fan_out(&self, usernames: &[String], event: &Event) -> Result<FanOut, String> {
         let names: Vec<&str> = usernames.iter().map(String::as_str).collect();
         let located = match self.registry.locate(&names).await {
             Ok(located) => located,
@@ -172,7 +269,7 @@ impl AppState {
                 at: Some(at),
             };
             match serde_json::to_vec(&envelope) {
-                Ok(payload) => pending.push(FailedPublish {
+                Ok(payload) => pending.push(Record {
                     node,
                     // The bus's answer, once it refuses.
                     error: String::new(),
