@@ -249,15 +249,26 @@ const EDIT_TARGET: &str = "
     RETURNING g.seq";
 
 /// Deletes message `$2` of conversation `$1` (keeping a tombstone with an
-/// empty body), under the same conditions as [`EDIT_TARGET`].
+/// empty body), under the same conditions as [`EDIT_TARGET`]. Deleted
+/// means deleted: the text also goes from every edit event that carried
+/// it (which follow the message, so the range of the primary key after it
+/// holds them all).
 const DELETE_TARGET: &str = "
-    UPDATE messages g SET body = '', deleted = TRUE
-      FROM members m
-     WHERE g.conversation_id = $1 AND g.seq = $2 AND g.sender = $3
-       AND g.kind = 'text' AND NOT g.deleted
-       AND m.conversation_id = g.conversation_id AND m.username = $3
-       AND g.seq >= m.joined_seq
-    RETURNING g.seq";
+    WITH target AS (
+        UPDATE messages g SET body = '', deleted = TRUE
+          FROM members m
+         WHERE g.conversation_id = $1 AND g.seq = $2 AND g.sender = $3
+           AND g.kind = 'text' AND NOT g.deleted
+           AND m.conversation_id = g.conversation_id AND m.username = $3
+           AND g.seq >= m.joined_seq
+        RETURNING g.seq
+    ), edits AS (
+        UPDATE messages e SET body = ''
+         WHERE e.conversation_id = $1 AND e.seq > $2
+           AND e.kind = 'message_edited' AND e.target_seq = $2
+           AND EXISTS (SELECT 1 FROM target)
+    )
+    SELECT seq FROM target";
 
 /// What a retry of `(sender, client_msg_id)` answers: the original, if
 /// there is one.

@@ -307,10 +307,13 @@ impl MessageTx for Tx<'_> {
                     body,
                     event.sent_at_unix_ms
                 ])?,
+            // Deleted means deleted: the text goes from the message and
+            // from every edit event that carried it.
             None => conn
                 .prepare_cached(
-                    "UPDATE messages SET body = '', deleted = 1
-                     WHERE conversation_id = ?1 AND seq = ?2",
+                    "UPDATE messages SET body = '', deleted = (seq = ?2)
+                     WHERE conversation_id = ?1
+                       AND (seq = ?2 OR (seq > ?2 AND kind = 'message_edited' AND target_seq = ?2))",
                 )?
                 .execute(params![change.conversation_id, change.seq as i64])?,
         };

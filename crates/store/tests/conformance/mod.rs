@@ -1098,6 +1098,36 @@ pub async fn senders_edit_and_delete_their_messages_through_ordered_events(store
     // Edits and deletes never count as unread.
     let bob = store.conversations("bob").await.unwrap().remove(0);
     assert_eq!((bob.last_seq, bob.unread_count), (4, 1));
+
+    // Deleting an edited message takes its text out of every event that
+    // carried it: history (and so replay) keeps none of it.
+    store
+        .change_message(change("alice", 1, None, "x7"))
+        .await
+        .unwrap();
+    let page = store.history("bob", &id, all).await.unwrap().messages;
+    let texts: Vec<(u64, MessageKind, &str)> = page
+        .iter()
+        .map(|m| (m.seq, m.kind, m.body.as_str()))
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            (1, MessageKind::Text, ""),
+            (2, MessageKind::Text, ""),
+            (3, MessageKind::MessageEdited, ""),
+            (4, MessageKind::MessageDeleted, ""),
+            (5, MessageKind::MessageDeleted, ""),
+        ]
+    );
+    assert!(page[0].deleted);
+    // A retry of the edit answers its event, without the text.
+    let retry = store
+        .change_message(change("alice", 1, Some("hello"), "x1"))
+        .await
+        .unwrap();
+    assert!(retry.duplicate);
+    assert_eq!((retry.message.seq, retry.message.body.as_str()), (3, ""));
 }
 
 pub async fn retention_deletes_old_messages_in_bounded_batches(store: Arc<dyn Store>) {
