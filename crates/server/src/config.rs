@@ -23,6 +23,9 @@ pub struct Config {
     /// fsync on every commit (`Full`) or only survive a process crash
     /// (`Normal`) (`durability`).
     pub durability: Durability,
+    /// Store operations that run at once: SQLite's read connections,
+    /// PostgreSQL's pool (`store_connections`).
+    pub store_connections: usize,
     pub limits: Limits,
     pub cluster: ClusterConfig,
     /// The bearer token of the admin API (`/admin/…`: users, sessions,

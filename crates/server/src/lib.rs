@@ -150,14 +150,14 @@ impl Backends {
             StoreBackend::Sqlite => {
                 let mut sqlite = SqliteConfig::new(config.data_dir.join("chat.db"));
                 sqlite.durability = config.durability;
+                sqlite.read_pool_size = config.store_connections;
                 Arc::new(SqliteStore::open(sqlite)?)
             }
-            StoreBackend::Postgres { url } => Arc::new(
-                chat_store::postgres::PostgresStore::connect(
-                    chat_store::postgres::PostgresConfig::new(url),
-                )
-                .await?,
-            ),
+            StoreBackend::Postgres { url } => {
+                let mut postgres = chat_store::postgres::PostgresConfig::new(url);
+                postgres.pool_size = config.store_connections;
+                Arc::new(chat_store::postgres::PostgresStore::connect(postgres).await?)
+            }
         };
         let registry: Arc<dyn SessionRegistry> = match &cluster.registry {
             RegistryBackend::Memory => Arc::new(chat_cluster::registry::MemoryRegistry::new(

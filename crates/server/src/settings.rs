@@ -251,6 +251,10 @@ settings! {
         /// `full`: fsync every commit (survives power loss); `normal`: survives
         /// a crash of the server process only.
         durability: DurabilityKind = DurabilityKind::Full;
+        /// Store operations that run at once: SQLite's read connections (each
+        /// on a thread of its own while it runs), PostgreSQL's pool. A burst
+        /// of requests waits for a turn instead of opening more.
+        store_connections: usize = 16, check = positive;
     }
     "Logs" {
         /// A level (error, warn, info, debug, trace) or per-module directives
@@ -694,6 +698,7 @@ impl Settings {
                 DurabilityKind::Full => Durability::Full,
                 DurabilityKind::Normal => Durability::Normal,
             },
+            store_connections: self.store_connections,
             limits,
             cluster,
             admin_token,

@@ -63,7 +63,8 @@ pub struct SqliteConfig {
     pub max_batch: usize,
     /// Writes that may wait for the writer before callers wait too.
     pub queue_capacity: usize,
-    /// Read connections kept open between reads.
+    /// Reads that run at once, each on a read connection kept open
+    /// between reads; more wait for a turn.
     pub read_pool_size: usize,
 }
 
@@ -132,7 +133,8 @@ impl SqliteStore {
             path: config.path.clone(),
             durability: config.durability,
             idle: Mutex::new(Vec::new()),
-            max_idle: config.read_pool_size,
+            max_idle: config.read_pool_size.max(1),
+            permits: Arc::new(tokio::sync::Semaphore::new(config.read_pool_size.max(1))),
         });
         Ok(Self {
             writes,
@@ -193,10 +195,21 @@ impl SqliteStore {
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let readers = self.readers.clone();
+        // A burst of reads queues here instead of taking a blocking thread
+        // and a connection (three descriptors) each. The permit goes with
+        // the read into its thread: a caller that gives up does not free
+        // it before the read is over.
+        let permit = readers
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
         tokio::task::spawn_blocking(move || {
             let conn = readers.take()?;
             let result = f(&conn);
             readers.give_back(conn);
+            drop(permit);
             result
         })
         .await
@@ -207,13 +220,17 @@ impl SqliteStore {
 /// [`crate::domain`] use it: the single writer is every lock they need.
 struct Tx<'c>(&'c Connection);
 
-/// Read-only connections kept open between reads.
+/// Read-only connections kept open between reads, at most `max_idle`,
+/// and never more in use at once than there are `permits` (as many).
 struct ReadPool {
     path: PathBuf,
     durability: Durability,
     /// A std mutex: it is held only to push or pop, never across I/O.
     idle: Mutex<Vec<Connection>>,
     max_idle: usize,
+    /// One per read running; a read waits for one before it takes a
+    /// blocking thread and a connection.
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl ReadPool {
