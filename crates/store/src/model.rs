@@ -51,10 +51,8 @@ pub struct StoredMessage {
     pub seq: u64,
     /// Who wrote it, or who made the membership change.
     pub sender: String,
-    /// The text (the latest, if edited; empty if deleted); for a
-    /// membership event, the usernames it concerns, separated by spaces
-    /// (see [`StoredMessage::event_members`]); for an edit event, the new
-    /// text.
+    /// The text (the latest, if edited; empty if deleted); for an edit
+    /// event, the new text; empty for a membership event.
     pub body: String,
     pub client_msg_id: String,
     pub sent_at_unix_ms: i64,
@@ -69,16 +67,10 @@ pub struct StoredMessage {
     /// The message was deleted (its body is empty).
     #[serde(default)]
     pub deleted: bool,
-}
-
-impl StoredMessage {
-    /// The usernames a membership event concerns (none for text).
-    pub fn event_members(&self) -> Vec<String> {
-        if !self.kind.is_membership() {
-            return Vec::new();
-        }
-        self.body.split_whitespace().map(str::to_owned).collect()
-    }
+    /// For a membership event: the usernames it concerns (whom the group
+    /// was created with, who was added, removed or left); empty otherwise.
+    #[serde(default)]
+    pub members: Vec<String>,
 }
 
 /// What a message is: text, or a membership event of a group.

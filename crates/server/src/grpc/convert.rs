@@ -17,7 +17,7 @@ pub fn message(m: &StoredMessage) -> pb::Message {
         client_msg_id: m.client_msg_id.clone(),
         sent_at_unix_ms: m.sent_at_unix_ms,
         kind: message_kind(m.kind) as i32,
-        members: m.event_members(),
+        members: m.members.clone(),
         // Filled in where it is known (history pages).
         read_count: 0,
         target_seq: m.target_seq,

@@ -24,6 +24,8 @@ pub(crate) struct Draft {
     pub sent_at_unix_ms: i64,
     pub kind: MessageKind,
     pub target_seq: u64,
+    /// For a membership event, whom it concerns.
+    pub members: Vec<String>,
 }
 
 impl Draft {
@@ -38,6 +40,7 @@ impl Draft {
             sent_at_unix_ms: message.sent_at_unix_ms.unwrap_or(now),
             kind: MessageKind::Text,
             target_seq: 0,
+            members: Vec::new(),
         }
     }
 
@@ -58,10 +61,11 @@ impl Draft {
             id,
             conversation_id: group_id.to_owned(),
             sender: actor.to_owned(),
-            body: concerned.join(" "),
+            body: String::new(),
             sent_at_unix_ms: now,
             kind,
             target_seq: 0,
+            members: concerned.to_vec(),
         }
     }
 
@@ -81,6 +85,7 @@ impl Draft {
             sent_at_unix_ms: now,
             kind,
             target_seq: change.seq,
+            members: Vec::new(),
         }
     }
 
@@ -98,7 +103,35 @@ impl Draft {
             target_seq: self.target_seq,
             edited: false,
             deleted: false,
+            members: self.members,
         }
+    }
+
+    /// What the `body` column holds for it (see [`body_column`]).
+    pub(crate) fn body_column(&self) -> String {
+        body_column(self.kind, &self.body, &self.members)
+    }
+}
+
+/// What the `body` column of `messages` holds: the text, or for a
+/// membership event the usernames it concerns, separated by spaces
+/// (usernames hold none). The one encoding of both backends.
+pub(crate) fn body_column(kind: MessageKind, body: &str, members: &[String]) -> String {
+    if kind.is_membership() {
+        members.join(" ")
+    } else {
+        body.to_owned()
+    }
+}
+
+/// The text and the members of a message whose `body` column is
+/// `column` (the inverse of [`body_column`]).
+pub(crate) fn from_body_column(kind: MessageKind, column: String) -> (String, Vec<String>) {
+    if kind.is_membership() {
+        let members = column.split_whitespace().map(str::to_owned).collect();
+        (String::new(), members)
+    } else {
+        (column, Vec::new())
     }
 }
 

@@ -12,7 +12,7 @@ use tokio_postgres::Row;
 use super::messages::INSERT_MESSAGE;
 use super::{execute, has_nul, query, query_opt, seq_param, seq_value, PostgresStore, Tx};
 use crate::domain::groups::{change_group, Admission, GroupTx};
-use crate::domain::messages::Draft;
+use crate::domain::messages::{body_column, Draft};
 use crate::{
     GroupChange, GroupChanged, GroupInfo, GroupLimits, GroupMember, GroupRole, GroupStore, Result,
     StoreError, StoredMessage,
@@ -146,6 +146,7 @@ impl GroupTx for Tx<'_, '_> {
         let roles: Vec<&str> = group.members.iter().map(|m| m.role.as_str()).collect();
         let seq = seq_param(event.seq);
         let kind = event.kind.as_str();
+        let body = body_column(event.kind, &event.body, &event.members);
         let (conversation, member_rows, event_row) = tokio::try_join!(
             tx.prepare_cached(CONVERSATION),
             tx.prepare_cached(MEMBERS_OF_NEW),
@@ -159,7 +160,7 @@ impl GroupTx for Tx<'_, '_> {
             &seq,
             &event.id,
             &event.sender,
-            &event.body,
+            &body,
             &event.client_msg_id,
             &event.sent_at_unix_ms,
             &kind,
@@ -177,6 +178,7 @@ impl GroupTx for Tx<'_, '_> {
 
     async fn insert_event(&mut self, event: Draft) -> Result<StoredMessage> {
         let kind = event.kind.as_str();
+        let body = event.body_column();
         let target_seq = seq_param(event.target_seq);
         let row = query_opt(
             self.0,
@@ -185,7 +187,7 @@ impl GroupTx for Tx<'_, '_> {
                 &event.conversation_id,
                 &event.id,
                 &event.sender,
-                &event.body,
+                &body,
                 &event.client_msg_id,
                 &event.sent_at_unix_ms,
                 &kind,

@@ -417,7 +417,8 @@ impl MessageTx for Tx<'_, '_> {
     /// the members after the insert, under the lock. The list counts only
     /// if the insert succeeded.
     async fn insert(&mut self, draft: Draft) -> Result<(StoredMessage, Vec<String>)> {
-        if has_nul(&draft.body) {
+        let body = draft.body_column();
+        if has_nul(&body) {
             return Err(nul_in_body());
         }
         let tx = self.0;
@@ -427,7 +428,7 @@ impl MessageTx for Tx<'_, '_> {
             &draft.conversation_id,
             &draft.id,
             &draft.sender,
-            &draft.body,
+            &body,
             &draft.client_msg_id,
             &draft.sent_at_unix_ms,
             &kind,

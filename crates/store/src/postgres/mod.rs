@@ -91,6 +91,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
+use crate::domain::messages::from_body_column;
 use crate::{Failures, MessageKind, Result, StoreError, StoreHealth, StoredMessage};
 use schema::migrate;
 
@@ -431,19 +432,21 @@ pub(super) async fn execute<C: GenericClient>(
 /// seq, sender, body, client_msg_id, sent_at_ms, kind, target_seq,
 /// `edited_at_ms IS NOT NULL`, deleted.
 pub(super) fn message_from_row(row: &Row, at: usize) -> Result<StoredMessage> {
-    let kind: String = row.try_get(at + 7)?;
+    let kind = MessageKind::parse(row.try_get(at + 7)?);
+    let (body, members) = from_body_column(kind, row.try_get(at + 4)?);
     Ok(StoredMessage {
         id: row.try_get(at)?,
         conversation_id: row.try_get(at + 1)?,
         seq: seq_value(row.try_get(at + 2)?),
         sender: row.try_get(at + 3)?,
-        body: row.try_get(at + 4)?,
+        body,
         client_msg_id: row.try_get(at + 5)?,
         sent_at_unix_ms: row.try_get(at + 6)?,
-        kind: MessageKind::parse(&kind),
+        kind,
         target_seq: seq_value(row.try_get(at + 8)?),
         edited: row.try_get(at + 9)?,
         deleted: row.try_get(at + 10)?,
+        members,
     })
 }
 

@@ -7,7 +7,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::writer::in_savepoint;
 use super::SqliteStore;
 use super::Tx;
-use crate::domain::messages::{append, change_message, Draft, Lookup, MessageTx};
+use crate::domain::messages::{
+    append, body_column, change_message, from_body_column, Draft, Lookup, MessageTx,
+};
 use crate::domain::run_now;
 use crate::{
     new_id, Appended, ConversationKind, ConversationSummary, HistoryPage, HistoryQuery,
@@ -19,18 +21,21 @@ const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, sender, body, client_ms
      kind, target_seq, edited_at_ms IS NOT NULL, deleted";
 
 fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    let kind = MessageKind::parse(&row.get::<_, String>(7)?);
+    let (body, members) = from_body_column(kind, row.get(4)?);
     Ok(StoredMessage {
         id: row.get(0)?,
         conversation_id: row.get(1)?,
         seq: row.get::<_, i64>(2)? as u64,
         sender: row.get(3)?,
-        body: row.get(4)?,
+        body,
         client_msg_id: row.get(5)?,
         sent_at_unix_ms: row.get(6)?,
-        kind: MessageKind::parse(&row.get::<_, String>(7)?),
+        kind,
         target_seq: row.get::<_, i64>(8)? as u64,
         edited: row.get(9)?,
         deleted: row.get(10)?,
+        members,
     })
 }
 
@@ -396,7 +401,7 @@ pub(super) fn insert_row(conn: &Connection, message: &StoredMessage) -> Result<(
         message.seq as i64,
         message.id,
         message.sender,
-        message.body,
+        body_column(message.kind, &message.body, &message.members),
         message.client_msg_id,
         message.sent_at_unix_ms,
         message.kind.as_str(),

@@ -523,10 +523,8 @@ pub async fn groups_change_membership_with_ordered_events(store: Arc<dyn Store>)
         (event.seq, event.kind, event.sender.as_str()),
         (1, MessageKind::GroupCreated, "alice")
     );
-    assert_eq!(
-        event.event_members(),
-        vec!["bob".to_string(), "carol".to_string()]
-    );
+    assert_eq!(event.members, vec!["bob".to_string(), "carol".to_string()]);
+    assert_eq!(event.body, "", "whom an event concerns is not text");
     assert_eq!(
         created.notify,
         vec!["alice".to_string(), "bob".to_string(), "carol".to_string()]
@@ -560,7 +558,7 @@ pub async fn groups_change_membership_with_ordered_events(store: Arc<dyn Store>)
         .unwrap();
     let event = added.event.unwrap();
     assert_eq!((event.seq, event.kind), (3, MessageKind::MembersAdded));
-    assert_eq!(event.event_members(), vec!["dave".to_string()]);
+    assert_eq!(event.members, vec!["dave".to_string()]);
     assert_eq!(added.group.members.len(), 4);
     assert_eq!(
         added
@@ -610,6 +608,31 @@ pub async fn groups_change_membership_with_ordered_events(store: Arc<dyn Store>)
     assert_eq!(
         seqs(store.history("bob", &g, all).await.unwrap()),
         vec![1, 2, 3]
+    );
+    // History gives events back with whom they concern, not as text.
+    let events: Vec<(MessageKind, Vec<String>, String)> = store
+        .history("bob", &g, all)
+        .await
+        .unwrap()
+        .messages
+        .into_iter()
+        .filter(|m| m.kind != MessageKind::Text)
+        .map(|m| (m.kind, m.members, m.body))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            (
+                MessageKind::GroupCreated,
+                vec!["bob".to_string(), "carol".to_string()],
+                String::new()
+            ),
+            (
+                MessageKind::MembersAdded,
+                vec!["dave".to_string()],
+                String::new()
+            ),
+        ]
     );
     let after_zero = HistoryQuery {
         before_seq: None,
@@ -715,7 +738,7 @@ pub async fn groups_change_membership_with_ordered_events(store: Arc<dyn Store>)
         .await
         .unwrap();
     assert_eq!(
-        left.event.map(|e| (e.kind, e.event_members())),
+        left.event.map(|e| (e.kind, e.members)),
         Some((MessageKind::MemberLeft, vec!["alice".to_string()]))
     );
     assert_eq!(left.notify, ["alice", "bob", "dave"]);
