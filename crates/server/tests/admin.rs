@@ -11,8 +11,8 @@ use std::time::Duration;
 use chat_proto as pb;
 use chat_test_support::services::{fresh_postgres, unique};
 use chat_test_support::{
-    admin_http, admin_token, cluster_node, http, http_with, HttpAnswer, Live, TestServer, TestUser,
-    TEST_ADMIN_TOKEN, WAIT,
+    admin_cli, admin_http, admin_token, cluster_node, http, http_with, HttpAnswer, Live,
+    TestServer, TestUser, TEST_ADMIN_TOKEN, WAIT,
 };
 use serde_json::Value;
 use tonic::Code;
@@ -443,12 +443,6 @@ async fn every_admin_route_wants_the_token() {
     server.stop().await;
 }
 
-/// `chat-server admin …` output and exit status.
-async fn cli(http: &str, token: Option<&str>, args: &[&str]) -> chat_test_support::AdminRun {
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_chat-server"));
-    chat_test_support::admin_cli(binary, http, token, args).await
-}
-
 fn columns(stdout: &str) -> Vec<Vec<&str>> {
     stdout.lines().map(|l| l.split('\t').collect()).collect()
 }
@@ -462,7 +456,7 @@ async fn the_admin_command_lists_users_sessions_and_nodes_and_revokes() {
     c.b.register("bob").await;
     c.a.register("carol").await;
 
-    let list = cli(&url, token, &["users", "list"]).await;
+    let list = admin_cli!(&url, token, &["users", "list"]).await;
     assert_eq!(list.code, 0, "{}", list.stderr);
     let lines = columns(&list.stdout);
     assert_eq!(lines.len(), 3, "{}", list.stdout);
@@ -471,7 +465,7 @@ async fn the_admin_command_lists_users_sessions_and_nodes_and_revokes() {
         assert_eq!((line[0], line[1]), (name, format!("{name} name").as_str()));
         chrono::DateTime::parse_from_rfc3339(line[2]).expect("an RFC 3339 time");
     }
-    let page = cli(
+    let page = admin_cli!(
         &url,
         token,
         &["users", "list", "--after", "alice", "--limit", "1"],
@@ -484,7 +478,7 @@ async fn the_admin_command_lists_users_sessions_and_nodes_and_revokes() {
     // Nodes: both servers, with their addresses.
     let deadline = tokio::time::Instant::now() + WAIT;
     let nodes = loop {
-        let nodes = cli(&url, token, &["nodes"]).await;
+        let nodes = admin_cli!(&url, token, &["nodes"]).await;
         assert_eq!(nodes.code, 0, "{}", nodes.stderr);
         if nodes.stdout.lines().count() == 2 {
             break nodes;
@@ -511,7 +505,7 @@ async fn the_admin_command_lists_users_sessions_and_nodes_and_revokes() {
     let session_id = alice_b.ready.session_id.clone();
     let deadline = tokio::time::Instant::now() + WAIT;
     let listed = loop {
-        let listed = cli(&url, token, &["sessions"]).await;
+        let listed = admin_cli!(&url, token, &["sessions"]).await;
         assert_eq!(listed.code, 0, "{}", listed.stderr);
         if !listed.stdout.is_empty() {
             break listed;
@@ -523,18 +517,18 @@ async fn the_admin_command_lists_users_sessions_and_nodes_and_revokes() {
         listed.stdout,
         format!("alice\t{}\t{session_id}\n", c.b_node)
     );
-    let on_a = cli(&url, token, &["sessions", "--node", &c.a_node]).await;
+    let on_a = admin_cli!(&url, token, &["sessions", "--node", &c.a_node]).await;
     assert_eq!(
         (on_a.code, on_a.stdout.as_str()),
         (0, ""),
         "{}",
         on_a.stderr
     );
-    let hers = cli(&url, token, &["sessions", "--user", "alice"]).await;
+    let hers = admin_cli!(&url, token, &["sessions", "--user", "alice"]).await;
     assert_eq!(hers.stdout, listed.stdout);
 
     // Revoke: the new secret alone on stdout; alice's stream on B ends.
-    let revoked = cli(&url, token, &["users", "revoke", "alice"]).await;
+    let revoked = admin_cli!(&url, token, &["users", "revoke", "alice"]).await;
     assert_eq!(revoked.code, 0, "{}", revoked.stderr);
     let secret = revoked.stdout.trim_end_matches('\n');
     assert_eq!(revoked.stdout, format!("{secret}\n"));
@@ -548,7 +542,7 @@ async fn the_admin_command_lists_users_sessions_and_nodes_and_revokes() {
     c.a.connect(&renewed).await;
 
     // Failures: unknown user, bad usage, wrong token, no admin API.
-    let unknown = cli(&url, token, &["users", "revoke", "nobody"]).await;
+    let unknown = admin_cli!(&url, token, &["users", "revoke", "nobody"]).await;
     assert_eq!(unknown.code, 4, "{}", unknown.stderr);
     assert!(
         unknown.stderr.contains("user not found"),
@@ -556,22 +550,22 @@ async fn the_admin_command_lists_users_sessions_and_nodes_and_revokes() {
         unknown.stderr
     );
     assert!(unknown.stdout.is_empty());
-    let invalid = cli(&url, token, &["sessions", "--user", "x"]).await;
+    let invalid = admin_cli!(&url, token, &["sessions", "--user", "x"]).await;
     assert_eq!(invalid.code, 1, "{}", invalid.stderr);
-    let usage = cli(&url, token, &["users", "revoke"]).await;
+    let usage = admin_cli!(&url, token, &["users", "revoke"]).await;
     assert_eq!(usage.code, 2, "{}", usage.stderr);
-    let wrong = cli(&url, Some("not-the-admin-token-at-all"), &["nodes"]).await;
+    let wrong = admin_cli!(&url, Some("not-the-admin-token-at-all"), &["nodes"]).await;
     assert_eq!(wrong.code, 3, "{}", wrong.stderr);
-    let missing = cli(&url, None, &["users", "list"]).await;
+    let missing = admin_cli!(&url, None, &["users", "list"]).await;
     assert_eq!(missing.code, 2, "{}", missing.stderr);
     let plain = TestServer::start().await;
-    let absent = cli(&plain.http_url(), token, &["users", "list"]).await;
+    let absent = admin_cli!(&plain.http_url(), token, &["users", "list"]).await;
     assert_eq!(absent.code, 4, "{}", absent.stderr);
     assert!(absent.stderr.contains("no admin API"), "{}", absent.stderr);
     plain.stop().await;
 
     // The dead-letter commands still answer.
-    let letters = cli(&url, token, &["dead-letters", "list"]).await;
+    let letters = admin_cli!(&url, token, &["dead-letters", "list"]).await;
     assert_eq!(
         (letters.code, letters.stdout.as_str()),
         (0, ""),

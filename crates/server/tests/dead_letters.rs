@@ -18,8 +18,8 @@ use chat_server::Backends;
 use chat_store::{NewDeadLetter, Store};
 use chat_test_support::services::unique;
 use chat_test_support::{
-    admin_http, admin_token, await_metric, http, http_with, message_envelope, metric, send_request,
-    TestServer, TEST_ADMIN_TOKEN,
+    admin_cli, admin_http, admin_token, await_metric, http, http_with, message_envelope, metric,
+    send_request, TestServer, TEST_ADMIN_TOKEN,
 };
 use serde_json::{json, Value};
 
@@ -422,12 +422,6 @@ async fn operators_list_replay_and_purge_over_http() {
     server.stop().await;
 }
 
-/// `chat-server admin …` output and exit status.
-async fn cli(http: &str, token: Option<&str>, args: &[&str]) -> chat_test_support::AdminRun {
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_chat-server"));
-    chat_test_support::admin_cli(binary, http, token, args).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_command_lists_shows_replays_and_purges() {
     let (server, store, _dir) = node().await;
@@ -444,7 +438,7 @@ async fn the_admin_command_lists_shows_replays_and_purges() {
     )
     .await;
 
-    let list = cli(&url, token, &["dead-letters", "list"]).await;
+    let list = admin_cli!(&url, token, &["dead-letters", "list"]).await;
     assert_eq!(list.code, 0, "{}", list.stderr);
     let lines: Vec<Vec<&str>> = list
         .stdout
@@ -461,10 +455,10 @@ async fn the_admin_command_lists_shows_replays_and_purges() {
         chrono::DateTime::parse_from_rfc3339(line[1]).expect("an RFC 3339 time");
         assert_eq!((line[2], line[3]), ("elsewhere", reason));
     }
-    let limited = cli(&url, token, &["dead-letters", "list", "--limit", "1"]).await;
+    let limited = admin_cli!(&url, token, &["dead-letters", "list", "--limit", "1"]).await;
     assert_eq!(limited.stdout.lines().count(), 1);
 
-    let shown = cli(&url, token, &["dead-letters", "show", &garbage.to_string()]).await;
+    let shown = admin_cli!(&url, token, &["dead-letters", "show", &garbage.to_string()]).await;
     assert_eq!(shown.code, 0, "{}", shown.stderr);
     assert!(
         shown.stdout.contains("replayed: never\n"),
@@ -476,7 +470,7 @@ async fn the_admin_command_lists_shows_replays_and_purges() {
         "{}",
         shown.stdout
     );
-    let shown = cli(&url, token, &["dead-letters", "show", &for_bob.to_string()]).await;
+    let shown = admin_cli!(&url, token, &["dead-letters", "show", &for_bob.to_string()]).await;
     let text = String::from_utf8(envelope.clone()).unwrap();
     assert!(
         shown
@@ -486,7 +480,7 @@ async fn the_admin_command_lists_shows_replays_and_purges() {
         shown.stdout
     );
 
-    let refused = cli(
+    let refused = admin_cli!(
         &url,
         token,
         &["dead-letters", "replay", &garbage.to_string()],
@@ -498,7 +492,7 @@ async fn the_admin_command_lists_shows_replays_and_purges() {
         "{}",
         refused.stderr
     );
-    let replayed = cli(
+    let replayed = admin_cli!(
         &url,
         token,
         &["dead-letters", "replay", &for_bob.to_string()],
@@ -515,56 +509,56 @@ async fn the_admin_command_lists_shows_replays_and_purges() {
         ("c-cli", "via the command")
     );
     // Only the unreadable one is still pending: reported, not a failure.
-    let all = cli(&url, token, &["dead-letters", "replay-all"]).await;
+    let all = admin_cli!(&url, token, &["dead-letters", "replay-all"]).await;
     assert_eq!(all.code, 0, "{}", all.stderr);
     let line: Vec<&str> = all.stdout.trim_end().split('\t').collect();
     assert_eq!(line[..2], [garbage.to_string().as_str(), "not_replayable"]);
 
     // Failures and their exit codes.
-    let wrong = cli(
+    let wrong = admin_cli!(
         &url,
         Some("not-the-admin-token!"),
         &["dead-letters", "list"],
     )
     .await;
     assert_eq!(wrong.code, 3, "{}", wrong.stderr);
-    let missing = cli(&url, token, &["dead-letters", "show", "999"]).await;
+    let missing = admin_cli!(&url, token, &["dead-letters", "show", "999"]).await;
     assert_eq!(
         (missing.code, missing.stderr.as_str()),
         (4, "error: dead letter not found\n")
     );
-    let no_token = cli(&url, None, &["dead-letters", "list"]).await;
+    let no_token = admin_cli!(&url, None, &["dead-letters", "list"]).await;
     assert_eq!(no_token.code, 2, "{}", no_token.stderr);
-    let usage = cli(&url, token, &["dead-letters", "show", "abc"]).await;
+    let usage = admin_cli!(&url, token, &["dead-letters", "show", "abc"]).await;
     assert_eq!(usage.code, 2, "{}", usage.stderr);
-    let bad_time = cli(&url, token, &["dead-letters", "purge", "--before", "soon"]).await;
+    let bad_time = admin_cli!(&url, token, &["dead-letters", "purge", "--before", "soon"]).await;
     assert_eq!(bad_time.code, 2, "{}", bad_time.stderr);
-    let unreachable = cli("http://127.0.0.1:1", token, &["dead-letters", "list"]).await;
+    let unreachable = admin_cli!("http://127.0.0.1:1", token, &["dead-letters", "list"]).await;
     assert_eq!(unreachable.code, 1, "{}", unreachable.stderr);
 
-    let purged = cli(&url, token, &["dead-letters", "purge", "--replayed"]).await;
+    let purged = admin_cli!(&url, token, &["dead-letters", "purge", "--replayed"]).await;
     assert_eq!(
         (purged.code, purged.stdout.as_str()),
         (0, "1\n"),
         "{}",
         purged.stderr
     );
-    let before = cli(
+    let before = admin_cli!(
         &url,
         token,
         &["dead-letters", "purge", "--before", "2000-01-01T00:00:00Z"],
     )
     .await;
     assert_eq!(before.stdout, "0\n");
-    let rest = cli(&url, token, &["dead-letters", "purge"]).await;
+    let rest = admin_cli!(&url, token, &["dead-letters", "purge"]).await;
     assert_eq!(rest.stdout, "1\n");
-    let empty = cli(&url, token, &["dead-letters", "list"]).await;
+    let empty = admin_cli!(&url, token, &["dead-letters", "list"]).await;
     assert_eq!((empty.code, empty.stdout.as_str()), (0, ""));
     server.stop().await;
 
     // A server without a token has no admin API.
     let plain = TestServer::start().await;
-    let absent = cli(&plain.http_url(), token, &["dead-letters", "list"]).await;
+    let absent = admin_cli!(&plain.http_url(), token, &["dead-letters", "list"]).await;
     assert_eq!(absent.code, 4, "{}", absent.stderr);
     assert!(absent.stderr.contains("--admin-token"), "{}", absent.stderr);
     plain.stop().await;
