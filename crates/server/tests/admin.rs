@@ -279,7 +279,7 @@ async fn revoking_ends_the_users_streams_on_every_server() {
     assert!(secret.bytes().all(|b| b.is_ascii_hexdigit()));
     assert_ne!(secret, alice.secret);
     assert_eq!(data.local_sessions, 1);
-    assert_eq!(data.nodes, [c.b_node.clone()]);
+    assert_eq!(data.nodes, vec![c.b_node.clone()]);
     assert!(data.undelivered.is_empty());
 
     for stream in [&mut alice_a, &mut alice_b] {

@@ -1,6 +1,7 @@
 //! Chat over HTTP with the bearer secret: send, list, page history; the
 //! same rules as over gRPC.
 
+use chat_server::http::types::{ConversationList, MessagePage, StoredMessage};
 use chat_test_support::{http_with, TestServer};
 
 #[tokio::test]
@@ -26,7 +27,7 @@ async fn send_list_and_page_over_http() {
         }
     };
 
-    let mut last = serde_json::Value::Null;
+    let mut last = None;
     for i in 1..=3 {
         let sent = post(
             &a,
@@ -34,9 +35,9 @@ async fn send_list_and_page_over_http() {
         )
         .await;
         assert_eq!(sent.status, 200, "{}", sent.body);
-        assert_eq!(sent.json["data"]["seq"], i);
-        assert_eq!(sent.json["data"]["sender"], "alice");
-        last = sent.json["data"].clone();
+        let message: StoredMessage = sent.data();
+        assert_eq!((message.seq, message.sender.as_str()), (i, "alice"));
+        last = Some(message);
     }
     // Idempotent like gRPC.
     let again = post(
@@ -44,7 +45,7 @@ async fn send_list_and_page_over_http() {
         r#"{"to_user":"bob","body":"m3","client_msg_id":"h3"}"#.into(),
     )
     .await;
-    assert_eq!(again.json["data"], last);
+    assert_eq!(Some(again.data::<StoredMessage>()), last);
 
     let list = http_with(
         server.http_addr,
@@ -55,15 +56,12 @@ async fn send_list_and_page_over_http() {
     )
     .await;
     assert_eq!(list.status, 200, "{}", list.body);
-    let conversation = &list.json["data"]["conversations"][0];
+    let conversation = &list.data::<ConversationList>().conversations[0];
     assert_eq!(
-        (
-            conversation["peer"].as_str(),
-            conversation["unread_count"].as_u64()
-        ),
-        (Some("alice"), Some(3))
+        (conversation.peer.as_deref(), conversation.unread_count),
+        (Some("alice"), 3)
     );
-    let id = conversation["conversation_id"].as_str().unwrap().to_owned();
+    let id = conversation.conversation_id.clone();
 
     let path = format!("/v1/chat-apps/conversations/{id}/messages?before_seq=3&limit=1");
     let page = http_with(
@@ -75,8 +73,9 @@ async fn send_list_and_page_over_http() {
     )
     .await;
     assert_eq!(page.status, 200, "{}", page.body);
-    assert_eq!(page.json["data"]["messages"][0]["body"], "m2");
-    assert_eq!(page.json["data"]["has_more"], true);
+    let page: MessagePage = page.data();
+    assert_eq!(page.messages[0].body, "m2");
+    assert!(page.has_more);
 
     // Outsiders, missing and bad secrets, bad input: clear errors, nothing stored.
     let theirs = http_with(
@@ -139,6 +138,6 @@ async fn send_list_and_page_over_http() {
         None,
     )
     .await;
-    assert_eq!(list.json["data"]["conversations"][0]["last_seq"], 3);
+    assert_eq!(list.data::<ConversationList>().conversations[0].last_seq, 3);
     server.stop().await;
 }
