@@ -12,7 +12,7 @@ use chat_proto as pb;
 use chat_server::http::types::{NodeList, Revoked, SessionList, UserPage};
 use chat_test_support::services::{fresh_postgres, unique};
 use chat_test_support::{
-    admin_cli, admin_http, admin_token, cluster_node, http, http_with, HttpAnswer, Live,
+    admin_cli, admin_http, admin_token, cluster_node, http, http_as, http_with, HttpAnswer, Live,
     TestServer, TestUser, TEST_ADMIN_TOKEN, WAIT,
 };
 use serde::de::DeserializeOwned;
@@ -339,11 +339,11 @@ async fn revoking_ends_the_users_streams_on_every_server() {
 }
 
 async fn conversations_over_http(server: &TestServer, secret: &str) -> HttpAnswer {
-    http_with(
+    http_as(
         server.http_addr,
+        secret,
         "GET",
         "/v1/chat-apps/conversations",
-        &[("Authorization", &format!("Bearer {secret}"))],
         None,
     )
     .await

@@ -64,6 +64,19 @@ pub async fn http_with(
     answer(request).await
 }
 
+/// [`http_with`] as the holder of `secret` (a user's secret or the admin
+/// token), sent as `Authorization: Bearer <secret>`.
+pub async fn http_as(
+    addr: SocketAddr,
+    secret: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> HttpAnswer {
+    let bearer = format!("Bearer {secret}");
+    http_with(addr, method, path, &[("Authorization", &bearer)], body).await
+}
+
 /// A client for one test's requests: bounded by [`WAIT`], no pooled
 /// connections. `builder` may set more (e.g. a local address).
 pub fn client(builder: reqwest::ClientBuilder) -> reqwest::Client {

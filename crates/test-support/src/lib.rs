@@ -25,7 +25,7 @@ pub mod fault;
 pub mod http;
 pub mod ledger;
 
-pub use http::{http, http_with, HttpAnswer};
+pub use http::{http, http_as, http_with, HttpAnswer};
 
 /// The longest any test waits for an event that should come.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -292,8 +292,7 @@ pub fn admin_token() -> chat_server::config::AdminToken {
 
 /// A request to the admin API with [`TEST_ADMIN_TOKEN`].
 pub async fn admin_http(addr: SocketAddr, method: &str, path: &str) -> HttpAnswer {
-    let bearer = format!("Bearer {TEST_ADMIN_TOKEN}");
-    http_with(addr, method, path, &[("Authorization", &bearer)], None).await
+    http_as(addr, TEST_ADMIN_TOKEN, method, path, None).await
 }
 
 /// A delivery record as servers put them on the bus (envelope version 1):
