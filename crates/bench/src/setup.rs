@@ -374,8 +374,10 @@ fn keep_tail(
 
 /// `GET /healthz` answers 200.
 async fn healthy(http: std::net::SocketAddr) -> bool {
+    // The server is on loopback: no proxy from the environment.
     let Ok(client) = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
+        .no_proxy()
         .build()
     else {
         return false;

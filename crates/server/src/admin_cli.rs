@@ -479,8 +479,11 @@ impl Api {
         let authority = authority(http).map_err(|e| Failure::new(2, e))?;
         let base = Url::parse(&format!("http://{authority}"))
             .map_err(|e| Failure::new(2, format!("--http {http:?}: {e}")))?;
+        // Straight to the server, as `--http` names it: a proxy from the
+        // environment has no place between an operator and the admin API.
         let client = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
+            .no_proxy()
             .build()
             .map_err(|e| Failure::new(1, format!("cannot set up the HTTP client: {e}")))?;
         Ok(Self {
@@ -512,9 +515,17 @@ impl Api {
                     ),
                 )
             } else {
+                // reqwest's message names the request; the cause (e.g.
+                // "Connection refused") is in its sources.
+                let mut why = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    why.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
                 Failure::new(
                     1,
-                    format!("cannot reach the server at {}: {e}", self.authority),
+                    format!("cannot reach the server at {}: {why}", self.authority),
                 )
             }
         };

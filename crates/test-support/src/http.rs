@@ -78,10 +78,12 @@ pub async fn http_as(
 }
 
 /// A client for one test's requests: bounded by [`WAIT`], no pooled
-/// connections. `builder` may set more (e.g. a local address).
+/// connections, no proxy from the environment (the server is on
+/// loopback). `builder` may set more (e.g. a local address).
 pub fn client(builder: reqwest::ClientBuilder) -> reqwest::Client {
     builder
         .timeout(WAIT)
+        .no_proxy()
         .pool_max_idle_per_host(0)
         .build()
         .expect("an HTTP client")
