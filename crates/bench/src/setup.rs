@@ -15,7 +15,7 @@ use chat_proto as pb;
 use chat_proto::chat_service_client::ChatServiceClient;
 use chat_proto::server_frame::Frame as Out;
 use chat_proto::user_service_client::UserServiceClient;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -374,21 +374,19 @@ fn keep_tail(
 
 /// `GET /healthz` answers 200.
 async fn healthy(http: std::net::SocketAddr) -> bool {
-    let check = async {
-        let mut tcp = tokio::net::TcpStream::connect(http).await?;
-        tcp.write_all(
-            format!("GET /healthz HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-        let mut head = [0u8; 16];
-        let n = tcp.read(&mut head).await?;
-        std::io::Result::Ok(head[..n].starts_with(b"HTTP/1.1 200"))
+    // The server is on loopback: no proxy from the environment.
+    let Ok(client) = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .no_proxy()
+        .build()
+    else {
+        return false;
     };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), check).await,
-        Ok(Ok(true))
-    )
+    client
+        .get(format!("http://{http}/healthz"))
+        .send()
+        .await
+        .is_ok_and(|answer| answer.status() == reqwest::StatusCode::OK)
 }
 
 impl Child {

@@ -6,14 +6,7 @@
 mod common;
 
 use chat_test_support::TestServer;
-use common::{count, exit_code, expect, Client, Run};
-
-/// Runs blocking pty work off the async runtime (where the server runs).
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(work)
-        .await
-        .expect("pty work panicked")
-}
+use common::{blocking, count, exit_code, expect, Client, Run};
 
 /// A one-shot command as `user`.
 async fn as_user(client: &Client, user: &str, args: &[&str]) -> Run {

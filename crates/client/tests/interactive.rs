@@ -4,14 +4,7 @@
 mod common;
 
 use chat_test_support::TestServer;
-use common::{count, exit_code, expect, Client};
-
-/// Runs blocking pty work off the async runtime (where the server runs).
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(work)
-        .await
-        .expect("pty work panicked")
-}
+use common::{blocking, count, exit_code, expect, Client};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_users_chat_live_and_an_offline_user_catches_up() {

@@ -12,16 +12,10 @@ use chat_proto::client_frame::Frame as Up;
 use chat_proto::server_frame::Frame as Down;
 use chat_server::{Config, Listeners, ServerError};
 use chat_test_support::{Live, TestServer, WAIT};
-use common::{count, dead_address, exit_code, expect, Client};
+use common::{blocking, count, dead_address, exit_code, expect, Client};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(work)
-        .await
-        .expect("pty work panicked")
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_that_is_down_is_skipped_for_the_next_one() {

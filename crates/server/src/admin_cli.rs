@@ -19,18 +19,21 @@
 //! token), 4 not found (no such user or dead letter, or the server has no
 //! admin API).
 //!
-//! The HTTP client is a minimal HTTP/1.1 exchange over a tokio
-//! `TcpStream`, one request per connection: the admin API is plain JSON on
-//! a trusted network (HTTPS is not supported), and this keeps the binary
-//! free of an HTTP client stack for a handful of requests.
+//! Requests go through `reqwest` and the answers are read into the
+//! server's own body types (`chat_server::http::types`). The admin API is
+//! plain JSON on a trusted network: HTTPS is not supported.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
+use chat_server::http::types::{
+    rfc3339, DeadLetterDetail, DeadLetterPage, Envelope, NodeList, Purged, ReplayBatch,
+    ReplayOutcome, ReplayResult, Revoked, SessionList, UserPage,
+};
 use chat_server::http::MAX_SESSIONS;
 use clap::{Args, Subcommand};
-use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use reqwest::{Method, Url};
+use serde::de::DeserializeOwned;
 
 /// How long one request may take (a replay batch included).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -162,10 +165,7 @@ async fn dispatch(args: AdminArgs) -> Result<(), Failure> {
             "the admin token is required: --admin-token or CHAT_ADMIN_TOKEN",
         )
     })?;
-    let api = Api {
-        authority: authority(&args.http).map_err(|e| Failure::new(2, e))?,
-        token,
-    };
+    let api = Api::new(&args.http, token)?;
     let command = match args.command {
         AdminCommand::Users(UserCommand::List { limit, after }) => {
             return list_users(&api, limit, after).await
@@ -187,21 +187,22 @@ async fn dispatch(args: AdminArgs) -> Result<(), Failure> {
         } => list(&api, limit, after, pending).await,
         DeadLetterCommand::Show { id } => show(&api, id).await,
         DeadLetterCommand::Replay { id } => {
-            let data = api
-                .call("POST", &format!("/admin/dead-letters/{id}/replay"))
-                .await?;
-            println!("{}", result_line(&data));
+            let url = api.url(&["admin", "dead-letters", &id.to_string(), "replay"]);
+            let result: ReplayResult = api.call(Method::POST, url).await?;
+            println!("{}", result_line(&result));
             Ok(())
         }
         DeadLetterCommand::ReplayAll => replay_all(&api).await,
         DeadLetterCommand::Purge { before, replayed } => {
-            let mut path = format!("/admin/dead-letters?replayed={replayed}");
+            let mut url = api.url(&["admin", "dead-letters"]);
+            url.query_pairs_mut()
+                .append_pair("replayed", &replayed.to_string());
             if let Some(before) = before {
                 let ms = unix_ms(&before).map_err(|e| Failure::new(2, e))?;
-                path.push_str(&format!("&before={ms}"));
+                url.query_pairs_mut().append_pair("before", &ms.to_string());
             }
-            let data = api.call("DELETE", &path).await?;
-            println!("{}", data["purged"].as_u64().unwrap_or(0));
+            let done: Purged = api.call(Method::DELETE, url).await?;
+            println!("{}", done.purged);
             Ok(())
         }
     }
@@ -211,58 +212,43 @@ async fn list_users(api: &Api, limit: Option<u64>, after: Option<String>) -> Res
     let mut after = after;
     let mut left = limit.unwrap_or(u64::MAX);
     while left > 0 {
-        let mut path = format!("/admin/users?limit={}", left.min(PAGE));
+        let mut url = api.url(&["admin", "users"]);
+        url.query_pairs_mut()
+            .append_pair("limit", &left.min(PAGE).to_string());
         if let Some(after) = &after {
-            path.push_str(&format!("&after={}", query_value(after)));
+            url.query_pairs_mut().append_pair("after", after);
         }
-        let data = api.call("GET", &path).await?;
-        let users = data["users"].as_array().cloned().unwrap_or_default();
-        for user in &users {
+        let page: UserPage = api.call(Method::GET, url).await?;
+        for user in &page.users {
             println!(
                 "{}\t{}\t{}",
-                text(&user["username"]),
-                text(&user["name"]),
-                text(&user["created_at"]),
+                text(&user.username),
+                text(&user.name),
+                text(&user.created_at),
             );
         }
-        left = left.saturating_sub(users.len() as u64);
-        let next = data["next_after"].as_str().map(str::to_owned);
-        if users.is_empty() || !data["has_more"].as_bool().unwrap_or(false) || next <= after {
+        left = left.saturating_sub(page.users.len() as u64);
+        if page.users.is_empty() || !page.has_more || page.next_after <= after {
             break;
         }
-        after = next;
+        after = page.next_after;
     }
     Ok(())
 }
 
 async fn revoke(api: &Api, username: &str) -> Result<(), Failure> {
-    let data = api
-        .call(
-            "POST",
-            &format!("/admin/users/{}/revoke", query_value(username)),
-        )
-        .await?;
+    let url = api.url(&["admin", "users", username, "revoke"]);
+    let done: Revoked = api.call(Method::POST, url).await?;
     // The secret alone on stdout, for scripts; the rest is for people.
-    println!("{}", text(&data["secret"]));
-    let nodes: Vec<String> = data["nodes"]
-        .as_array()
-        .map(|nodes| nodes.iter().map(text).collect())
-        .unwrap_or_default();
+    println!("{}", text(&done.secret));
     eprintln!(
         "the secret of {} was replaced; streams opened with the old one were told to end \
          (sessions on the answering server: {}, other servers: {})",
-        text(&data["username"]),
-        data["local_sessions"],
-        if nodes.is_empty() {
-            "-".to_owned()
-        } else {
-            nodes.join(",")
-        }
+        text(&done.username),
+        done.local_sessions,
+        joined(&done.nodes),
     );
-    let undelivered: Vec<String> = data["undelivered"]
-        .as_array()
-        .map(|u| u.iter().map(text).collect())
-        .unwrap_or_default();
+    let undelivered: Vec<String> = done.undelivered.iter().map(|u| text(u)).collect();
     if !undelivered.is_empty() {
         return Err(Failure::new(
             1,
@@ -278,23 +264,25 @@ async fn revoke(api: &Api, username: &str) -> Result<(), Failure> {
 }
 
 async fn sessions(api: &Api, node: Option<&str>, user: Option<&str>) -> Result<(), Failure> {
-    let mut path = format!("/admin/sessions?limit={MAX_SESSIONS}");
+    let mut url = api.url(&["admin", "sessions"]);
+    url.query_pairs_mut()
+        .append_pair("limit", &MAX_SESSIONS.to_string());
     if let Some(node) = node {
-        path.push_str(&format!("&node={}", query_value(node)));
+        url.query_pairs_mut().append_pair("node", node);
     }
     if let Some(user) = user {
-        path.push_str(&format!("&user={}", query_value(user)));
+        url.query_pairs_mut().append_pair("user", user);
     }
-    let data = api.call("GET", &path).await?;
-    for session in data["sessions"].as_array().into_iter().flatten() {
+    let list: SessionList = api.call(Method::GET, url).await?;
+    for session in &list.sessions {
         println!(
             "{}\t{}\t{}",
-            text(&session["username"]),
-            text(&session["node"]),
-            session["session"],
+            text(&session.username),
+            text(&session.node),
+            session.session,
         );
     }
-    if data["truncated"].as_bool().unwrap_or(false) {
+    if list.truncated {
         eprintln!(
             "more than {MAX_SESSIONS} sessions: only some are listed; narrow with --node or --user"
         );
@@ -303,32 +291,18 @@ async fn sessions(api: &Api, node: Option<&str>, user: Option<&str>) -> Result<(
 }
 
 async fn nodes(api: &Api) -> Result<(), Failure> {
-    let data = api.call("GET", "/admin/nodes").await?;
-    for node in data["nodes"].as_array().into_iter().flatten() {
+    let list: NodeList = api.call(Method::GET, api.url(&["admin", "nodes"])).await?;
+    for node in &list.nodes {
         println!(
             "{}\t{}\t{}\t{}\t{}",
-            text(&node["node"]),
-            text(&node["grpc_addr"]),
-            text(&node["http_addr"]),
-            text(&node["started_at"]),
-            text(&node["heartbeat_at"]),
+            text(&node.node),
+            text(&node.grpc_addr),
+            text(&node.http_addr),
+            text(&node.started_at),
+            text(&node.heartbeat_at),
         );
     }
     Ok(())
-}
-
-/// `value` percent-encoded for a query string or a path segment (every
-/// byte but `A-Z a-z 0-9 - . _ ~`).
-fn query_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 async fn list(
@@ -340,51 +314,50 @@ async fn list(
     let mut after = after;
     let mut left = limit.unwrap_or(u64::MAX);
     while left > 0 {
-        let mut path = format!(
-            "/admin/dead-letters?limit={}&pending={pending}",
-            left.min(PAGE)
-        );
+        let mut url = api.url(&["admin", "dead-letters"]);
+        url.query_pairs_mut()
+            .append_pair("limit", &left.min(PAGE).to_string())
+            .append_pair("pending", &pending.to_string());
         if let Some(after) = after {
-            path.push_str(&format!("&after={after}"));
+            url.query_pairs_mut()
+                .append_pair("after", &after.to_string());
         }
-        let data = api.call("GET", &path).await?;
-        let letters = data["dead_letters"].as_array().cloned().unwrap_or_default();
-        for letter in &letters {
+        let page: DeadLetterPage = api.call(Method::GET, url).await?;
+        for letter in &page.dead_letters {
             println!(
                 "{}\t{}\t{}\t{}",
-                letter["id"],
-                text(&letter["created_at"]),
-                text(&letter["node"]),
-                text(&letter["reason"]),
+                letter.id,
+                text(&letter.created_at),
+                text(&letter.node),
+                text(&letter.reason),
             );
         }
-        left = left.saturating_sub(letters.len() as u64);
-        let next = data["next_after"].as_u64();
-        if letters.is_empty() || !data["has_more"].as_bool().unwrap_or(false) || next <= after {
+        left = left.saturating_sub(page.dead_letters.len() as u64);
+        if page.dead_letters.is_empty() || !page.has_more || page.next_after <= after {
             break;
         }
-        after = next;
+        after = page.next_after;
     }
     Ok(())
 }
 
 async fn show(api: &Api, id: u64) -> Result<(), Failure> {
-    let letter = api
-        .call("GET", &format!("/admin/dead-letters/{id}"))
-        .await?;
-    println!("id: {}", letter["id"]);
-    println!("created: {}", text(&letter["created_at"]));
-    println!("node: {}", text(&letter["node"]));
-    println!("reason: {}", text(&letter["reason"]));
-    let replayed = letter["replayed_at_unix_ms"]
-        .as_i64()
-        .map_or_else(|| "never".to_owned(), rfc3339);
+    let url = api.url(&["admin", "dead-letters", &id.to_string()]);
+    let shown: DeadLetterDetail = api.call(Method::GET, url).await?;
+    let letter = &shown.letter;
+    println!("id: {}", letter.id);
+    println!("created: {}", text(&letter.created_at));
+    println!("node: {}", text(&letter.node));
+    println!("reason: {}", text(&letter.reason));
+    let replayed = letter
+        .replayed_at_unix_ms
+        .map_or_else(|| "never".to_owned(), time);
     println!("replayed: {replayed}");
-    println!("replay_attempts: {}", letter["replay_attempts"]);
-    println!("payload_bytes: {}", letter["payload_bytes"]);
-    match letter["payload_text"].as_str() {
+    println!("replay_attempts: {}", letter.replay_attempts);
+    println!("payload_bytes: {}", letter.payload_bytes);
+    match &shown.payload_text {
         Some(payload) => println!("payload (text):\n{payload}"),
-        None => println!("payload (hex):\n{}", text(&letter["payload_hex"])),
+        None => println!("payload (hex):\n{}", text(&shown.payload_hex)),
     }
     Ok(())
 }
@@ -393,25 +366,22 @@ async fn replay_all(api: &Api) -> Result<(), Failure> {
     let mut after: Option<u64> = None;
     let mut failed = 0;
     loop {
-        let mut path = format!("/admin/dead-letters/replay?limit={PAGE}");
+        let mut url = api.url(&["admin", "dead-letters", "replay"]);
+        url.query_pairs_mut()
+            .append_pair("limit", &PAGE.to_string());
         if let Some(after) = after {
-            path.push_str(&format!("&after={after}"));
+            url.query_pairs_mut()
+                .append_pair("after", &after.to_string());
         }
-        let data = api.call("POST", &path).await?;
-        let results = data["results"].as_array().cloned().unwrap_or_default();
-        for result in &results {
+        let batch: ReplayBatch = api.call(Method::POST, url).await?;
+        for result in &batch.results {
             println!("{}", result_line(result));
         }
-        failed += data["failed"].as_u64().unwrap_or(0);
-        let next = data["next_after"].as_u64();
-        if failed > 0
-            || results.is_empty()
-            || !data["has_more"].as_bool().unwrap_or(false)
-            || next <= after
-        {
+        failed += batch.failed;
+        if failed > 0 || batch.results.is_empty() || !batch.has_more || batch.next_after <= after {
             break;
         }
-        after = next;
+        after = batch.next_after;
     }
     if failed > 0 {
         return Err(Failure::new(
@@ -423,40 +393,39 @@ async fn replay_all(api: &Api) -> Result<(), Failure> {
 }
 
 /// `<id>\t<outcome>\t<detail>` of one replay.
-fn result_line(result: &Value) -> String {
-    let outcome = text(&result["outcome"]);
-    let detail = if outcome == "replayed" {
-        let nodes: Vec<String> = result["nodes"]
-            .as_array()
-            .map(|nodes| nodes.iter().map(text).collect())
-            .unwrap_or_default();
-        format!(
-            "local sessions: {}, nodes: {}",
-            result["local_sessions"],
-            if nodes.is_empty() {
-                "-".to_owned()
-            } else {
-                nodes.join(",")
-            }
-        )
-    } else {
-        text(&result["reason"])
+fn result_line(result: &ReplayResult) -> String {
+    let (outcome, detail) = match &result.outcome {
+        ReplayOutcome::Replayed {
+            local_sessions,
+            nodes,
+        } => (
+            "replayed",
+            format!("local sessions: {local_sessions}, nodes: {}", joined(nodes)),
+        ),
+        ReplayOutcome::NotReplayable { reason } => ("not_replayable", text(reason)),
+        ReplayOutcome::Failed { reason } => ("failed", text(reason)),
     };
-    format!("{}\t{outcome}\t{detail}", result["id"])
+    format!("{}\t{outcome}\t{detail}", result.id)
 }
 
-/// A JSON string as plain text on one line (tabs and newlines would break
-/// the columns).
-fn text(value: &Value) -> String {
-    value
-        .as_str()
-        .map_or_else(|| value.to_string(), str::to_owned)
-        .replace(['\t', '\n', '\r'], " ")
+/// Names joined with commas, `-` for none.
+fn joined(names: &[String]) -> String {
+    if names.is_empty() {
+        "-".to_owned()
+    } else {
+        names.iter().map(|n| text(n)).collect::<Vec<_>>().join(",")
+    }
 }
 
-fn rfc3339(unix_ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(unix_ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+/// Text on one line (tabs and newlines would break the columns).
+fn text(value: &str) -> String {
+    value.replace(['\t', '\n', '\r'], " ")
+}
+
+/// A time for people: RFC 3339, or the Unix milliseconds if out of range.
+fn time(unix_ms: i64) -> String {
+    Some(rfc3339(unix_ms))
+        .filter(|t| !t.is_empty())
         .unwrap_or_else(|| unix_ms.to_string())
 }
 
@@ -499,16 +468,45 @@ fn authority(url: &str) -> Result<String, String> {
 }
 
 struct Api {
+    client: reqwest::Client,
+    base: Url,
     authority: String,
     token: String,
 }
 
 impl Api {
+    fn new(http: &str, token: String) -> Result<Self, Failure> {
+        let authority = authority(http).map_err(|e| Failure::new(2, e))?;
+        let base = Url::parse(&format!("http://{authority}"))
+            .map_err(|e| Failure::new(2, format!("--http {http:?}: {e}")))?;
+        // Straight to the server, as `--http` names it: a proxy from the
+        // environment has no place between an operator and the admin API.
+        let client = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .no_proxy()
+            .build()
+            .map_err(|e| Failure::new(1, format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Self {
+            client,
+            base,
+            authority,
+            token,
+        })
+    }
+
+    /// The URL of the path made of `segments`, each percent-encoded.
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.clear().extend(segments);
+        }
+        url
+    }
+
     /// One request; the answer's `data` on success.
-    async fn call(&self, method: &str, path: &str) -> Result<Value, Failure> {
-        let (status, body) = tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(method, path))
-            .await
-            .map_err(|_| {
+    async fn call<T: DeserializeOwned>(&self, method: Method, url: Url) -> Result<T, Failure> {
+        let unreachable = |e: reqwest::Error| {
+            if e.is_timeout() {
                 Failure::new(
                     1,
                     format!(
@@ -516,20 +514,55 @@ impl Api {
                         self.authority
                     ),
                 )
-            })?
-            .map_err(|e| {
+            } else {
+                // reqwest's message names the request; the cause (e.g.
+                // "Connection refused") is in its sources.
+                let mut why = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    why.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
                 Failure::new(
                     1,
-                    format!("cannot reach the server at {}: {e}", self.authority),
+                    format!("cannot reach the server at {}: {why}", self.authority),
                 )
-            })?;
-        let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        if status == 200 {
-            return Ok(json["data"].clone());
+            }
+        };
+        let mut answer = self
+            .client
+            .request(method, url)
+            .bearer_auth(&self.token)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = answer.status().as_u16();
+        let mut body = Vec::new();
+        while let Some(chunk) = answer.chunk().await.map_err(unreachable)? {
+            body.extend_from_slice(&chunk);
+            if body.len() as u64 > MAX_ANSWER_BYTES {
+                return Err(Failure::new(
+                    1,
+                    format!("the answer is larger than {MAX_ANSWER_BYTES} bytes"),
+                ));
+            }
         }
-        let message = json["error"]["message"]
-            .as_str()
-            .map(str::to_owned)
+        if status == 200 {
+            return serde_json::from_slice::<Envelope<T>>(&body)
+                .ok()
+                .and_then(|envelope| envelope.data)
+                .ok_or_else(|| {
+                    Failure::new(
+                        1,
+                        format!("{} answered 200 without the expected data", self.authority),
+                    )
+                });
+        }
+        let message = serde_json::from_slice::<Envelope<serde::de::IgnoredAny>>(&body)
+            .ok()
+            .and_then(|envelope| envelope.error)
+            .map(|error| error.message)
             .unwrap_or_else(|| format!("HTTP {status}"));
         Err(match status {
             401 => Failure::new(
@@ -543,71 +576,6 @@ impl Api {
             404 => Failure::new(4, message),
             _ => Failure::new(1, message),
         })
-    }
-
-    async fn exchange(&self, method: &str, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
-        let mut stream = tokio::net::TcpStream::connect(&self.authority).await?;
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
-             Accept: application/json\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.authority, self.token
-        );
-        stream.write_all(head.as_bytes()).await?;
-        let mut raw = Vec::new();
-        (&mut stream)
-            .take(MAX_ANSWER_BYTES)
-            .read_to_end(&mut raw)
-            .await?;
-        parse_answer(&raw)
-    }
-}
-
-fn bad_answer(why: &str) -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::InvalidData,
-        format!("bad HTTP answer: {why}"),
-    )
-}
-
-/// The status and body of a complete HTTP/1.1 answer.
-fn parse_answer(raw: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad_answer("no end of headers"))?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad_answer("headers not UTF-8"))?;
-    let body = &raw[end + 4..];
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad_answer("no status"))?;
-    let chunked = head.lines().any(|line| {
-        line.split_once(':').is_some_and(|(name, value)| {
-            name.trim().eq_ignore_ascii_case("transfer-encoding")
-                && value.to_ascii_lowercase().contains("chunked")
-        })
-    });
-    let body = if chunked {
-        dechunk(body).ok_or_else(|| bad_answer("bad chunked body"))?
-    } else {
-        body.to_vec()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = raw.windows(2).position(|w| w == b"\r\n")?;
-        let size = std::str::from_utf8(&raw[..line_end]).ok()?;
-        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
-        raw = &raw[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(raw.get(..size)?);
-        raw = raw.get(size + 2..)?;
     }
 }
 
@@ -629,20 +597,14 @@ mod tests {
         assert_eq!(unix_ms("1700000000000").unwrap(), 1_700_000_000_000);
         assert_eq!(unix_ms("2023-11-14T22:13:20Z").unwrap(), 1_700_000_000_000);
         assert!(unix_ms("yesterday").is_err());
-        assert_eq!(query_value("a.b_c-d~9"), "a.b_c-d~9");
-        assert_eq!(query_value("a b/ü&"), "a%20b%2F%C3%BC%26");
     }
 
     #[test]
-    fn answers_parse_plain_and_chunked() {
-        let (status, body) =
-            parse_answer(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").unwrap();
-        assert_eq!((status, body.as_slice()), (200, &b"{}"[..]));
-        let (status, body) = parse_answer(
-            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!((status, body.as_slice()), (404, &b"abcde"[..]));
-        assert!(parse_answer(b"garbage").is_err());
+    fn path_segments_are_percent_encoded() {
+        let api = Api::new(":3000", "t".into()).unwrap_or_else(|f| panic!("{}", f.message));
+        assert_eq!(
+            api.url(&["admin", "users", "a b/ü&", "revoke"]).as_str(),
+            "http://127.0.0.1:3000/admin/users/a%20b%2F%C3%BC&/revoke"
+        );
     }
 }

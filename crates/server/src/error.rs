@@ -121,13 +121,15 @@ impl From<ApiError> for tonic::Status {
 impl ApiError {
     /// The body of an error answer: the seed's envelope with
     /// `"status": "error"`.
-    pub fn envelope(&self, req_id: &str) -> serde_json::Value {
+    pub fn envelope(&self, req_id: &str) -> crate::http::types::Envelope<()> {
         self.log();
-        serde_json::json!({
-            "req_id": req_id,
-            "status": "error",
-            "error": { "kind": self.kind(), "message": self.to_string() },
-            "code": self.http_status(),
-        })
+        crate::http::types::Envelope::error(
+            req_id.to_owned(),
+            self.http_status(),
+            crate::http::types::ErrorBody {
+                kind: self.kind().to_owned(),
+                message: self.to_string(),
+            },
+        )
     }
 }

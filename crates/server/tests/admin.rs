@@ -9,12 +9,13 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chat_proto as pb;
+use chat_server::http::types::{NodeList, Revoked, SessionList, UserPage};
 use chat_test_support::services::{fresh_postgres, unique};
 use chat_test_support::{
-    admin_http, admin_token, cluster_node, http, http_with, HttpAnswer, Live, TestServer, TestUser,
-    TEST_ADMIN_TOKEN, WAIT,
+    admin_cli, admin_http, admin_token, cluster_node, http, http_as, http_with, HttpAnswer, Live,
+    TestServer, TestUser, TEST_ADMIN_TOKEN, WAIT,
 };
-use serde_json::Value;
+use serde::de::DeserializeOwned;
 use tonic::Code;
 
 /// Two servers of one cluster, both with the admin API.
@@ -46,31 +47,28 @@ async fn cluster() -> Cluster {
     }
 }
 
-/// An admin request that must succeed; its `data`.
-async fn admin_ok(server: &TestServer, method: &str, path: &str) -> Value {
+/// An admin request that must succeed.
+async fn admin_ok(server: &TestServer, method: &str, path: &str) -> HttpAnswer {
     let answer = admin_http(server.http_addr, method, path).await;
     assert_eq!(answer.status, 200, "{method} {path}: {}", answer.body);
-    answer.json["data"].clone()
+    answer
+}
+
+/// The `data` of an admin request that must succeed.
+async fn admin_data<T: DeserializeOwned>(server: &TestServer, method: &str, path: &str) -> T {
+    admin_ok(server, method, path).await.data()
 }
 
 /// `(username, node, session)` of every listed session.
-fn sessions(data: &Value) -> Vec<(String, String, u64)> {
-    data["sessions"]
-        .as_array()
-        .expect("sessions")
+fn sessions(data: &SessionList) -> Vec<(String, String, u64)> {
+    data.sessions
         .iter()
-        .map(|s| {
-            (
-                s["username"].as_str().unwrap().to_owned(),
-                s["node"].as_str().unwrap().to_owned(),
-                s["session"].as_u64().unwrap(),
-            )
-        })
+        .map(|s| (s.username.clone(), s.node.clone(), s.session))
         .collect()
 }
 
 /// `(username, node)` of every listed session.
-fn who_where(data: &Value) -> BTreeSet<(String, String)> {
+fn who_where(data: &SessionList) -> BTreeSet<(String, String)> {
     sessions(data).into_iter().map(|(u, n, _)| (u, n)).collect()
 }
 
@@ -82,16 +80,20 @@ fn pairs(list: &[(&str, &str)]) -> BTreeSet<(String, String)> {
 
 /// Polls `GET path` on `server` until `done` holds for its data (bounded
 /// by [`WAIT`]); the data that satisfied it.
-async fn until(server: &TestServer, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+async fn until<T: DeserializeOwned + std::fmt::Debug>(
+    server: &TestServer,
+    path: &str,
+    done: impl Fn(&T) -> bool,
+) -> T {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let data = admin_ok(server, "GET", path).await;
+        let data = admin_data(server, "GET", path).await;
         if done(&data) {
             return data;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "GET {path} never got there: {data}"
+            "GET {path} never got there: {data:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -108,13 +110,8 @@ async fn ended(stream: &mut Live) -> tonic::Status {
     }
 }
 
-fn node_ids(data: &Value) -> Vec<String> {
-    data["nodes"]
-        .as_array()
-        .expect("nodes")
-        .iter()
-        .map(|n| n["node"].as_str().unwrap().to_owned())
-        .collect()
+fn node_ids(data: &NodeList) -> Vec<String> {
+    data.nodes.iter().map(|n| n.node.clone()).collect()
 }
 
 /// Users page by name, 2 at a time, each page after the previous one's
@@ -135,44 +132,39 @@ async fn users_are_listed_in_pages_by_name() {
             Some(after) => format!("/admin/users?limit=2&after={after}"),
             None => "/admin/users?limit=2".to_owned(),
         };
-        let data = admin_ok(&c.b, "GET", &path).await;
-        let users = data["users"].as_array().unwrap().clone();
-        assert!(users.len() <= 2, "{data}");
-        for user in &users {
-            let name = user["username"].as_str().unwrap();
-            assert_eq!(user["name"], format!("{name} name"));
+        let answer = admin_ok(&c.b, "GET", &path).await;
+        let data: UserPage = answer.data();
+        assert!(data.users.len() <= 2, "{data:?}");
+        for user in &data.users {
+            assert_eq!(user.name, format!("{} name", user.username));
             let created =
-                chrono::DateTime::parse_from_rfc3339(user["created_at"].as_str().unwrap())
-                    .expect("an RFC 3339 time");
-            assert_eq!(
-                created.timestamp_millis(),
-                user["created_at_unix_ms"].as_i64().unwrap()
-            );
+                chrono::DateTime::parse_from_rfc3339(&user.created_at).expect("an RFC 3339 time");
+            assert_eq!(created.timestamp_millis(), user.created_at_unix_ms);
+            seen.push(user.username.clone());
+        }
+        // No more than the listed fields go out: never a phone or secret.
+        for user in answer.json["data"]["users"].as_array().unwrap() {
             assert!(user.get("phone").is_none() && user.get("secret").is_none());
-            seen.push(name.to_owned());
         }
         pages += 1;
         assert!(pages <= names.len(), "paging does not end");
-        if !data["has_more"].as_bool().unwrap() {
+        if !data.has_more {
             break;
         }
-        after = Some(data["next_after"].as_str().unwrap().to_owned());
+        after = Some(data.next_after.expect("a cursor"));
     }
     assert_eq!(seen, ["alice", "bob", "carol", "dave", "erin"]);
     assert_eq!(pages, 3);
-    let data = admin_ok(&c.a, "GET", "/admin/users?after=BOB").await;
-    let rest: Vec<&str> = data["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["username"].as_str().unwrap())
-        .collect();
+    let data: UserPage = admin_data(&c.a, "GET", "/admin/users?after=BOB").await;
+    let rest: Vec<&str> = data.users.iter().map(|u| u.username.as_str()).collect();
     assert_eq!(rest, ["carol", "dave", "erin"]);
-    assert_eq!(data["has_more"], false);
-    assert_eq!(data["next_after"], "erin");
+    assert!(!data.has_more);
+    assert_eq!(data.next_after.as_deref(), Some("erin"));
     let none = admin_ok(&c.a, "GET", "/admin/users?after=zzz").await;
-    assert_eq!(none["users"], serde_json::json!([]));
-    assert_eq!(none["next_after"], Value::Null);
+    assert_eq!(
+        none.json["data"],
+        serde_json::json!({ "users": [], "has_more": false, "next_after": null })
+    );
     c.a.stop().await;
     c.b.stop().await;
 }
@@ -185,25 +177,23 @@ async fn users_are_listed_in_pages_by_name() {
 async fn sessions_and_nodes_show_the_cluster() {
     let c = cluster().await;
     // No sessions anywhere yet: both servers show.
-    let data = until(&c.a, "/admin/nodes", |d| node_ids(d).len() == 2).await;
+    let data: NodeList = until(&c.a, "/admin/nodes", |d| node_ids(d).len() == 2).await;
     let mut expected = vec![
         (c.a_node.clone(), c.a.grpc_addr, c.a.http_addr),
         (c.b_node.clone(), c.b.grpc_addr, c.b.http_addr),
     ];
     expected.sort();
-    for (node, (id, grpc, http)) in data["nodes"].as_array().unwrap().iter().zip(&expected) {
-        assert_eq!(node["node"], id.as_str());
-        assert_eq!(node["grpc_addr"], grpc.to_string());
-        assert_eq!(node["http_addr"], http.to_string());
-        let started = node["started_at_unix_ms"].as_i64().unwrap();
-        let beat = node["heartbeat_at_unix_ms"].as_i64().unwrap();
-        assert!(started > 0 && started <= beat, "{node}");
-        for field in ["started_at", "heartbeat_at"] {
-            chrono::DateTime::parse_from_rfc3339(node[field].as_str().unwrap())
-                .expect("an RFC 3339 time");
+    for (node, (id, grpc, http)) in data.nodes.iter().zip(&expected) {
+        assert_eq!(&node.node, id);
+        assert_eq!(node.grpc_addr, grpc.to_string());
+        assert_eq!(node.http_addr, http.to_string());
+        let (started, beat) = (node.started_at_unix_ms, node.heartbeat_at_unix_ms);
+        assert!(started > 0 && started <= beat, "{node:?}");
+        for time in [&node.started_at, &node.heartbeat_at] {
+            chrono::DateTime::parse_from_rfc3339(time).expect("an RFC 3339 time");
         }
     }
-    assert!(sessions(&admin_ok(&c.b, "GET", "/admin/sessions").await).is_empty());
+    assert!(sessions(&admin_data(&c.b, "GET", "/admin/sessions").await).is_empty());
 
     let alice = c.a.register("alice").await;
     let bob = c.a.register("bob").await;
@@ -213,7 +203,7 @@ async fn sessions_and_nodes_show_the_cluster() {
     let everyone = pairs(&[("alice", &c.a_node), ("bob", &c.b_node)]);
     let data = until(&c.b, "/admin/sessions", |d| sessions(d).len() == 3).await;
     assert_eq!(who_where(&data), everyone);
-    assert_eq!(data["truncated"], false);
+    assert!(!data.truncated);
     let listed = sessions(&data);
     let mut sorted = listed.clone();
     sorted.sort();
@@ -226,25 +216,28 @@ async fn sessions_and_nodes_show_the_cluster() {
         assert!(listed.contains(&("bob".into(), c.b_node.clone(), id)));
     }
 
-    let on_a = admin_ok(&c.b, "GET", &format!("/admin/sessions?node={}", c.a_node)).await;
+    let on_a = admin_data(&c.b, "GET", &format!("/admin/sessions?node={}", c.a_node)).await;
     assert_eq!(who_where(&on_a), pairs(&[("alice", &c.a_node)]));
-    let bobs = admin_ok(&c.a, "GET", "/admin/sessions?user=BOB").await;
+    let bobs = admin_data(&c.a, "GET", "/admin/sessions?user=BOB").await;
     assert_eq!(sessions(&bobs).len(), 2);
     assert_eq!(who_where(&bobs), pairs(&[("bob", &c.b_node)]));
-    let bob_on_a = admin_ok(
+    let bob_on_a = admin_data(
         &c.a,
         "GET",
         &format!("/admin/sessions?user=bob&node={}", c.a_node),
     )
     .await;
     assert!(sessions(&bob_on_a).is_empty());
-    let one = admin_ok(&c.a, "GET", "/admin/sessions?limit=1").await;
+    let one: SessionList = admin_data(&c.a, "GET", "/admin/sessions?limit=1").await;
     assert_eq!(sessions(&one).len(), 1);
-    assert_eq!(one["truncated"], true);
+    assert!(one.truncated);
 
     // Disconnecting removes a session; the others stay.
     drop(bob_b2);
-    until(&c.a, "/admin/sessions", |d| sessions(d).len() == 2).await;
+    until(&c.a, "/admin/sessions", |d: &SessionList| {
+        sessions(d).len() == 2
+    })
+    .await;
     drop(bob_b);
     let data = until(&c.a, "/admin/sessions", |d| sessions(d).len() == 1).await;
     assert_eq!(who_where(&data), pairs(&[("alice", &c.a_node)]));
@@ -252,10 +245,13 @@ async fn sessions_and_nodes_show_the_cluster() {
     // A server that shuts down leaves the list at once.
     let b_node = c.b_node.clone();
     c.b.stop().await;
-    let data = admin_ok(&c.a, "GET", "/admin/nodes").await;
+    let data = admin_data(&c.a, "GET", "/admin/nodes").await;
     assert_eq!(node_ids(&data), [c.a_node.as_str()], "{b_node} is gone");
     drop(alice_a);
-    until(&c.a, "/admin/sessions", |d| sessions(d).is_empty()).await;
+    until(&c.a, "/admin/sessions", |d: &SessionList| {
+        sessions(d).is_empty()
+    })
+    .await;
     c.a.stop().await;
 }
 
@@ -271,20 +267,20 @@ async fn revoking_ends_the_users_streams_on_every_server() {
     let mut alice_b = c.b.connect(&alice).await;
     let mut bob_b = c.b.connect(&bob).await;
     // B's session must be in the registry before A looks for it.
-    until(&c.a, "/admin/sessions?user=alice", |d| {
+    until(&c.a, "/admin/sessions?user=alice", |d: &SessionList| {
         sessions(d).len() == 2
     })
     .await;
 
-    let data = admin_ok(&c.a, "POST", "/admin/users/Alice/revoke").await;
-    assert_eq!(data["username"], "alice");
-    let secret = data["secret"].as_str().unwrap().to_owned();
+    let data: Revoked = admin_data(&c.a, "POST", "/admin/users/Alice/revoke").await;
+    assert_eq!(data.username, "alice");
+    let secret = data.secret;
     assert_eq!(secret.len(), 64);
     assert!(secret.bytes().all(|b| b.is_ascii_hexdigit()));
     assert_ne!(secret, alice.secret);
-    assert_eq!(data["local_sessions"], 1);
-    assert_eq!(data["nodes"], serde_json::json!([c.b_node]));
-    assert_eq!(data["undelivered"], serde_json::json!([]));
+    assert_eq!(data.local_sessions, 1);
+    assert_eq!(data.nodes, vec![c.b_node.clone()]);
+    assert!(data.undelivered.is_empty());
 
     for stream in [&mut alice_a, &mut alice_b] {
         let status = ended(stream).await;
@@ -328,9 +324,9 @@ async fn revoking_ends_the_users_streams_on_every_server() {
     assert_eq!(bob_b.message().await, sent);
 
     // Revoking again replaces the new secret too.
-    let again = admin_ok(&c.b, "POST", "/admin/users/alice/revoke").await;
-    assert_eq!(again["local_sessions"], 1);
-    assert_ne!(again["secret"], secret.as_str());
+    let again: Revoked = admin_data(&c.b, "POST", "/admin/users/alice/revoke").await;
+    assert_eq!(again.local_sessions, 1);
+    assert_ne!(again.secret, secret);
     assert_eq!(ended(&mut alice_new).await.code(), Code::Unauthenticated);
 
     let unknown = admin_http(c.a.http_addr, "POST", "/admin/users/nobody/revoke").await;
@@ -343,11 +339,11 @@ async fn revoking_ends_the_users_streams_on_every_server() {
 }
 
 async fn conversations_over_http(server: &TestServer, secret: &str) -> HttpAnswer {
-    http_with(
+    http_as(
         server.http_addr,
+        secret,
         "GET",
         "/v1/chat-apps/conversations",
-        &[("Authorization", &format!("Bearer {secret}"))],
         None,
     )
     .await
@@ -432,21 +428,14 @@ async fn every_admin_route_wants_the_token() {
     assert_eq!(still.status, 200, "{}", still.body);
 
     // A single server lists itself, and its own sessions.
-    let nodes = admin_ok(&server, "GET", "/admin/nodes").await;
-    assert_eq!(nodes["nodes"].as_array().unwrap().len(), 1);
-    assert_eq!(nodes["nodes"][0]["http_addr"], addr.to_string());
+    let nodes: NodeList = admin_data(&server, "GET", "/admin/nodes").await;
+    assert_eq!(nodes.nodes.len(), 1);
+    assert_eq!(nodes.nodes[0].http_addr, addr.to_string());
     let live = server.connect(&alice).await;
-    let data = admin_ok(&server, "GET", "/admin/sessions").await;
-    let node = nodes["nodes"][0]["node"].as_str().unwrap();
-    assert_eq!(who_where(&data), pairs(&[("alice", node)]));
+    let data = admin_data(&server, "GET", "/admin/sessions").await;
+    assert_eq!(who_where(&data), pairs(&[("alice", &nodes.nodes[0].node)]));
     drop(live);
     server.stop().await;
-}
-
-/// `chat-server admin …` output and exit status.
-async fn cli(http: &str, token: Option<&str>, args: &[&str]) -> chat_test_support::AdminRun {
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_chat-server"));
-    chat_test_support::admin_cli(binary, http, token, args).await
 }
 
 fn columns(stdout: &str) -> Vec<Vec<&str>> {
@@ -462,7 +451,7 @@ async fn the_admin_command_lists_users_sessions_and_nodes_and_revokes() {
     c.b.register("bob").await;
     c.a.register("carol").await;
 
-    let list = cli(&url, token, &["users", "list"]).await;
+    let list = admin_cli!(&url, token, &["users", "list"]).await;
     assert_eq!(list.code, 0, "{}", list.stderr);
     let lines = columns(&list.stdout);
     assert_eq!(lines.len(), 3, "{}", list.stdout);
@@ -471,7 +460,7 @@ async fn the_admin_command_lists_users_sessions_and_nodes_and_revokes() {
         assert_eq!((line[0], line[1]), (name, format!("{name} name").as_str()));
         chrono::DateTime::parse_from_rfc3339(line[2]).expect("an RFC 3339 time");
     }
-    let page = cli(
+    let page = admin_cli!(
         &url,
         token,
         &["users", "list", "--after", "alice", "--limit", "1"],
@@ -484,7 +473,7 @@ async fn the_admin_command_lists_users_sessions_and_nodes_and_revokes() {
     // Nodes: both servers, with their addresses.
     let deadline = tokio::time::Instant::now() + WAIT;
     let nodes = loop {
-        let nodes = cli(&url, token, &["nodes"]).await;
+        let nodes = admin_cli!(&url, token, &["nodes"]).await;
         assert_eq!(nodes.code, 0, "{}", nodes.stderr);
         if nodes.stdout.lines().count() == 2 {
             break nodes;
@@ -511,7 +500,7 @@ async fn the_admin_command_lists_users_sessions_and_nodes_and_revokes() {
     let session_id = alice_b.ready.session_id.clone();
     let deadline = tokio::time::Instant::now() + WAIT;
     let listed = loop {
-        let listed = cli(&url, token, &["sessions"]).await;
+        let listed = admin_cli!(&url, token, &["sessions"]).await;
         assert_eq!(listed.code, 0, "{}", listed.stderr);
         if !listed.stdout.is_empty() {
             break listed;
@@ -523,18 +512,18 @@ async fn the_admin_command_lists_users_sessions_and_nodes_and_revokes() {
         listed.stdout,
         format!("alice\t{}\t{session_id}\n", c.b_node)
     );
-    let on_a = cli(&url, token, &["sessions", "--node", &c.a_node]).await;
+    let on_a = admin_cli!(&url, token, &["sessions", "--node", &c.a_node]).await;
     assert_eq!(
         (on_a.code, on_a.stdout.as_str()),
         (0, ""),
         "{}",
         on_a.stderr
     );
-    let hers = cli(&url, token, &["sessions", "--user", "alice"]).await;
+    let hers = admin_cli!(&url, token, &["sessions", "--user", "alice"]).await;
     assert_eq!(hers.stdout, listed.stdout);
 
     // Revoke: the new secret alone on stdout; alice's stream on B ends.
-    let revoked = cli(&url, token, &["users", "revoke", "alice"]).await;
+    let revoked = admin_cli!(&url, token, &["users", "revoke", "alice"]).await;
     assert_eq!(revoked.code, 0, "{}", revoked.stderr);
     let secret = revoked.stdout.trim_end_matches('\n');
     assert_eq!(revoked.stdout, format!("{secret}\n"));
@@ -548,7 +537,7 @@ async fn the_admin_command_lists_users_sessions_and_nodes_and_revokes() {
     c.a.connect(&renewed).await;
 
     // Failures: unknown user, bad usage, wrong token, no admin API.
-    let unknown = cli(&url, token, &["users", "revoke", "nobody"]).await;
+    let unknown = admin_cli!(&url, token, &["users", "revoke", "nobody"]).await;
     assert_eq!(unknown.code, 4, "{}", unknown.stderr);
     assert!(
         unknown.stderr.contains("user not found"),
@@ -556,22 +545,22 @@ async fn the_admin_command_lists_users_sessions_and_nodes_and_revokes() {
         unknown.stderr
     );
     assert!(unknown.stdout.is_empty());
-    let invalid = cli(&url, token, &["sessions", "--user", "x"]).await;
+    let invalid = admin_cli!(&url, token, &["sessions", "--user", "x"]).await;
     assert_eq!(invalid.code, 1, "{}", invalid.stderr);
-    let usage = cli(&url, token, &["users", "revoke"]).await;
+    let usage = admin_cli!(&url, token, &["users", "revoke"]).await;
     assert_eq!(usage.code, 2, "{}", usage.stderr);
-    let wrong = cli(&url, Some("not-the-admin-token-at-all"), &["nodes"]).await;
+    let wrong = admin_cli!(&url, Some("not-the-admin-token-at-all"), &["nodes"]).await;
     assert_eq!(wrong.code, 3, "{}", wrong.stderr);
-    let missing = cli(&url, None, &["users", "list"]).await;
+    let missing = admin_cli!(&url, None, &["users", "list"]).await;
     assert_eq!(missing.code, 2, "{}", missing.stderr);
     let plain = TestServer::start().await;
-    let absent = cli(&plain.http_url(), token, &["users", "list"]).await;
+    let absent = admin_cli!(&plain.http_url(), token, &["users", "list"]).await;
     assert_eq!(absent.code, 4, "{}", absent.stderr);
     assert!(absent.stderr.contains("no admin API"), "{}", absent.stderr);
     plain.stop().await;
 
     // The dead-letter commands still answer.
-    let letters = cli(&url, token, &["dead-letters", "list"]).await;
+    let letters = admin_cli!(&url, token, &["dead-letters", "list"]).await;
     assert_eq!(
         (letters.code, letters.stdout.as_str()),
         (0, ""),

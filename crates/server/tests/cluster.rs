@@ -15,6 +15,9 @@ use chat_proto as pb;
 use chat_proto::client_frame::Frame as In;
 use chat_proto::server_frame::Frame as Out;
 use chat_server::config::{BusBackend, RegistryBackend, StoreBackend};
+use chat_server::http::types::{
+    DeadLetterDetail, DeadLetterPage, Purged, ReplayBatch, ReplayOutcome, ReplayResult,
+};
 use chat_server::Backends;
 use chat_test_support::services::{fresh_postgres, kafka_brokers, redis_url, unique};
 use chat_test_support::{
@@ -376,16 +379,13 @@ async fn poisoned_records_are_dead_lettered(c: Cluster) {
 
     let list = admin_http(c.b.http_addr, "GET", "/admin/dead-letters").await;
     assert_eq!(list.status, 200, "{}", list.body);
-    let letters = list.json["data"]["dead_letters"]
-        .as_array()
-        .unwrap()
-        .clone();
+    let letters = list.data::<DeadLetterPage>().dead_letters;
     assert_eq!(letters.len(), 2, "{}", list.body);
     for letter in &letters {
-        assert_eq!(letter["node"], c.b_node.as_str());
-        assert_eq!(letter["replayed_at_unix_ms"], serde_json::Value::Null);
+        assert_eq!(letter.node, c.b_node);
+        assert_eq!(letter.replayed_at_unix_ms, None);
     }
-    let reason = |i: usize| letters[i]["reason"].as_str().unwrap().to_owned();
+    let reason = |i: usize| letters[i].reason.clone();
     assert!(
         reason(0).starts_with("undecodable delivery record"),
         "{}",
@@ -398,23 +398,24 @@ async fn poisoned_records_are_dead_lettered(c: Cluster) {
     );
 
     let show = |i: usize| {
-        let id = letters[i]["id"].as_u64().unwrap();
-        async move { admin_http(c.b.http_addr, "GET", &format!("/admin/dead-letters/{id}")).await }
+        let id = letters[i].id;
+        async move {
+            admin_http(c.b.http_addr, "GET", &format!("/admin/dead-letters/{id}"))
+                .await
+                .data::<DeadLetterDetail>()
+        }
     };
     let first = show(0).await;
-    assert_eq!(first.json["data"]["payload_hex"], hex::encode(garbage));
-    assert_eq!(first.json["data"]["payload_text"], serde_json::Value::Null);
+    assert_eq!(first.payload_hex, hex::encode(garbage));
+    assert_eq!(first.payload_text, None);
     let second = show(1).await;
     assert_eq!(
-        second.json["data"]["payload_text"]
-            .as_str()
-            .unwrap()
-            .as_bytes(),
-        future
+        second.payload_text.as_deref().map(str::as_bytes),
+        Some(&future[..])
     );
 
     // Replaying it finds it still unreadable: kept, the attempt counted.
-    let id = letters[1]["id"].as_u64().unwrap();
+    let id = letters[1].id;
     let replay = admin_http(
         c.b.http_addr,
         "POST",
@@ -425,11 +426,8 @@ async fn poisoned_records_are_dead_lettered(c: Cluster) {
     let message = replay.json["error"]["message"].as_str().unwrap();
     assert!(message.starts_with("not replayable: "), "{message}");
     let after = show(1).await;
-    assert_eq!(after.json["data"]["replay_attempts"], 1);
-    assert_eq!(
-        after.json["data"]["replayed_at_unix_ms"],
-        serde_json::Value::Null
-    );
+    assert_eq!(after.letter.replay_attempts, 1);
+    assert_eq!(after.letter.replayed_at_unix_ms, None);
 
     let m =
         c.a.chat(&alice)
@@ -469,10 +467,13 @@ async fn dead_letters_replay_across_servers(c: Cluster) {
     )
     .await;
     assert_eq!(replay.status, 200, "{:?}: {}", c.via, replay.body);
-    let data = &replay.json["data"];
-    assert_eq!(data["outcome"], "replayed");
-    assert_eq!(data["local_sessions"], 0);
-    assert_eq!(data["nodes"], serde_json::json!([c.b_node]));
+    assert_eq!(
+        replay.data::<ReplayResult>().outcome,
+        ReplayOutcome::Replayed {
+            local_sessions: 0,
+            nodes: vec![c.b_node.clone()]
+        }
+    );
     let got = bob_b.message().await;
     assert_eq!(
         (got.conversation_id.as_str(), got.body.as_str(), got.seq),
@@ -483,9 +484,9 @@ async fn dead_letters_replay_across_servers(c: Cluster) {
     assert_eq!(stored.replay_attempts, 1);
     // Nothing is pending any more; a purge of the replayed empties it.
     let all = admin_http(c.a.http_addr, "POST", "/admin/dead-letters/replay").await;
-    assert_eq!(all.json["data"]["results"], serde_json::json!([]));
+    assert!(all.data::<ReplayBatch>().results.is_empty(), "{}", all.body);
     let purged = admin_http(c.a.http_addr, "DELETE", "/admin/dead-letters?replayed=true").await;
-    assert_eq!(purged.json["data"]["purged"], 1);
+    assert_eq!(purged.data::<Purged>().purged, 1);
     assert_eq!(
         metric(c.a.http_addr, "chat_dead_letters_stored").await,
         Some(0)

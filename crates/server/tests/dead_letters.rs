@@ -14,12 +14,15 @@ use chat_cluster::bus::MemoryBus;
 use chat_cluster::{Bus, ClusterError, Inbox};
 use chat_proto as pb;
 use chat_proto::client_frame::Frame as In;
+use chat_server::http::types::{
+    DeadLetterDetail, DeadLetterPage, Purged, ReplayBatch, ReplayOutcome, ReplayResult,
+};
 use chat_server::Backends;
 use chat_store::{NewDeadLetter, Store};
 use chat_test_support::services::unique;
 use chat_test_support::{
-    admin_http, admin_token, await_metric, http, http_with, message_envelope, metric, send_request,
-    TestServer, TEST_ADMIN_TOKEN,
+    admin_cli, admin_http, admin_token, await_metric, http, http_with, message_envelope, metric,
+    send_request, HttpAnswer, TestServer, TEST_ADMIN_TOKEN,
 };
 use serde_json::{json, Value};
 
@@ -95,13 +98,33 @@ async fn add(store: &Arc<dyn Store>, reason: &str, payload: &[u8]) -> u64 {
         .id
 }
 
-fn ids(answer: &Value) -> Vec<u64> {
-    answer["data"]["dead_letters"]
-        .as_array()
-        .unwrap()
+fn ids(answer: &HttpAnswer) -> Vec<u64> {
+    let page: DeadLetterPage = answer.data();
+    page.dead_letters.iter().map(|l| l.id).collect()
+}
+
+/// `(id, outcome)` of each replay result.
+fn outcomes(batch: &ReplayBatch) -> Vec<(u64, &'static str)> {
+    batch
+        .results
         .iter()
-        .map(|l| l["id"].as_u64().unwrap())
+        .map(|r| {
+            let outcome = match r.outcome {
+                ReplayOutcome::Replayed { .. } => "replayed",
+                ReplayOutcome::NotReplayable { .. } => "not_replayable",
+                ReplayOutcome::Failed { .. } => "failed",
+            };
+            (r.id, outcome)
+        })
         .collect()
+}
+
+/// The sessions a replay result reached on the answering server.
+fn local_sessions(result: &ReplayResult) -> usize {
+    match result.outcome {
+        ReplayOutcome::Replayed { local_sessions, .. } => local_sessions,
+        _ => panic!("not replayed: {result:?}"),
+    }
 }
 
 /// Node A cannot reach the bus: after three attempts the record for node B
@@ -164,19 +187,18 @@ async fn a_refused_publish_is_dead_lettered_and_replayed_when_the_bus_is_back() 
     );
 
     let list = admin_http(a.http_addr, "GET", "/admin/dead-letters").await;
-    let letters = list.json["data"]["dead_letters"]
-        .as_array()
-        .unwrap()
-        .clone();
+    let letters = list.data::<DeadLetterPage>().dead_letters;
     assert_eq!(letters.len(), 1, "{}", list.body);
     let letter = &letters[0];
-    assert_eq!(letter["node"], a_node.as_str());
-    let reason = letter["reason"].as_str().unwrap();
+    assert_eq!(letter.node, a_node);
     assert!(
-        reason.starts_with(&format!("publish to node {b_node} failed after 3 attempts")),
-        "{reason}"
+        letter
+            .reason
+            .starts_with(&format!("publish to node {b_node} failed after 3 attempts")),
+        "{}",
+        letter.reason
     );
-    let id = letter["id"].as_u64().unwrap();
+    let id = letter.id;
 
     // Still down: not delivered, kept pending, the attempt counted.
     let replay_path = format!("/admin/dead-letters/{id}/replay");
@@ -188,7 +210,8 @@ async fn a_refused_publish_is_dead_lettered_and_replayed_when_the_bus_is_back() 
         failed.body
     );
     let shown = admin_http(a.http_addr, "GET", &format!("/admin/dead-letters/{id}")).await;
-    assert_eq!(shown.json["data"]["replay_attempts"], 1);
+    assert_eq!(shown.data::<DeadLetterDetail>().letter.replay_attempts, 1);
+    // Not replayed: an explicit null on the wire.
     assert_eq!(shown.json["data"]["replayed_at_unix_ms"], Value::Null);
     assert_eq!(
         metric(a.http_addr, "chat_dead_letters_total").await,
@@ -199,19 +222,16 @@ async fn a_refused_publish_is_dead_lettered_and_replayed_when_the_bus_is_back() 
     bus.failing.store(false, Ordering::SeqCst);
     let all = admin_http(a.http_addr, "POST", "/admin/dead-letters/replay").await;
     assert_eq!(all.status, 200, "{}", all.body);
-    let data = &all.json["data"];
+    let batch: ReplayBatch = all.data();
+    assert_eq!((batch.replayed, batch.failed), (1, 0));
     assert_eq!(
-        (data["replayed"].as_u64(), data["failed"].as_u64()),
-        (Some(1), Some(0))
-    );
-    assert_eq!(
-        data["results"],
+        all.json["data"]["results"],
         json!([{ "id": id, "outcome": "replayed", "local_sessions": 0, "nodes": [b_node] }])
     );
     assert_eq!(bob_b.message().await, sent);
 
     let pending = admin_http(a.http_addr, "GET", "/admin/dead-letters?pending=true").await;
-    assert!(ids(&pending.json).is_empty(), "{}", pending.body);
+    assert!(ids(&pending).is_empty(), "{}", pending.body);
     drop(alice_a);
     a.stop().await;
     b.stop().await;
@@ -344,9 +364,11 @@ async fn operators_list_replay_and_purge_over_http() {
     assert_eq!(metric(addr, "chat_dead_letters_stored").await, Some(3));
 
     let first = admin_http(addr, "GET", "/admin/dead-letters?limit=2").await;
-    assert_eq!(ids(&first.json), [garbage, for_bob]);
-    assert_eq!(first.json["data"]["has_more"], true);
-    assert_eq!(first.json["data"]["next_after"], for_bob);
+    assert_eq!(ids(&first), [garbage, for_bob]);
+    let page: DeadLetterPage = first.data();
+    assert!(page.has_more);
+    assert_eq!(page.next_after, Some(for_bob));
+    // A list shows no payloads.
     assert!(first.json["data"]["dead_letters"][0]
         .get("payload_hex")
         .is_none());
@@ -356,35 +378,25 @@ async fn operators_list_replay_and_purge_over_http() {
         &format!("/admin/dead-letters?limit=2&after={for_bob}"),
     )
     .await;
-    assert_eq!(ids(&next.json), [for_nobody]);
-    assert_eq!(next.json["data"]["has_more"], false);
+    assert_eq!(ids(&next), [for_nobody]);
+    assert!(!next.data::<DeadLetterPage>().has_more);
 
     let all = admin_http(addr, "POST", "/admin/dead-letters/replay").await;
     assert_eq!(all.status, 200, "{}", all.body);
-    let data = &all.json["data"];
-    let outcomes: Vec<(u64, &str)> = data["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| (r["id"].as_u64().unwrap(), r["outcome"].as_str().unwrap()))
-        .collect();
+    let batch: ReplayBatch = all.data();
     assert_eq!(
-        outcomes,
+        outcomes(&batch),
         [
             (garbage, "not_replayable"),
             (for_bob, "replayed"),
             (for_nobody, "replayed")
         ]
     );
-    assert_eq!(data["results"][1]["local_sessions"], 1);
-    assert_eq!(data["results"][2]["local_sessions"], 0);
+    assert_eq!(local_sessions(&batch.results[1]), 1);
+    assert_eq!(local_sessions(&batch.results[2]), 0);
     assert_eq!(
-        (
-            data["replayed"].as_u64(),
-            data["not_replayable"].as_u64(),
-            data["failed"].as_u64()
-        ),
-        (Some(2), Some(1), Some(0))
+        (batch.replayed, batch.not_replayable, batch.failed),
+        (2, 1, 0)
     );
     let got = live.message().await;
     assert_eq!(
@@ -397,7 +409,7 @@ async fn operators_list_replay_and_purge_over_http() {
         ("c-1", 4, "replayed to bob", "alice")
     );
     let pending = admin_http(addr, "GET", "/admin/dead-letters?pending=true").await;
-    assert_eq!(ids(&pending.json), [garbage]);
+    assert_eq!(ids(&pending), [garbage]);
 
     let created = store
         .dead_letter(garbage)
@@ -411,21 +423,15 @@ async fn operators_list_replay_and_purge_over_http() {
         &format!("/admin/dead-letters?before={created}"),
     )
     .await;
-    assert_eq!(none.json["data"]["purged"], 0);
+    assert_eq!(none.data::<Purged>().purged, 0);
     let replayed = admin_http(addr, "DELETE", "/admin/dead-letters?replayed=true").await;
-    assert_eq!(replayed.json["data"]["purged"], 2);
+    assert_eq!(replayed.data::<Purged>().purged, 2);
     let rest = admin_http(addr, "DELETE", "/admin/dead-letters").await;
-    assert_eq!(rest.json["data"]["purged"], 1);
+    assert_eq!(rest.data::<Purged>().purged, 1);
     assert_eq!(metric(addr, "chat_dead_letters_stored").await, Some(0));
     let empty = admin_http(addr, "GET", "/admin/dead-letters").await;
-    assert!(ids(&empty.json).is_empty());
+    assert!(ids(&empty).is_empty());
     server.stop().await;
-}
-
-/// `chat-server admin …` output and exit status.
-async fn cli(http: &str, token: Option<&str>, args: &[&str]) -> chat_test_support::AdminRun {
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_chat-server"));
-    chat_test_support::admin_cli(binary, http, token, args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -444,7 +450,7 @@ async fn the_admin_command_lists_shows_replays_and_purges() {
     )
     .await;
 
-    let list = cli(&url, token, &["dead-letters", "list"]).await;
+    let list = admin_cli!(&url, token, &["dead-letters", "list"]).await;
     assert_eq!(list.code, 0, "{}", list.stderr);
     let lines: Vec<Vec<&str>> = list
         .stdout
@@ -461,10 +467,10 @@ async fn the_admin_command_lists_shows_replays_and_purges() {
         chrono::DateTime::parse_from_rfc3339(line[1]).expect("an RFC 3339 time");
         assert_eq!((line[2], line[3]), ("elsewhere", reason));
     }
-    let limited = cli(&url, token, &["dead-letters", "list", "--limit", "1"]).await;
+    let limited = admin_cli!(&url, token, &["dead-letters", "list", "--limit", "1"]).await;
     assert_eq!(limited.stdout.lines().count(), 1);
 
-    let shown = cli(&url, token, &["dead-letters", "show", &garbage.to_string()]).await;
+    let shown = admin_cli!(&url, token, &["dead-letters", "show", &garbage.to_string()]).await;
     assert_eq!(shown.code, 0, "{}", shown.stderr);
     assert!(
         shown.stdout.contains("replayed: never\n"),
@@ -476,7 +482,7 @@ async fn the_admin_command_lists_shows_replays_and_purges() {
         "{}",
         shown.stdout
     );
-    let shown = cli(&url, token, &["dead-letters", "show", &for_bob.to_string()]).await;
+    let shown = admin_cli!(&url, token, &["dead-letters", "show", &for_bob.to_string()]).await;
     let text = String::from_utf8(envelope.clone()).unwrap();
     assert!(
         shown
@@ -486,7 +492,7 @@ async fn the_admin_command_lists_shows_replays_and_purges() {
         shown.stdout
     );
 
-    let refused = cli(
+    let refused = admin_cli!(
         &url,
         token,
         &["dead-letters", "replay", &garbage.to_string()],
@@ -498,7 +504,7 @@ async fn the_admin_command_lists_shows_replays_and_purges() {
         "{}",
         refused.stderr
     );
-    let replayed = cli(
+    let replayed = admin_cli!(
         &url,
         token,
         &["dead-letters", "replay", &for_bob.to_string()],
@@ -515,56 +521,56 @@ async fn the_admin_command_lists_shows_replays_and_purges() {
         ("c-cli", "via the command")
     );
     // Only the unreadable one is still pending: reported, not a failure.
-    let all = cli(&url, token, &["dead-letters", "replay-all"]).await;
+    let all = admin_cli!(&url, token, &["dead-letters", "replay-all"]).await;
     assert_eq!(all.code, 0, "{}", all.stderr);
     let line: Vec<&str> = all.stdout.trim_end().split('\t').collect();
     assert_eq!(line[..2], [garbage.to_string().as_str(), "not_replayable"]);
 
     // Failures and their exit codes.
-    let wrong = cli(
+    let wrong = admin_cli!(
         &url,
         Some("not-the-admin-token!"),
         &["dead-letters", "list"],
     )
     .await;
     assert_eq!(wrong.code, 3, "{}", wrong.stderr);
-    let missing = cli(&url, token, &["dead-letters", "show", "999"]).await;
+    let missing = admin_cli!(&url, token, &["dead-letters", "show", "999"]).await;
     assert_eq!(
         (missing.code, missing.stderr.as_str()),
         (4, "error: dead letter not found\n")
     );
-    let no_token = cli(&url, None, &["dead-letters", "list"]).await;
+    let no_token = admin_cli!(&url, None, &["dead-letters", "list"]).await;
     assert_eq!(no_token.code, 2, "{}", no_token.stderr);
-    let usage = cli(&url, token, &["dead-letters", "show", "abc"]).await;
+    let usage = admin_cli!(&url, token, &["dead-letters", "show", "abc"]).await;
     assert_eq!(usage.code, 2, "{}", usage.stderr);
-    let bad_time = cli(&url, token, &["dead-letters", "purge", "--before", "soon"]).await;
+    let bad_time = admin_cli!(&url, token, &["dead-letters", "purge", "--before", "soon"]).await;
     assert_eq!(bad_time.code, 2, "{}", bad_time.stderr);
-    let unreachable = cli("http://127.0.0.1:1", token, &["dead-letters", "list"]).await;
+    let unreachable = admin_cli!("http://127.0.0.1:1", token, &["dead-letters", "list"]).await;
     assert_eq!(unreachable.code, 1, "{}", unreachable.stderr);
 
-    let purged = cli(&url, token, &["dead-letters", "purge", "--replayed"]).await;
+    let purged = admin_cli!(&url, token, &["dead-letters", "purge", "--replayed"]).await;
     assert_eq!(
         (purged.code, purged.stdout.as_str()),
         (0, "1\n"),
         "{}",
         purged.stderr
     );
-    let before = cli(
+    let before = admin_cli!(
         &url,
         token,
         &["dead-letters", "purge", "--before", "2000-01-01T00:00:00Z"],
     )
     .await;
     assert_eq!(before.stdout, "0\n");
-    let rest = cli(&url, token, &["dead-letters", "purge"]).await;
+    let rest = admin_cli!(&url, token, &["dead-letters", "purge"]).await;
     assert_eq!(rest.stdout, "1\n");
-    let empty = cli(&url, token, &["dead-letters", "list"]).await;
+    let empty = admin_cli!(&url, token, &["dead-letters", "list"]).await;
     assert_eq!((empty.code, empty.stdout.as_str()), (0, ""));
     server.stop().await;
 
     // A server without a token has no admin API.
     let plain = TestServer::start().await;
-    let absent = cli(&plain.http_url(), token, &["dead-letters", "list"]).await;
+    let absent = admin_cli!(&plain.http_url(), token, &["dead-letters", "list"]).await;
     assert_eq!(absent.code, 4, "{}", absent.stderr);
     assert!(absent.stderr.contains("--admin-token"), "{}", absent.stderr);
     plain.stop().await;

@@ -15,7 +15,7 @@ use chat_server::config::{BusBackend, RegistryBackend, StoreBackend};
 use chat_test_support::fault::{Fault, Proxy};
 use chat_test_support::ledger::{catch_up, chat_via, show, Ledger};
 use chat_test_support::process::{free_addr, ServerProcess};
-use chat_test_support::services::{fresh_postgres, redis_url, unique};
+use chat_test_support::services::{fresh_postgres, postgres_addr, redis_url, unique};
 use chat_test_support::{await_metric, send_request, Live, TestServer, WAIT};
 use pb::server_frame::Frame;
 use tonic::Code;
@@ -207,14 +207,6 @@ async fn a_reader_that_stops_is_disconnected_and_memory_stays_flat() {
     to_carol
         .check(&mut server.chat(&carol).await, &conversation, &carol_shown)
         .await;
-}
-
-/// `host:port` of a `postgres://…@host:port/db` URL.
-fn postgres_addr(url: &str) -> SocketAddr {
-    let rest = url.split_once("://").expect("a URL").1;
-    let host_port = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-    let host_port = host_port.split('/').next().expect("host:port");
-    host_port.parse().expect("a numeric host:port")
 }
 
 /// Fault 4: PostgreSQL goes away under traffic (its connections are cut,

@@ -1,7 +1,8 @@
 //! Chat over HTTP with the bearer secret: send, list, page history; the
 //! same rules as over gRPC.
 
-use chat_test_support::{http_with, TestServer};
+use chat_server::http::types::{ConversationList, MessagePage, StoredMessage};
+use chat_test_support::{http_as, http_with, TestServer};
 
 #[tokio::test]
 async fn send_list_and_page_over_http() {
@@ -9,84 +10,60 @@ async fn send_list_and_page_over_http() {
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     let carol = server.register("carol").await;
-    let auth = |secret: &str| format!("Bearer {secret}");
-    let (a, b, c) = (auth(&alice.secret), auth(&bob.secret), auth(&carol.secret));
+    let (a, b, c) = (&alice.secret, &bob.secret, &carol.secret);
+    let addr = server.http_addr;
     let post = |who: &str, body: String| {
         let who = who.to_owned();
-        let addr = server.http_addr;
         async move {
-            http_with(
+            http_as(
                 addr,
+                &who,
                 "POST",
                 "/v1/chat-apps/messages",
-                &[("Authorization", &who)],
                 Some(body.as_bytes()),
             )
             .await
         }
     };
 
-    let mut last = serde_json::Value::Null;
+    let mut last = None;
     for i in 1..=3 {
         let sent = post(
-            &a,
+            a,
             format!(r#"{{"to_user":"bob","body":"m{i}","client_msg_id":"h{i}"}}"#),
         )
         .await;
         assert_eq!(sent.status, 200, "{}", sent.body);
-        assert_eq!(sent.json["data"]["seq"], i);
-        assert_eq!(sent.json["data"]["sender"], "alice");
-        last = sent.json["data"].clone();
+        let message: StoredMessage = sent.data();
+        assert_eq!((message.seq, message.sender.as_str()), (i, "alice"));
+        last = Some(message);
     }
     // Idempotent like gRPC.
     let again = post(
-        &a,
+        a,
         r#"{"to_user":"bob","body":"m3","client_msg_id":"h3"}"#.into(),
     )
     .await;
-    assert_eq!(again.json["data"], last);
+    assert_eq!(Some(again.data::<StoredMessage>()), last);
 
-    let list = http_with(
-        server.http_addr,
-        "GET",
-        "/v1/chat-apps/conversations",
-        &[("Authorization", &b)],
-        None,
-    )
-    .await;
+    let list = http_as(addr, b, "GET", "/v1/chat-apps/conversations", None).await;
     assert_eq!(list.status, 200, "{}", list.body);
-    let conversation = &list.json["data"]["conversations"][0];
+    let conversation = &list.data::<ConversationList>().conversations[0];
     assert_eq!(
-        (
-            conversation["peer"].as_str(),
-            conversation["unread_count"].as_u64()
-        ),
-        (Some("alice"), Some(3))
+        (conversation.peer.as_deref(), conversation.unread_count),
+        (Some("alice"), 3)
     );
-    let id = conversation["conversation_id"].as_str().unwrap().to_owned();
+    let id = conversation.conversation_id.clone();
 
     let path = format!("/v1/chat-apps/conversations/{id}/messages?before_seq=3&limit=1");
-    let page = http_with(
-        server.http_addr,
-        "GET",
-        &path,
-        &[("Authorization", &b)],
-        None,
-    )
-    .await;
+    let page = http_as(addr, b, "GET", &path, None).await;
     assert_eq!(page.status, 200, "{}", page.body);
-    assert_eq!(page.json["data"]["messages"][0]["body"], "m2");
-    assert_eq!(page.json["data"]["has_more"], true);
+    let page: MessagePage = page.data();
+    assert_eq!(page.messages[0].body, "m2");
+    assert!(page.has_more);
 
     // Outsiders, missing and bad secrets, bad input: clear errors, nothing stored.
-    let theirs = http_with(
-        server.http_addr,
-        "GET",
-        &path,
-        &[("Authorization", &c)],
-        None,
-    )
-    .await;
+    let theirs = http_as(addr, c, "GET", &path, None).await;
     assert_eq!(
         (theirs.status, theirs.json["error"]["kind"].as_str()),
         (404, Some("not_found"))
@@ -119,26 +96,19 @@ async fn send_list_and_page_over_http() {
         r#"{"to_user":"bob","body":"x","client_msg_id":"e4","seq":99,"id":"m1"}"#.to_owned(),
         r#"{"to_user":"bob","body":"x","client_msg_id":"e5","sent_at_unix_ms":1}"#.to_owned(),
     ] {
-        let refused = post(&a, bad.clone()).await;
+        let refused = post(a, bad.clone()).await;
         assert_eq!(refused.status, 400, "{bad}: {}", refused.body);
     }
-    let bad_seq = http_with(
-        server.http_addr,
+    let bad_seq = http_as(
+        addr,
+        b,
         "GET",
         &format!("/v1/chat-apps/conversations/{id}/messages?before_seq=-1"),
-        &[("Authorization", &b)],
         None,
     )
     .await;
     assert_eq!(bad_seq.status, 400);
-    let list = http_with(
-        server.http_addr,
-        "GET",
-        "/v1/chat-apps/conversations",
-        &[("Authorization", &b)],
-        None,
-    )
-    .await;
-    assert_eq!(list.json["data"]["conversations"][0]["last_seq"], 3);
+    let list = http_as(addr, b, "GET", "/v1/chat-apps/conversations", None).await;
+    assert_eq!(list.data::<ConversationList>().conversations[0].last_seq, 3);
     server.stop().await;
 }

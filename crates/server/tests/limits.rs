@@ -6,8 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use chat_proto as pb;
-use chat_test_support::{send_request, TestServer, WAIT};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use chat_test_support::{http, send_request, TestServer};
 use tonic::Code;
 
 /// A registration over HTTP from `from` (any 127.0.0.0/8 address): the
@@ -17,38 +16,19 @@ async fn register_from(
     server: SocketAddr,
     username: &str,
 ) -> (u16, Option<u64>, serde_json::Value) {
-    let exchange = async {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket
-            .bind(SocketAddr::new(from, 0))
-            .expect("bind a loopback address");
-        let mut stream = socket.connect(server).await.expect("connect HTTP");
-        let body = format!(r#"{{"username":"{username}"}}"#);
-        let request = format!(
-            "POST /v1/chat-apps/users HTTP/1.1\r\nHost: {server}\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut raw = String::new();
-        stream.read_to_string(&mut raw).await.unwrap();
-        raw
-    };
-    let raw = tokio::time::timeout(WAIT, exchange)
-        .await
-        .expect("answer in time");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let retry_after = head.lines().find_map(|l| {
-        let (name, value) = l.split_once(':')?;
-        name.eq_ignore_ascii_case("retry-after")
-            .then(|| value.trim().parse().expect("Retry-After in seconds"))
+    let client = http::client(reqwest::Client::builder().local_address(from));
+    let request = client
+        .post(format!("http://{server}/v1/chat-apps/users"))
+        .json(&serde_json::json!({ "username": username }));
+    let answer = http::answer(request).await;
+    let retry_after = answer.headers.get("retry-after").map(|value| {
+        value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .expect("Retry-After in seconds")
     });
-    (
-        status,
-        retry_after,
-        serde_json::from_str(body).unwrap_or_default(),
-    )
+    (answer.status, retry_after, answer.json)
 }
 
 fn retry_after_ms(status: &tonic::Status) -> u64 {

@@ -13,7 +13,7 @@ use chat_proto as pb;
 use chat_server::config::{BusBackend, RegistryBackend, StoreBackend};
 use chat_test_support::fault::Proxy;
 use chat_test_support::process::{free_addr, free_service_port, Broker};
-use chat_test_support::services::{fresh_postgres, redis_url, unique};
+use chat_test_support::services::{fresh_postgres, postgres_addr, redis_url, unique};
 use chat_test_support::{cluster_node, http, http_with, send_request, TestServer, WAIT};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::Code;
@@ -484,14 +484,6 @@ async fn the_embedded_defaults_are_ready() {
     assert_ready(&body);
     let health = http(server.http_addr, "GET", "/healthz", None).await;
     assert_eq!(health.json["data"], serde_json::json!({"healthy": true}));
-}
-
-/// `host:port` of a `postgres://…@host:port/db` URL.
-fn postgres_addr(url: &str) -> SocketAddr {
-    let rest = url.split_once("://").expect("a URL").1;
-    let host_port = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-    let host_port = host_port.split('/').next().expect("host:port");
-    host_port.parse().expect("a numeric host:port")
 }
 
 fn redis_addr() -> SocketAddr {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use chat_server::Backends;
 use chat_store::{NewDeadLetter, Store};
-use chat_test_support::{admin_token, http, http_with, message_envelope, TestServer};
+use chat_test_support::{admin_token, http, http_as, http_with, message_envelope, TestServer};
 
 const SCHEMATHESIS_VAR: &str = "CHAT_TEST_SCHEMATHESIS";
 
@@ -105,11 +105,11 @@ async fn the_http_api_answers_as_its_openapi_document_says() {
     // 1 (which replays; letter 2 does not decode).
     let secret = register(&server, "user1").await;
     register(&server, "user2").await;
-    let sent = http_with(
+    let sent = http_as(
         server.http_addr,
+        &secret,
         "POST",
         "/v1/chat-apps/messages",
-        &[("Authorization", &format!("Bearer {secret}"))],
         Some(br#"{"to_user":"user2","body":"hello","client_msg_id":"m-0"}"#),
     )
     .await;

@@ -15,7 +15,7 @@ use chat_server::config::{Retention, StoreBackend};
 use chat_server::{Backends, ServerError};
 use chat_store::{NewMessage, Store, Target};
 use chat_test_support::fault::Proxy;
-use chat_test_support::services::fresh_postgres;
+use chat_test_support::services::{fresh_postgres, postgres_addr};
 use chat_test_support::{metric, send_request, TestServer, TestUser, WAIT};
 
 const DAY: i64 = 86_400_000;
@@ -467,14 +467,6 @@ async fn passes_survive_a_store_outage() {
     let seqs: Vec<u64> = left.messages.iter().map(|m| m.seq).collect();
     assert_eq!(seqs, [6, 7, 8]);
     server.stop().await;
-}
-
-/// `host:port` of a PostgreSQL URL.
-fn postgres_addr(url: &str) -> std::net::SocketAddr {
-    let rest = url.split_once("://").expect("a URL").1;
-    let host_port = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-    let host_port = host_port.split('/').next().expect("host:port");
-    host_port.parse().expect("a numeric host:port")
 }
 
 /// A policy that cannot work stops the server before it serves anything.

@@ -22,7 +22,10 @@ use tonic::transport::{Channel, Endpoint};
 pub use chat_proto::AuthedChatClient;
 
 pub mod fault;
+pub mod http;
 pub mod ledger;
+
+pub use http::{http, http_as, http_with, HttpAnswer};
 
 /// The longest any test waits for an event that should come.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -280,72 +283,6 @@ pub fn send_request(to: &str, body: &str, client_msg_id: &str) -> pb::SendMessag
     }
 }
 
-/// An HTTP answer: status and body parsed as JSON (`Null` if it is not).
-#[derive(Debug)]
-pub struct HttpAnswer {
-    pub status: u16,
-    pub json: serde_json::Value,
-    pub body: String,
-}
-
-/// A minimal HTTP/1.1 request over a fresh loopback connection (one request
-/// per connection), enough to test the JSON API without an HTTP client
-/// library. `body` is sent as `-d` sends it with curl.
-pub async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&[u8]>) -> HttpAnswer {
-    http_with(addr, method, path, &[], body).await
-}
-
-/// [`http`] with extra request headers, e.g. `("Authorization", "Bearer …")`.
-pub async fn http_with(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&[u8]>,
-) -> HttpAnswer {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let extra: String = headers
-        .iter()
-        .map(|(name, value)| format!("{name}: {value}\r\n"))
-        .collect();
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .expect("connect HTTP");
-        let body = body.unwrap_or_default();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\
-             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await.expect("write head");
-        stream.write_all(body).await.expect("write body");
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.expect("read answer");
-        raw
-    };
-    let raw = tokio::time::timeout(WAIT, exchange)
-        .await
-        .expect("HTTP answer in time");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status code");
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    let json = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
-    HttpAnswer { status, json, body }
-}
-
 /// The admin token tests configure (`c.admin_token = Some(admin_token())`).
 pub const TEST_ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
@@ -355,8 +292,7 @@ pub fn admin_token() -> chat_server::config::AdminToken {
 
 /// A request to the admin API with [`TEST_ADMIN_TOKEN`].
 pub async fn admin_http(addr: SocketAddr, method: &str, path: &str) -> HttpAnswer {
-    let bearer = format!("Bearer {TEST_ADMIN_TOKEN}");
-    http_with(addr, method, path, &[("Authorization", &bearer)], None).await
+    http_as(addr, TEST_ADMIN_TOKEN, method, path, None).await
 }
 
 /// A delivery record as servers put them on the bus (envelope version 1):
@@ -416,21 +352,6 @@ pub async fn await_metric(addr: SocketAddr, name: &str, value: u64) {
     }
 }
 
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
 /// The services the cluster tests need, started by `scripts/test.sh`. A
 /// test that needs one and does not find it fails, naming the command.
 pub mod services {
@@ -466,6 +387,15 @@ pub mod services {
     /// ids, so that tests sharing the services never see each other.
     pub fn unique(prefix: &str) -> String {
         format!("{prefix}{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+    }
+
+    /// The `host:port` of a PostgreSQL URL (`postgres://user@host:port/db`),
+    /// e.g. to put a fault proxy in front of it.
+    pub fn postgres_addr(url: &str) -> std::net::SocketAddr {
+        let rest = url.split_once("://").expect("a URL").1;
+        let host_port = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        let host_port = host_port.split('/').next().expect("host:port");
+        host_port.parse().expect("a numeric host:port")
     }
 
     /// The URL of a new, empty PostgreSQL database.
@@ -732,6 +662,21 @@ pub struct AdminRun {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
+}
+
+/// Runs this package's `chat-server admin --http <http> [--admin-token
+/// <token>] <args>` (see [`admin_cli()`]); for the tests of the server
+/// package, where cargo names the binary.
+#[macro_export]
+macro_rules! admin_cli {
+    ($http:expr, $token:expr, $args:expr $(,)?) => {
+        $crate::admin_cli(
+            ::std::path::Path::new(env!("CARGO_BIN_EXE_chat-server")),
+            $http,
+            $token,
+            $args,
+        )
+    };
 }
 
 /// Runs `binary admin --http <http> [--admin-token <token>] <args>` with no

@@ -121,6 +121,13 @@ impl Client {
     }
 }
 
+/// Runs blocking pty work off the async runtime (where the server runs).
+pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(work)
+        .await
+        .expect("pty work panicked")
+}
+
 /// An address nothing listens on.
 pub fn dead_address() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

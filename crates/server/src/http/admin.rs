@@ -29,16 +29,19 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::types::{
+    rfc3339, DeadLetterDetail, DeadLetterPage, DeadLetterSummary, NodeEntry, NodeList, Purged,
+    ReplayBatch, ReplayOutcome, ReplayResult, Revoked, SessionEntry, SessionList, UserEntry,
+    UserPage,
+};
+use super::{failure, req_id, success};
+use crate::dead_letters::{Replay, Replayed};
+use crate::{ApiError, AppState};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
 use chat_store::{DeadLetter, DeadLetterPurge, DeadLetterQuery, MAX_PAGE};
-use serde_json::{json, Value};
-
-use super::{failure, req_id, success};
-use crate::dead_letters::{Replay, Replayed};
-use crate::{ApiError, AppState};
 
 /// Letters (and users) listed per page unless `limit` says otherwise.
 const DEFAULT_LIST: u32 = 50;
@@ -68,9 +71,10 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// Runs `handle` for an authorized request, answering in the envelope.
-async fn admin<F>(state: &AppState, headers: &HeaderMap, handle: F) -> Response
+async fn admin<F, T>(state: &AppState, headers: &HeaderMap, handle: F) -> Response
 where
-    F: std::future::Future<Output = Result<Value, ApiError>>,
+    F: std::future::Future<Output = Result<T, ApiError>>,
+    T: serde::Serialize,
 {
     let req_id = req_id(headers);
     if let Err(e) = authorize(state, headers) {
@@ -126,45 +130,40 @@ fn id(raw: Result<Path<String>, PathRejection>) -> Result<u64, ApiError> {
         .map_err(|_| invalid(format!("invalid dead letter id: {raw:?}")))
 }
 
-/// RFC 3339 in UTC with milliseconds, e.g. `2025-01-02T03:04:05.678Z`.
-pub fn rfc3339(unix_ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(unix_ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
-}
-
-fn letter_json(letter: &DeadLetter, with_payload: bool) -> Value {
-    let mut out = json!({
-        "id": letter.id,
-        "node": letter.node,
-        "reason": letter.reason,
-        "created_at_unix_ms": letter.created_at_unix_ms,
-        "created_at": rfc3339(letter.created_at_unix_ms),
-        "replayed_at_unix_ms": letter.replayed_at_unix_ms,
-        "replay_attempts": letter.replay_attempts,
-        "payload_bytes": letter.payload.len(),
-    });
-    if with_payload {
-        out["payload_text"] = std::str::from_utf8(&letter.payload)
-            .map_or(Value::Null, |text| Value::String(text.to_owned()));
-        out["payload_hex"] = Value::String(hex::encode(&letter.payload));
+fn summary(letter: &DeadLetter) -> DeadLetterSummary {
+    DeadLetterSummary {
+        id: letter.id,
+        node: letter.node.clone(),
+        reason: letter.reason.clone(),
+        created_at_unix_ms: letter.created_at_unix_ms,
+        created_at: rfc3339(letter.created_at_unix_ms),
+        replayed_at_unix_ms: letter.replayed_at_unix_ms,
+        replay_attempts: letter.replay_attempts,
+        payload_bytes: letter.payload.len(),
     }
-    out
 }
 
-fn replayed_json(replayed: &Replayed) -> Value {
-    let mut out = match &replayed.replay {
+fn result(replayed: &Replayed) -> ReplayResult {
+    let outcome = match &replayed.replay {
         Replay::Delivered {
             local_sessions,
             nodes,
-        } => json!({ "outcome": "replayed", "local_sessions": local_sessions, "nodes": nodes }),
-        Replay::NotReplayable(reason) => {
-            json!({ "outcome": "not_replayable", "reason": reason })
-        }
-        Replay::Failed(reason) => json!({ "outcome": "failed", "reason": reason }),
+        } => ReplayOutcome::Replayed {
+            local_sessions: *local_sessions,
+            nodes: nodes.clone(),
+        },
+        Replay::NotReplayable(reason) => ReplayOutcome::NotReplayable {
+            reason: reason.clone(),
+        },
+        Replay::Failed(reason) => ReplayOutcome::Failed {
+            reason: reason.clone(),
+        },
     };
-    out["id"] = json!(replayed.letter.id);
-    out
+    ReplayResult {
+        outcome,
+        id: replayed.letter.id,
+        dead_letter: None,
+    }
 }
 
 /// `GET /admin/dead-letters?limit=&after=&pending=`: a page, oldest first.
@@ -183,11 +182,11 @@ pub async fn list(
                 pending_only: flag(&query, "pending")?,
             })
             .await?;
-        Ok(json!({
-            "dead_letters": page.iter().map(|l| letter_json(l, false)).collect::<Vec<_>>(),
-            "has_more": page.len() >= limit as usize,
-            "next_after": page.last().map(|l| l.id),
-        }))
+        Ok(DeadLetterPage {
+            dead_letters: page.iter().map(summary).collect(),
+            has_more: page.len() >= limit as usize,
+            next_after: page.last().map(|l| l.id),
+        })
     })
     .await
 }
@@ -204,7 +203,11 @@ pub async fn show(
             .dead_letter(id(raw)?)
             .await?
             .ok_or(ApiError::NotFound("dead letter"))?;
-        Ok(letter_json(&letter, true))
+        Ok(DeadLetterDetail {
+            letter: summary(&letter),
+            payload_text: std::str::from_utf8(&letter.payload).ok().map(str::to_owned),
+            payload_hex: hex::encode(&letter.payload),
+        })
     })
     .await
 }
@@ -219,11 +222,10 @@ pub async fn replay(
     admin(&state, &headers, async {
         let replayed = state.replay_dead_letter(id(raw)?).await?;
         match &replayed.replay {
-            Replay::Delivered { .. } => {
-                let mut out = replayed_json(&replayed);
-                out["dead_letter"] = letter_json(&replayed.letter, false);
-                Ok(out)
-            }
+            Replay::Delivered { .. } => Ok(ReplayResult {
+                dead_letter: Some(summary(&replayed.letter)),
+                ..result(&replayed)
+            }),
             // Retrying unchanged fails again.
             Replay::NotReplayable(reason) => Err(invalid(format!("not replayable: {reason}"))),
             // Retrying later may succeed.
@@ -248,14 +250,14 @@ pub async fn replay_pending(
             .replay_pending(param(&query, "after")?, limit(&query, DEFAULT_REPLAY)?)
             .await?;
         let count = |f: fn(&Replay) -> bool| batch.results.iter().filter(|r| f(&r.replay)).count();
-        Ok(json!({
-            "results": batch.results.iter().map(replayed_json).collect::<Vec<_>>(),
-            "replayed": count(|r| matches!(r, Replay::Delivered { .. })),
-            "not_replayable": count(|r| matches!(r, Replay::NotReplayable(_))),
-            "failed": count(|r| matches!(r, Replay::Failed(_))),
-            "has_more": batch.has_more,
-            "next_after": batch.results.last().map(|r| r.letter.id),
-        }))
+        Ok(ReplayBatch {
+            results: batch.results.iter().map(result).collect(),
+            replayed: count(|r| matches!(r, Replay::Delivered { .. })),
+            not_replayable: count(|r| matches!(r, Replay::NotReplayable(_))),
+            failed: count(|r| matches!(r, Replay::Failed(_))),
+            has_more: batch.has_more,
+            next_after: batch.results.last().map(|r| r.letter.id),
+        })
     })
     .await
 }
@@ -276,7 +278,7 @@ pub async fn purge(
             })
             .await?;
         tracing::info!(purged, "dead letters purged");
-        Ok(json!({ "purged": purged }))
+        Ok(Purged { purged })
     })
     .await
 }
@@ -293,16 +295,19 @@ pub async fn users(
         // name (any string sorts somewhere).
         let after = query.get("after").map(|a| a.to_ascii_lowercase());
         let page = state.store.list_users(after.as_deref(), limit).await?;
-        Ok(json!({
-            "users": page.iter().map(|u| json!({
-                "username": u.username,
-                "name": u.name,
-                "created_at_unix_ms": u.created_at_unix_ms,
-                "created_at": rfc3339(u.created_at_unix_ms),
-            })).collect::<Vec<_>>(),
-            "has_more": page.len() >= limit as usize,
-            "next_after": page.last().map(|u| u.username.as_str()),
-        }))
+        Ok(UserPage {
+            has_more: page.len() >= limit as usize,
+            next_after: page.last().map(|u| u.username.clone()),
+            users: page
+                .into_iter()
+                .map(|u| UserEntry {
+                    created_at: rfc3339(u.created_at_unix_ms),
+                    created_at_unix_ms: u.created_at_unix_ms,
+                    username: u.username,
+                    name: u.name,
+                })
+                .collect(),
+        })
     })
     .await
 }
@@ -319,13 +324,13 @@ pub async fn revoke(
             return Err(invalid("invalid username: not UTF-8"));
         };
         let done = state.revoke_secret(&username).await?;
-        Ok(json!({
-            "username": done.username,
-            "secret": done.secret,
-            "local_sessions": done.local_sessions,
-            "nodes": done.nodes,
-            "undelivered": done.undelivered,
-        }))
+        Ok(Revoked {
+            username: done.username,
+            secret: done.secret,
+            local_sessions: done.local_sessions,
+            nodes: done.nodes,
+            undelivered: done.undelivered,
+        })
     })
     .await
 }
@@ -362,14 +367,17 @@ pub async fn sessions(
         };
         let truncated = found.len() > limit;
         found.truncate(limit);
-        Ok(json!({
-            "sessions": found.iter().map(|e| json!({
-                "username": e.username,
-                "node": e.node,
-                "session": e.session,
-            })).collect::<Vec<_>>(),
-            "truncated": truncated,
-        }))
+        Ok(SessionList {
+            sessions: found
+                .into_iter()
+                .map(|e| SessionEntry {
+                    username: e.username,
+                    node: e.node,
+                    session: e.session,
+                })
+                .collect(),
+            truncated,
+        })
     })
     .await
 }
@@ -378,17 +386,20 @@ pub async fn sessions(
 pub async fn nodes(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     admin(&state, &headers, async {
         let nodes = state.registry.nodes().await.map_err(registry)?;
-        Ok(json!({
-            "nodes": nodes.iter().map(|n| json!({
-                "node": n.node,
-                "grpc_addr": n.grpc_addr,
-                "http_addr": n.http_addr,
-                "started_at_unix_ms": n.started_at_unix_ms,
-                "started_at": rfc3339(n.started_at_unix_ms),
-                "heartbeat_at_unix_ms": n.heartbeat_at_unix_ms,
-                "heartbeat_at": rfc3339(n.heartbeat_at_unix_ms),
-            })).collect::<Vec<_>>(),
-        }))
+        Ok(NodeList {
+            nodes: nodes
+                .into_iter()
+                .map(|n| NodeEntry {
+                    started_at: rfc3339(n.started_at_unix_ms),
+                    heartbeat_at: rfc3339(n.heartbeat_at_unix_ms),
+                    node: n.node,
+                    grpc_addr: n.grpc_addr,
+                    http_addr: n.http_addr,
+                    started_at_unix_ms: n.started_at_unix_ms,
+                    heartbeat_at_unix_ms: n.heartbeat_at_unix_ms,
+                })
+                .collect(),
+        })
     })
     .await
 }
@@ -400,5 +411,8 @@ fn registry(e: chat_cluster::ClusterError) -> ApiError {
 /// Any other method on an admin path: authorized first (so a disabled or
 /// unauthenticated admin API shows nothing), then not found.
 pub async fn other_method(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    admin(&state, &headers, async { Err(ApiError::NotFound("route")) }).await
+    admin(&state, &headers, async {
+        Err::<(), _>(ApiError::NotFound("route"))
+    })
+    .await
 }

@@ -13,6 +13,7 @@ use axum::response::Response;
 use chat_store::HistoryQuery;
 use serde::Deserialize;
 
+use super::types::{Conversation, ConversationList, MessagePage};
 use super::users::json_body;
 use super::{failure, req_id, success};
 use crate::chat::{SendInput, SendTarget};
@@ -27,7 +28,7 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> Result<String, ApiErro
 }
 
 /// The envelope around `result`.
-fn respond(req_id: String, result: Result<serde_json::Value, ApiError>) -> Response {
+fn respond<T: serde::Serialize>(req_id: String, result: Result<T, ApiError>) -> Response {
     match result {
         Ok(data) => success(req_id, data),
         Err(e) => failure(&req_id, e),
@@ -50,22 +51,24 @@ pub async fn conversations(State(state): State<Arc<AppState>>, headers: HeaderMa
     let answer = async {
         let user = caller(&state, &headers).await?;
         let list = state.store.conversations(&user).await?;
-        let items: Vec<serde_json::Value> = list
+        let conversations = list
             .into_iter()
-            .map(|c| {
-                serde_json::json!({
-                    "conversation_id": c.id,
-                    "kind": if c.kind == chat_store::ConversationKind::Group { "group" } else { "direct" },
-                    "peer": c.peer,
-                    "name": c.name,
-                    "last_seq": c.last_seq,
-                    "read_seq": c.read_seq,
-                    "unread_count": c.unread_count,
-                    "last_message": c.last_message,
-                })
+            .map(|c| Conversation {
+                conversation_id: c.id,
+                kind: match c.kind {
+                    chat_store::ConversationKind::Group => "group",
+                    chat_store::ConversationKind::Direct => "direct",
+                }
+                .to_owned(),
+                peer: c.peer,
+                name: c.name,
+                last_seq: c.last_seq,
+                read_seq: c.read_seq,
+                unread_count: c.unread_count,
+                last_message: c.last_message,
             })
             .collect();
-        Ok::<_, ApiError>(serde_json::json!({ "conversations": items }))
+        Ok::<_, ApiError>(ConversationList { conversations })
     };
     respond(req_id, answer.await)
 }
@@ -100,9 +103,10 @@ pub async fn messages(
                 },
             )
             .await?;
-        Ok::<_, ApiError>(
-            serde_json::json!({ "messages": page.messages, "has_more": page.has_more }),
-        )
+        Ok::<_, ApiError>(MessagePage {
+            messages: page.messages,
+            has_more: page.has_more,
+        })
     };
     respond(req_id, answer.await)
 }
@@ -136,7 +140,7 @@ pub async fn send(State(state): State<Arc<AppState>>, headers: HeaderMap, body: 
             received: std::time::Instant::now(),
         };
         let appended = state.send_message(&user, input, None).await?;
-        Ok::<_, ApiError>(serde_json::to_value(&appended.message).unwrap_or_default())
+        Ok::<_, ApiError>(appended.message)
     };
     respond(req_id, answer.await)
 }

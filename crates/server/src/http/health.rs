@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::req_id;
+use super::types::{Envelope, ErrorBody, Readiness};
 use crate::AppState;
 
 /// 200 when every backend answers its probe, else 503 naming the backends
@@ -21,12 +22,12 @@ pub async fn readyz(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
         Ok(()) => "ok".to_owned(),
         Err(e) => e.clone(),
     };
-    let data = serde_json::json!({
-        "ready": readiness.ready(),
-        "store": show(&readiness.store),
-        "registry": show(&readiness.registry),
-        "bus": show(&readiness.bus),
-    });
+    let data = Readiness {
+        ready: readiness.ready(),
+        store: show(&readiness.store),
+        registry: show(&readiness.registry),
+        bus: show(&readiness.bus),
+    };
     if readiness.ready() {
         return super::success(req_id, data);
     }
@@ -37,12 +38,16 @@ pub async fn readyz(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
         format!("not ready: {} not answering", failing.join(", "))
     };
     tracing::warn!(failing = ?failing, shutting_down = readiness.shutting_down, "not ready");
-    let body = serde_json::json!({
-        "req_id": req_id,
-        "status": "error",
-        "error": { "kind": "unavailable", "message": message },
-        "data": data,
-        "code": 503,
-    });
+    let body = Envelope {
+        data: Some(data),
+        ..Envelope::error(
+            req_id,
+            503,
+            ErrorBody {
+                kind: "unavailable".to_owned(),
+                message,
+            },
+        )
+    };
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }

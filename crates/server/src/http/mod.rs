@@ -3,7 +3,8 @@
 //! secret), health, metrics, the admin API (`admin.rs`: users, sessions,
 //! servers and the dead-letter queue, behind the admin token), and the
 //! OpenAPI document describing all of it (`openapi.rs`,
-//! `crates/server/openapi.json`).
+//! `crates/server/openapi.json`). The bodies are the typed structs of
+//! `types.rs`, shared with the clients of the API.
 //!
 //! Every answer is `{"req_id", "status", "data" | "error", "code"}` and the
 //! HTTP status equals `code`.
@@ -14,6 +15,7 @@ mod health;
 mod metrics;
 mod openapi;
 mod trace;
+pub mod types;
 mod users;
 
 pub use admin::MAX_SESSIONS;
@@ -113,10 +115,8 @@ pub fn req_id(headers: &HeaderMap) -> String {
 }
 
 /// A success envelope around `data`.
-pub fn success(req_id: String, data: serde_json::Value) -> Response {
-    let body =
-        serde_json::json!({ "req_id": req_id, "status": "success", "data": data, "code": 200 });
-    (StatusCode::OK, Json(body)).into_response()
+pub fn success<T: serde::Serialize>(req_id: String, data: T) -> Response {
+    (StatusCode::OK, Json(types::Envelope::success(req_id, data))).into_response()
 }
 
 /// An error envelope; the HTTP status equals its `code`. A 401 names the
@@ -144,7 +144,7 @@ pub fn failure(req_id: &str, error: ApiError) -> Response {
 /// `GET /healthz`: the process is up and serving HTTP (liveness only;
 /// `/readyz` asks the backends).
 async fn healthz(headers: HeaderMap) -> Response {
-    success(req_id(&headers), serde_json::json!({ "healthy": true }))
+    success(req_id(&headers), types::Health { healthy: true })
 }
 
 async fn not_found(headers: HeaderMap) -> Response {

@@ -10,6 +10,7 @@ use axum::response::Response;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use super::types::Profile;
 use super::{failure, req_id, success};
 use crate::{ApiError, AppState};
 
@@ -60,12 +61,12 @@ pub async fn register(
     {
         Ok((profile, secret)) => success(
             req_id,
-            serde_json::json!({
-                "username": profile.username,
-                "name": profile.name,
-                "phone": profile.phone,
-                "secret": secret,
-            }),
+            Profile {
+                username: profile.username,
+                name: profile.name,
+                phone: profile.phone,
+                secret: Some(secret),
+            },
         ),
         Err(e) => failure(&req_id, e),
     }
@@ -87,11 +88,12 @@ pub async fn get_user(
     match state.profile(username).await {
         Ok(profile) => success(
             req_id,
-            serde_json::json!({
-                "username": profile.username,
-                "name": profile.name,
-                "phone": profile.phone,
-            }),
+            Profile {
+                username: profile.username,
+                name: profile.name,
+                phone: profile.phone,
+                secret: None,
+            },
         ),
         Err(e) => failure(&req_id, e),
     }
