@@ -39,7 +39,8 @@ use std::sync::Arc;
 use chat_store::{DeadLetter, DeadLetterQuery, NewDeadLetter};
 use tokio::sync::mpsc;
 
-use crate::routing::{decode_envelope, Mode, Refused, Undelivered};
+use crate::record::Envelope;
+use crate::routing::{Mode, Refused, Undelivered};
 use crate::{ApiError, AppState};
 
 /// The largest payload stored with a dead letter. A longer one is cut (and
@@ -227,16 +228,12 @@ impl AppState {
     }
 
     async fn replay(self: &Arc<Self>, letter: DeadLetter) -> Result<Replayed, ApiError> {
-        let replay = match decode_envelope(&letter.payload) {
+        let replay = match Envelope::decode(&letter.payload) {
             Err(reason) => Replay::NotReplayable(reason),
             Ok(envelope) => {
+                let event = envelope.event();
                 let delivered = self
-                    .deliver(
-                        envelope.to,
-                        envelope.event,
-                        None,
-                        Mode::Awaited(Refused::Report),
-                    )
+                    .deliver(envelope.to, event, None, Mode::Awaited(Refused::Report))
                     .await;
                 match delivered.undelivered.first() {
                     Some(Undelivered::Registry(e)) => {

@@ -41,6 +41,7 @@ pub mod membership;
 pub mod names;
 pub mod presence;
 pub mod rate;
+mod record;
 pub mod retention;
 pub mod routing;
 pub mod sessions;

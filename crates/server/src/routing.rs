@@ -30,13 +30,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chat_cluster::{Inbox, SessionEntry};
-use serde::{Deserialize, Serialize};
 
+use crate::record::Envelope;
 use crate::sessions::{Event, SessionId};
 use crate::AppState;
-
-/// The version of [`Envelope`] this node writes and reads.
-const ENVELOPE_VERSION: u32 = 1;
 
 /// How many times a record is offered to the bus for one node before it
 /// goes to the dead-letter queue. Few and quick: the event is already in
@@ -46,38 +43,6 @@ pub const PUBLISH_ATTEMPTS: u32 = 3;
 
 /// The wait before the second attempt, doubled before each later one.
 const PUBLISH_BACKOFF: Duration = Duration::from_millis(50);
-
-/// A delivery record on the bus: an event for some users of the receiving
-/// node.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct Envelope {
-    pub v: u32,
-    pub to: Vec<String>,
-    pub event: Event,
-    /// When the sending node encoded the record (Unix ms), for the bus
-    /// lag; absent from records of nodes that do not say.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub at: Option<i64>,
-}
-
-/// Only the version of an envelope, read first so that a record of another
-/// version is reported as such, whatever its shape.
-#[derive(Deserialize)]
-struct Version {
-    v: u32,
-}
-
-/// Decodes a delivery record of this node's envelope version, or says why
-/// it cannot.
-pub(crate) fn decode_envelope(record: &[u8]) -> Result<Envelope, String> {
-    match serde_json::from_slice::<Version>(record) {
-        Ok(Version { v }) if v != ENVELOPE_VERSION => Err(format!(
-            "delivery record of unknown envelope version {v} (this node reads version {ENVELOPE_VERSION})"
-        )),
-        _ => serde_json::from_slice::<Envelope>(record)
-            .map_err(|e| format!("undecodable delivery record: {e}")),
-    }
-}
 
 /// How far [`AppState::deliver`] goes before it returns, and what becomes
 /// of a record the bus refused after every attempt.
@@ -262,13 +227,7 @@ impl AppState {
         let mut pending = Vec::with_capacity(by_node.len());
         let at = crate::telemetry::now_unix_ms();
         for (node, to) in by_node {
-            let envelope = Envelope {
-                v: ENVELOPE_VERSION,
-                to,
-                event: event.clone(),
-                at: Some(at),
-            };
-            match serde_json::to_vec(&envelope) {
+            match Envelope::encode(to, event, at) {
                 Ok(payload) => pending.push(Record {
                     node,
                     // The bus's answer, once it refuses.
@@ -358,7 +317,7 @@ pub async fn read_inbox(state: Arc<AppState>, mut inbox: Inbox) {
             tracing::error!(node = %state.node_id(), "the inbox closed; live delivery from other nodes stopped");
             return;
         };
-        match decode_envelope(&record) {
+        match Envelope::decode(&record) {
             Ok(envelope) => {
                 state.metrics.bus_received.increment(1);
                 if let Some(at) = envelope.at {
@@ -372,7 +331,7 @@ pub async fn read_inbox(state: Arc<AppState>, mut inbox: Inbox) {
                 // catch up from the store when they come back.
                 state.sessions.deliver(
                     envelope.to.iter().map(String::as_str),
-                    &envelope.event,
+                    &envelope.event(),
                     None,
                 );
             }

@@ -16,10 +16,9 @@ use chat_store::StoredMessage;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Something a live session is told. Serializable: other nodes send
-/// events to this node's sessions over the bus.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+/// Something a live session is told. Other nodes send events to this
+/// node's sessions as records of their own (`record.rs`).
+#[derive(Debug, Clone)]
 pub enum Event {
     /// A committed message of one of the user's conversations.
     Message(Arc<StoredMessage>),

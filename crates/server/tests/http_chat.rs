@@ -1,7 +1,7 @@
 //! Chat over HTTP with the bearer secret: send, list, page history; the
 //! same rules as over gRPC.
 
-use chat_server::http::types::{ConversationList, MessagePage, StoredMessage};
+use chat_server::http::types::{ConversationList, Message, MessagePage};
 use chat_test_support::{http_as, http_with, TestServer};
 
 #[tokio::test]
@@ -34,7 +34,7 @@ async fn send_list_and_page_over_http() {
         )
         .await;
         assert_eq!(sent.status, 200, "{}", sent.body);
-        let message: StoredMessage = sent.data();
+        let message: Message = sent.data();
         assert_eq!((message.seq, message.sender.as_str()), (i, "alice"));
         last = Some(message);
     }
@@ -44,7 +44,7 @@ async fn send_list_and_page_over_http() {
         r#"{"to_user":"bob","body":"m3","client_msg_id":"h3"}"#.into(),
     )
     .await;
-    assert_eq!(Some(again.data::<StoredMessage>()), last);
+    assert_eq!(Some(again.data::<Message>()), last);
 
     let list = http_as(addr, b, "GET", "/v1/chat-apps/conversations", None).await;
     assert_eq!(list.status, 200, "{}", list.body);

@@ -43,8 +43,10 @@ pub struct NewMessage {
     pub sent_at_unix_ms: Option<i64>,
 }
 
-/// A committed message.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// A committed message, as the store keeps it. It has no wire format of
+/// its own: each boundary (protobuf, the HTTP JSON, the record between
+/// nodes) converts it to its own type.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
     pub id: String,
     pub conversation_id: String,
@@ -56,26 +58,20 @@ pub struct StoredMessage {
     pub body: String,
     pub client_msg_id: String,
     pub sent_at_unix_ms: i64,
-    #[serde(default)]
     pub kind: MessageKind,
     /// For an edit or delete event: the seq of the changed message.
-    #[serde(default)]
     pub target_seq: u64,
     /// The text was edited after it was sent.
-    #[serde(default)]
     pub edited: bool,
     /// The message was deleted (its body is empty).
-    #[serde(default)]
     pub deleted: bool,
     /// For a membership event: the usernames it concerns (whom the group
     /// was created with, who was added, removed or left); empty otherwise.
-    #[serde(default)]
     pub members: Vec<String>,
 }
 
 /// What a message is: text, or a membership event of a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MessageKind {
     #[default]
     Text,

@@ -13,7 +13,7 @@ use axum::response::Response;
 use chat_store::HistoryQuery;
 use serde::Deserialize;
 
-use super::types::{Conversation, ConversationList, MessagePage};
+use super::types::{Conversation, ConversationList, Message, MessagePage};
 use super::users::json_body;
 use super::{failure, req_id, success};
 use crate::chat::{SendInput, SendTarget};
@@ -65,7 +65,7 @@ pub async fn conversations(State(state): State<Arc<AppState>>, headers: HeaderMa
                 last_seq: c.last_seq,
                 read_seq: c.read_seq,
                 unread_count: c.unread_count,
-                last_message: c.last_message,
+                last_message: c.last_message.map(Message::from),
             })
             .collect();
         Ok::<_, ApiError>(ConversationList { conversations })
@@ -104,7 +104,7 @@ pub async fn messages(
             )
             .await?;
         Ok::<_, ApiError>(MessagePage {
-            messages: page.messages,
+            messages: page.messages.into_iter().map(Message::from).collect(),
             has_more: page.has_more,
         })
     };
@@ -140,7 +140,7 @@ pub async fn send(State(state): State<Arc<AppState>>, headers: HeaderMap, body: 
             received: std::time::Instant::now(),
         };
         let appended = state.send_message(&user, input, None).await?;
-        Ok::<_, ApiError>(appended.message)
+        Ok::<_, ApiError>(Message::from(appended.message))
     };
     respond(req_id, answer.await)
 }

@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use chat_store::StoredMessage;
+use chat_store::StoredMessage;
 
 /// Every answer: `{"req_id", "status", "error"?, "data"?, "code"}`, the
 /// HTTP status equal to `code`. A success has `data`, an error has `error`
@@ -112,15 +112,54 @@ pub struct Conversation {
     pub last_seq: u64,
     pub read_seq: u64,
     pub unread_count: u64,
-    pub last_message: Option<StoredMessage>,
+    pub last_message: Option<Message>,
+}
+
+/// A message or event of a conversation as the HTTP API shows it
+/// (`Message` in `openapi.json`); `POST /v1/chat-apps/messages` answers
+/// one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub id: String,
+    pub conversation_id: String,
+    pub seq: u64,
+    pub sender: String,
+    pub body: String,
+    pub client_msg_id: String,
+    pub sent_at_unix_ms: i64,
+    /// `text`, `group_created`, `members_added`, `member_removed`,
+    /// `member_left`, `message_edited` or `message_deleted`.
+    pub kind: String,
+    pub target_seq: u64,
+    pub edited: bool,
+    pub deleted: bool,
+    pub members: Vec<String>,
+}
+
+impl From<StoredMessage> for Message {
+    fn from(m: StoredMessage) -> Self {
+        Self {
+            id: m.id,
+            conversation_id: m.conversation_id,
+            seq: m.seq,
+            sender: m.sender,
+            body: m.body,
+            client_msg_id: m.client_msg_id,
+            sent_at_unix_ms: m.sent_at_unix_ms,
+            kind: m.kind.as_str().to_owned(),
+            target_seq: m.target_seq,
+            edited: m.edited,
+            deleted: m.deleted,
+            members: m.members,
+        }
+    }
 }
 
 /// `GET /v1/chat-apps/conversations/{id}/messages`: a page of history,
-/// ascending seq. (`POST /v1/chat-apps/messages` answers one
-/// [`StoredMessage`].)
+/// ascending seq.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessagePage {
-    pub messages: Vec<StoredMessage>,
+    pub messages: Vec<Message>,
     pub has_more: bool,
 }
 
