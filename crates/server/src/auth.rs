@@ -10,9 +10,12 @@ use tonic::metadata::MetadataMap;
 
 use std::sync::Arc;
 
-use crate::routing::{Mode, Refused, Undelivered};
+use chat_store::{NewUser, Store, UserProfile};
+
+use crate::rate::Rates;
+use crate::routing::{Delivery, Mode, Refused, Undelivered};
 use crate::sessions::Event;
-use crate::{ApiError, AppState};
+use crate::{names, ApiError};
 
 /// A new secret from the operating system's random generator.
 pub fn new_secret() -> String {
@@ -42,7 +45,84 @@ pub fn fingerprint(hash: &[u8; 32]) -> u64 {
     u64::from_be_bytes(hash[..8].try_into().expect("8 bytes"))
 }
 
-impl AppState {
+/// Accounts: registration, public profiles, and the secrets that
+/// authenticate every request (checked, rotated by the user, revoked by an
+/// operator).
+pub struct Accounts {
+    store: Arc<dyn Store>,
+    delivery: Arc<Delivery>,
+    rates: Arc<Rates>,
+}
+
+impl Accounts {
+    pub(crate) fn new(store: Arc<dyn Store>, delivery: Arc<Delivery>, rates: Arc<Rates>) -> Self {
+        Self {
+            store,
+            delivery,
+            rates,
+        }
+    }
+
+    /// Creates a user and returns its profile and its secret (shown once).
+    /// `client`, the address it came from, is rate limited when given.
+    pub async fn register(
+        &self,
+        username: &str,
+        name: &str,
+        phone: &str,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<(UserProfile, String), ApiError> {
+        if let Some(client) = client {
+            self.rates
+                .register
+                .check(&client)
+                .map_err(|retry_after| ApiError::RateLimited {
+                    what: "registrations",
+                    retry_after,
+                })?;
+        }
+        let username = names::normalize_username(username)?;
+        let name = names::profile_field("name", name, 64)?;
+        let phone = names::profile_field("phone", phone, 32)?;
+        let secret = new_secret();
+        let profile = self
+            .store
+            .create_user(NewUser {
+                username,
+                name,
+                phone,
+                token_hash: hash_secret(&secret),
+            })
+            .await
+            .map_err(|e| match e {
+                chat_store::StoreError::AlreadyExists => {
+                    ApiError::AlreadyExists("username is taken".into())
+                }
+                other => other.into(),
+            })?;
+        tracing::info!(user = %profile.username, "user registered");
+        Ok((profile, secret))
+    }
+
+    /// The public profile of `username`.
+    pub async fn profile(&self, username: &str) -> Result<UserProfile, ApiError> {
+        let username =
+            names::normalize_username(username).map_err(|_| ApiError::NotFound("user"))?;
+        self.store
+            .get_user(&username)
+            .await?
+            .ok_or(ApiError::NotFound("user"))
+    }
+
+    /// A page of users by username, after `after` (for operators).
+    pub async fn list(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<UserProfile>, ApiError> {
+        Ok(self.store.list_users(after, limit).await?)
+    }
+
     /// The user a request's bearer secret belongs to. Every failure (no
     /// header, a malformed one, an unknown secret) is the same
     /// [`ApiError::Unauthenticated`].
@@ -66,6 +146,11 @@ impl AppState {
         self.authenticate_secret(header).await
     }
 
+    /// Who owns the secret whose SHA-256 is `token_hash` now, if anyone.
+    pub async fn owner(&self, token_hash: &[u8; 32]) -> Result<Option<String>, ApiError> {
+        Ok(self.store.user_by_token_hash(token_hash).await?)
+    }
+
     async fn authenticate_secret(&self, header: &str) -> Result<(String, [u8; 32]), ApiError> {
         let secret = bearer_secret(header).ok_or(ApiError::Unauthenticated)?;
         let hash = hash_secret(&secret.to_ascii_lowercase());
@@ -80,11 +165,7 @@ impl AppState {
     /// Replaces the secret whose hash is `old` (of `username`) with a new
     /// one, returned to be shown once, and ends the streams opened with
     /// the old one on every server.
-    pub async fn rotate_secret(
-        self: &Arc<Self>,
-        username: &str,
-        old: &[u8; 32],
-    ) -> Result<String, ApiError> {
+    pub async fn rotate_secret(&self, username: &str, old: &[u8; 32]) -> Result<String, ApiError> {
         let secret = new_secret();
         if !self
             .store
@@ -95,25 +176,26 @@ impl AppState {
             return Err(ApiError::Unauthenticated);
         }
         tracing::info!(user = %username, "secret rotated");
-        self.deliver(
-            vec![username.to_owned()],
-            Event::Revoked {
-                token: fingerprint(old),
-            },
-            None,
-            Mode::Background,
-        )
-        .await;
+        self.delivery
+            .deliver(
+                vec![username.to_owned()],
+                Event::Revoked {
+                    token: fingerprint(old),
+                },
+                None,
+                Mode::Background,
+            )
+            .await;
         Ok(secret)
     }
 
     /// An operator's revocation: replaces the secret of `username`,
     /// whatever it is, with a new one (returned, for the operator to hand
     /// over), and ends every stream opened with the old one on every
-    /// server. Unlike [`AppState::rotate_secret`] the delivery is awaited,
+    /// server. Unlike [`Accounts::rotate_secret`] the delivery is awaited,
     /// so the answer says where the revocation could not be delivered
     /// (those records are dead-lettered, to be replayed).
-    pub async fn revoke_secret(self: &Arc<Self>, username: &str) -> Result<Revocation, ApiError> {
+    pub async fn revoke_secret(&self, username: &str) -> Result<Revocation, ApiError> {
         let username = crate::names::normalize_username(username)?;
         let secret = new_secret();
         let old = self
@@ -126,6 +208,7 @@ impl AppState {
             token: fingerprint(&old),
         };
         let delivered = self
+            .delivery
             .deliver(
                 vec![username.clone()],
                 event,
@@ -152,7 +235,7 @@ impl AppState {
     }
 }
 
-/// What [`AppState::revoke_secret`] did.
+/// What [`Accounts::revoke_secret`] did.
 #[derive(Debug)]
 pub struct Revocation {
     pub username: String,

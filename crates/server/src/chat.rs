@@ -1,16 +1,33 @@
-//! The chat operations shared by the live stream and the unary RPCs.
+//! [`Chat`]: the operations on conversations, messages and groups, shared
+//! by every transport (the live stream, the unary RPCs, the HTTP API).
 //!
 //! Each one checks its input, commits to the store, and only then tells the
-//! live sessions: a session never hears of a message that is not durable.
+//! live sessions through [`Delivery`]: a session never hears of a message
+//! that is not durable. Transports call these and never the store.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use chat_store::{Appended, NewMessage, ReadCursor, StoredMessage, Target};
+use chat_store::{
+    Appended, ConversationSummary, GroupInfo, HistoryPage, HistoryQuery, NewMessage, ReadCursor,
+    Store, StoredMessage, Target,
+};
 
-use crate::routing::Mode;
+use crate::config::Limits;
+use crate::rate::Rates;
+use crate::routing::{Delivery, Mode};
 use crate::sessions::{Event, SessionId};
-use crate::{names, ApiError, AppState};
+use crate::telemetry::Metrics;
+use crate::{names, ApiError};
+
+/// Conversations, messages and groups.
+pub struct Chat {
+    store: Arc<dyn Store>,
+    delivery: Arc<Delivery>,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    rates: Arc<Rates>,
+}
 
 /// A send as received, before validation.
 pub struct SendInput {
@@ -30,12 +47,27 @@ pub enum SendTarget {
 /// The longest client_msg_id accepted.
 pub const MAX_CLIENT_MSG_ID: usize = 64;
 
-impl AppState {
+impl Chat {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        delivery: Arc<Delivery>,
+        limits: Limits,
+        rates: Arc<Rates>,
+    ) -> Self {
+        Self {
+            metrics: delivery.metrics.clone(),
+            store,
+            delivery,
+            limits,
+            rates,
+        }
+    }
+
     /// Commits a message from `sender` and delivers it to the live sessions
     /// of every member (the sender's other sessions included). `origin` is
     /// the session that sent it, which gets an ack instead.
     pub async fn send_message(
-        self: &Arc<Self>,
+        &self,
         sender: &str,
         input: SendInput,
         origin: Option<SessionId>,
@@ -57,7 +89,7 @@ impl AppState {
     /// [`Self::send_message`] for several sends of one sender, committed
     /// together and in order; one answer per send, in the same order.
     pub async fn send_messages(
-        self: &Arc<Self>,
+        &self,
         sender: &str,
         inputs: Vec<SendInput>,
         origin: Option<SessionId>,
@@ -149,7 +181,7 @@ impl AppState {
     /// After the store answered a send (received at `received`): counts
     /// and delivers a new message, and names what was not found.
     async fn committed(
-        self: &Arc<Self>,
+        &self,
         appended: chat_store::Result<Appended>,
         is_direct: bool,
         origin: Option<SessionId>,
@@ -164,7 +196,8 @@ impl AppState {
             self.metrics.messages_accepted.increment(1);
             self.metrics.send_to_commit.record(received.elapsed());
             let event = Event::Message(Arc::new(appended.message.clone()));
-            self.deliver(appended.members.clone(), event, origin, Mode::Background)
+            self.delivery
+                .deliver(appended.members.clone(), event, origin, Mode::Background)
                 .await;
             tracing::debug!(
                 user = %appended.message.sender,
@@ -179,7 +212,7 @@ impl AppState {
     /// Edits or deletes a message `change.editor` sent, and delivers the
     /// change (an event of the conversation) to every member.
     pub async fn change_message(
-        self: &Arc<Self>,
+        &self,
         change: chat_store::MessageChange,
     ) -> Result<StoredMessage, ApiError> {
         if let Some(body) = &change.body {
@@ -196,7 +229,8 @@ impl AppState {
             })?;
         if !appended.duplicate {
             let event = Event::Message(Arc::new(appended.message.clone()));
-            self.deliver(appended.members, event, None, Mode::Background)
+            self.delivery
+                .deliver(appended.members, event, None, Mode::Background)
                 .await;
         }
         Ok(appended.message)
@@ -204,7 +238,7 @@ impl AppState {
 
     /// A message body: not blank, within the size limit, no NUL.
     fn check_body(&self, body: &str) -> Result<(), ApiError> {
-        let limit = self.config.limits.max_body_bytes;
+        let limit = self.limits.max_body_bytes;
         if body.trim().is_empty() {
             return Err(ApiError::InvalidArgument("body must not be empty".into()));
         }
@@ -224,7 +258,7 @@ impl AppState {
 
     /// Moves `username`'s read cursor forward and tells the user's sessions.
     pub async fn mark_read(
-        self: &Arc<Self>,
+        &self,
         username: &str,
         conversation_id: &str,
         seq: u64,
@@ -236,7 +270,8 @@ impl AppState {
             read_seq: cursor.read_seq,
             unread_count: cursor.unread_count,
         };
-        self.deliver(vec![username.to_owned()], event, None, Mode::Background)
+        self.delivery
+            .deliver(vec![username.to_owned()], event, None, Mode::Background)
             .await;
         // The read receipt: the other members learn how far this member
         // has read (their own unread counts are not part of it).
@@ -249,14 +284,16 @@ impl AppState {
                 read_seq: cursor.read_seq,
                 unread_count: 0,
             };
-            self.deliver(others, receipt, None, Mode::Background).await;
+            self.delivery
+                .deliver(others, receipt, None, Mode::Background)
+                .await;
         }
         Ok(cursor)
     }
 
     /// Tells the other members' sessions that `username` is typing.
     pub async fn typing(
-        self: &Arc<Self>,
+        &self,
         username: &str,
         conversation_id: &str,
         origin: SessionId,
@@ -267,9 +304,52 @@ impl AppState {
             username: username.to_owned(),
         };
         let others = members.into_iter().filter(|m| m != username).collect();
-        self.deliver(others, event, Some(origin), Mode::Background)
+        self.delivery
+            .deliver(others, event, Some(origin), Mode::Background)
             .await;
         Ok(())
+    }
+
+    /// Moves `username`'s delivered cursor forward (the next connect
+    /// replays only what follows); the new cursor.
+    pub async fn mark_delivered(
+        &self,
+        username: &str,
+        conversation_id: &str,
+        seq: u64,
+    ) -> Result<u64, ApiError> {
+        Ok(self
+            .store
+            .mark_delivered(username, conversation_id, seq)
+            .await?)
+    }
+
+    /// Every conversation of `username`, most recently active first.
+    pub async fn conversations(
+        &self,
+        username: &str,
+    ) -> Result<Vec<ConversationSummary>, ApiError> {
+        Ok(self.store.conversations(username).await?)
+    }
+
+    /// A page of a conversation `username` is a member of.
+    pub async fn history(
+        &self,
+        username: &str,
+        conversation_id: &str,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, ApiError> {
+        Ok(self.store.history(username, conversation_id, query).await?)
+    }
+
+    /// Every member's read cursor, as (username, read_seq): what read
+    /// receipts are counted from.
+    pub async fn read_cursors(
+        &self,
+        username: &str,
+        conversation_id: &str,
+    ) -> Result<Vec<(String, u64)>, ApiError> {
+        Ok(self.store.read_cursors(username, conversation_id).await?)
     }
 }
 
@@ -290,19 +370,30 @@ pub const TYPING_EXPIRES_MS: u32 = 5000;
 /// The longest group name accepted, in characters.
 pub const MAX_GROUP_NAME: usize = 64;
 
-impl AppState {
+impl Chat {
     fn group_limits(&self) -> chat_store::GroupLimits {
         chat_store::GroupLimits {
-            max_members: self.config.limits.max_group_members,
-            max_groups_per_user: self.config.limits.max_groups_per_user,
+            max_members: self.limits.max_group_members,
+            max_groups_per_user: self.limits.max_groups_per_user,
         }
+    }
+
+    /// A group `username` is a member of.
+    pub async fn group(&self, username: &str, group_id: &str) -> Result<GroupInfo, ApiError> {
+        self.store
+            .group(username, group_id)
+            .await
+            .map_err(|e| match e {
+                chat_store::StoreError::NotFound => ApiError::NotFound("group"),
+                other => other.into(),
+            })
     }
 
     /// Applies a membership change and tells everyone concerned (the
     /// members after it, and whoever was removed or left) through the
     /// change's event, which is a message of the group.
     pub async fn change_group(
-        self: &Arc<Self>,
+        &self,
         change: chat_store::GroupChange,
     ) -> Result<chat_store::GroupChanged, ApiError> {
         let changed = self
@@ -314,13 +405,14 @@ impl AppState {
                 other => other.into(),
             })?;
         if let Some(event) = &changed.event {
-            self.deliver(
-                changed.notify.clone(),
-                Event::Message(Arc::new(event.clone())),
-                None,
-                Mode::Background,
-            )
-            .await;
+            self.delivery
+                .deliver(
+                    changed.notify.clone(),
+                    Event::Message(Arc::new(event.clone())),
+                    None,
+                    Mode::Background,
+                )
+                .await;
             tracing::info!(
                 group = %event.conversation_id,
                 seq = event.seq,

@@ -36,11 +36,12 @@
 
 use std::sync::Arc;
 
-use chat_store::{DeadLetter, DeadLetterQuery, NewDeadLetter};
+use chat_store::{DeadLetter, DeadLetterPurge, DeadLetterQuery, NewDeadLetter, Store};
 use tokio::sync::mpsc;
 
 use crate::record::Envelope;
-use crate::routing::{Mode, Refused, Undelivered};
+use crate::routing::{Delivery, Mode, Refused, Undelivered};
+use crate::telemetry::Metrics;
 use crate::{ApiError, AppState};
 
 /// The largest payload stored with a dead letter. A longer one is cut (and
@@ -77,11 +78,11 @@ pub async fn write_dead_letters(state: Arc<AppState>, mut letters: mpsc::Receive
             _ = state.shutdown.cancelled() => break,
         };
         let Some(letter) = letter else { return };
-        state.store_dead_letter(letter).await;
+        state.dead_letters.store(letter).await;
     }
     letters.close();
     while let Ok(letter) = letters.try_recv() {
-        state.store_dead_letter(letter).await;
+        state.dead_letters.store(letter).await;
     }
 }
 
@@ -117,7 +118,7 @@ pub struct ReplayBatch {
     pub has_more: bool,
 }
 
-impl AppState {
+impl Delivery {
     /// Queues a dead letter for the store: `payload` is the record as read
     /// from (or meant for) the bus. Never waits.
     pub fn dead_letter(&self, reason: &str, payload: &[u8]) {
@@ -145,21 +146,45 @@ impl AppState {
                 mpsc::error::TrySendError::Full(l) => ("the dead-letter queue is full", l),
                 mpsc::error::TrySendError::Closed(l) => ("the dead-letter writer stopped", l),
             };
-            self.lost_dead_letter(why, &letter.reason, letter.payload.len());
+            lost(&self.metrics, why, &letter.reason, letter.payload.len());
+        }
+    }
+}
+
+/// The dead letters in the store: what the writer task stores, and what
+/// an operator lists, replays and purges.
+pub struct DeadLetters {
+    store: Arc<dyn Store>,
+    delivery: Arc<Delivery>,
+    /// The most kept (`max_dead_letters`).
+    max: u64,
+}
+
+impl DeadLetters {
+    pub(crate) fn new(store: Arc<dyn Store>, delivery: Arc<Delivery>, max: u64) -> Self {
+        Self {
+            store,
+            delivery,
+            max,
         }
     }
 
     /// Stores one dead letter, unless the table is full.
-    async fn store_dead_letter(&self, letter: NewDeadLetter) {
+    async fn store(&self, letter: NewDeadLetter) {
         // Counting first costs a query, but only on this failure path, and
         // keeps the bound exact enough: concurrent writers (several
         // nodes) may pass it by a few letters at most.
-        let max = self.config.limits.max_dead_letters;
+        let max = self.max;
         match self.store.count_dead_letters().await {
             Ok(stored) if stored >= max => {
                 let why =
                     format!("the store holds {stored} dead letters, the most allowed: purge some");
-                return self.lost_dead_letter(&why, &letter.reason, letter.payload.len());
+                return lost(
+                    &self.delivery.metrics,
+                    &why,
+                    &letter.reason,
+                    letter.payload.len(),
+                );
             }
             // Storing will most likely fail too, and say why.
             Ok(_) | Err(_) => {}
@@ -167,29 +192,44 @@ impl AppState {
         let (reason, bytes) = (letter.reason.clone(), letter.payload.len());
         match self.store.add_dead_letter(letter).await {
             Ok(stored) => {
-                self.metrics.dead_letters.increment(1);
+                self.delivery.metrics.dead_letters.increment(1);
                 tracing::warn!(id = stored.id, %reason, bytes, "delivery record dead-lettered");
             }
-            Err(e) => self.lost_dead_letter(&format!("cannot store it: {e}"), &reason, bytes),
+            Err(e) => lost(
+                &self.delivery.metrics,
+                &format!("cannot store it: {e}"),
+                &reason,
+                bytes,
+            ),
         }
     }
 
-    fn lost_dead_letter(&self, why: &str, reason: &str, bytes: usize) {
-        self.metrics.dead_letter_failures.increment(1);
-        tracing::error!(
-            %reason,
-            bytes,
-            "a delivery record could not be dead-lettered and is lost: {why}"
-        );
+    /// A page of dead letters, oldest first.
+    pub async fn page(&self, query: DeadLetterQuery) -> Result<Vec<DeadLetter>, ApiError> {
+        Ok(self.store.dead_letters(query).await?)
+    }
+
+    /// One dead letter by id.
+    pub async fn get(&self, id: u64) -> Result<DeadLetter, ApiError> {
+        self.store
+            .dead_letter(id)
+            .await?
+            .ok_or(ApiError::NotFound("dead letter"))
+    }
+
+    /// Deletes the letters `purge` selects; how many.
+    pub async fn purge(&self, purge: DeadLetterPurge) -> Result<u64, ApiError> {
+        Ok(self.store.purge_dead_letters(purge).await?)
+    }
+
+    /// How many are stored.
+    pub async fn count(&self) -> Result<u64, ApiError> {
+        Ok(self.store.count_dead_letters().await?)
     }
 
     /// Replays dead letter `id`.
-    pub async fn replay_dead_letter(self: &Arc<Self>, id: u64) -> Result<Replayed, ApiError> {
-        let letter = self
-            .store
-            .dead_letter(id)
-            .await?
-            .ok_or(ApiError::NotFound("dead letter"))?;
+    pub async fn replay_one(&self, id: u64) -> Result<Replayed, ApiError> {
+        let letter = self.get(id).await?;
         self.replay(letter).await
     }
 
@@ -197,7 +237,7 @@ impl AppState {
     /// first, and stops at the first one that decodes but cannot be
     /// delivered: when the bus is down, trying the rest only takes time.
     pub async fn replay_pending(
-        self: &Arc<Self>,
+        &self,
         after: Option<u64>,
         limit: u32,
     ) -> Result<ReplayBatch, ApiError> {
@@ -227,12 +267,13 @@ impl AppState {
         Ok(batch)
     }
 
-    async fn replay(self: &Arc<Self>, letter: DeadLetter) -> Result<Replayed, ApiError> {
+    async fn replay(&self, letter: DeadLetter) -> Result<Replayed, ApiError> {
         let replay = match Envelope::decode(&letter.payload) {
             Err(reason) => Replay::NotReplayable(reason),
             Ok(envelope) => {
                 let event = envelope.event();
                 let delivered = self
+                    .delivery
                     .deliver(envelope.to, event, None, Mode::Awaited(Refused::Report))
                     .await;
                 match delivered.undelivered.first() {
@@ -278,4 +319,14 @@ impl AppState {
         }
         Ok(Replayed { replay, letter })
     }
+}
+
+/// Counts and logs a dead letter that is lost.
+fn lost(metrics: &Metrics, why: &str, reason: &str, bytes: usize) {
+    metrics.dead_letter_failures.increment(1);
+    tracing::error!(
+        %reason,
+        bytes,
+        "a delivery record could not be dead-lettered and is lost: {why}"
+    );
 }

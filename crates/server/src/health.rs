@@ -68,9 +68,9 @@ impl AppState {
             };
         }
         let (store, registry, bus) = tokio::join!(
-            probe(self.store.ping()),
-            probe(self.registry.ping()),
-            probe(self.bus.ping()),
+            probe(self.backends.store.ping()),
+            probe(self.backends.registry.ping()),
+            probe(self.backends.bus.ping()),
         );
         Readiness {
             store,

@@ -102,16 +102,23 @@ impl Listeners {
 /// What every request handler shares.
 pub struct AppState {
     pub config: Config,
-    pub store: Arc<dyn Store>,
-    pub sessions: sessions::LocalSessions,
-    pub registry: Arc<dyn SessionRegistry>,
-    pub bus: Arc<dyn Bus>,
+    /// Registration, profiles and secrets ([`auth::Accounts`]).
+    pub accounts: auth::Accounts,
+    /// Conversations, messages and groups ([`chat::Chat`]).
+    pub chat: chat::Chat,
+    /// Events to the sessions of this node and the others
+    /// ([`routing::Delivery`]): the sessions, the registry, the bus.
+    pub delivery: Arc<routing::Delivery>,
+    /// The dead-letter queue's letters ([`dead_letters::DeadLetters`]).
+    pub dead_letters: dead_letters::DeadLetters,
+    /// Who of a user's contacts is online ([`presence::Presence`]).
+    pub presence: presence::Presence,
     /// This node's metrics (`/metrics`).
-    pub metrics: telemetry::Metrics,
-    /// Dead letters on their way to the store.
-    pub dead_letters: dead_letters::DeadLetterQueue,
-    /// The contacts this node's sessions watch, for the presence sweep.
-    pub presence: presence::PresenceWatch,
+    pub metrics: Arc<telemetry::Metrics>,
+    /// The backends, for what concerns the node rather than a request:
+    /// health probes, metrics, retention, the inbox, membership. Requests
+    /// go through the services above.
+    pub(crate) backends: Backends,
     /// Cancelled when the server is asked to stop: the listeners stop
     /// accepting, `/readyz` says 503, and every session finishes the sends
     /// it has read, then ends with `UNAVAILABLE` (reconnect elsewhere).
@@ -122,7 +129,7 @@ pub struct AppState {
     /// The session tasks, so that a stop can wait for them to drain.
     pub session_tasks: tokio_util::task::TaskTracker,
     /// Registrations, connects and sends per client address or user.
-    pub rates: rate::Rates,
+    pub rates: Arc<rate::Rates>,
     /// What this server announces about itself in the registry.
     pub membership: membership::Membership,
 }
@@ -216,17 +223,40 @@ pub async fn run_with(
     let token = CancellationToken::new();
     let draining = CancellationToken::new();
     let (dead_letter_queue, dead_letters) = dead_letters::queue();
-    let rates = rate::Rates::new(&config.limits);
+    let rates = Arc::new(rate::Rates::new(&config.limits));
     let membership = membership::Membership::of(&listeners)?;
+    let metrics = Arc::new(telemetry::Metrics::new());
+    let delivery = Arc::new(routing::Delivery::new(
+        config.cluster.node_id.clone(),
+        backends.registry.clone(),
+        backends.bus.clone(),
+        metrics.clone(),
+        dead_letter_queue,
+        token.clone(),
+    ));
+    let store = backends.store.clone();
     let state = Arc::new(AppState {
+        accounts: auth::Accounts::new(store.clone(), delivery.clone(), rates.clone()),
+        chat: chat::Chat::new(
+            store.clone(),
+            delivery.clone(),
+            config.limits.clone(),
+            rates.clone(),
+        ),
+        dead_letters: dead_letters::DeadLetters::new(
+            store.clone(),
+            delivery.clone(),
+            config.limits.max_dead_letters,
+        ),
+        presence: presence::Presence::new(
+            store,
+            delivery.clone(),
+            config.limits.presence_group_members,
+        ),
+        delivery,
+        metrics,
+        backends,
         config,
-        store: backends.store,
-        sessions: sessions::LocalSessions::default(),
-        registry: backends.registry,
-        bus: backends.bus,
-        metrics: telemetry::Metrics::new(),
-        dead_letters: dead_letter_queue,
-        presence: presence::PresenceWatch::default(),
         draining: draining.clone(),
         shutdown: token.clone(),
         session_tasks: tokio_util::task::TaskTracker::new(),
@@ -234,7 +264,7 @@ pub async fn run_with(
         membership,
     });
     // This node's inbox is open before its first session can exist.
-    let inbox = state.bus.subscribe(state.node_id()).await?;
+    let inbox = state.backends.bus.subscribe(state.node_id()).await?;
     let background = tokio_util::task::TaskTracker::new();
     background.spawn(routing::read_inbox(state.clone(), inbox));
     background.spawn(routing::heartbeat(state.clone()));
@@ -265,7 +295,7 @@ pub async fn run_with(
         }
         let grace = stopping.config.shutdown_grace;
         tracing::info!(
-            sessions = stopping.sessions.total(),
+            sessions = stopping.delivery.sessions.total(),
             ?grace,
             "shutting down: draining the sessions"
         );
@@ -276,7 +306,7 @@ pub async fn run_with(
             .is_err()
         {
             tracing::warn!(
-                sessions = stopping.sessions.total(),
+                sessions = stopping.delivery.sessions.total(),
                 "the grace period is over: closing the sessions still open"
             );
         }

@@ -45,7 +45,12 @@ impl AppState {
 
     /// Records this server as alive for another TTL (every heartbeat).
     pub async fn announce_node(&self) {
-        if let Err(e) = self.registry.announce_node(&self.node_entry()).await {
+        if let Err(e) = self
+            .backends
+            .registry
+            .announce_node(&self.node_entry())
+            .await
+        {
             self.metrics.registry_failures.increment(1);
             tracing::warn!(error = %e, "cannot announce this node; the next heartbeat retries");
         }
@@ -53,7 +58,7 @@ impl AppState {
 
     /// Removes this server from the registry (clean shutdown).
     pub async fn retire_node(&self) {
-        if let Err(e) = self.registry.retire_node(self.node_id()).await {
+        if let Err(e) = self.backends.registry.retire_node(self.node_id()).await {
             self.metrics.registry_failures.increment(1);
             tracing::warn!(error = %e, "cannot unregister this node; it expires by itself");
         }

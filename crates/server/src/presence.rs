@@ -16,9 +16,12 @@
 //! (push and sweep), and that is harmless.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use crate::routing::Mode;
+use chat_store::Store;
+
+use crate::routing::{Delivery, Mode};
+use crate::sessions::Event;
 
 /// The contacts this node's sessions watch, with their last known state.
 #[derive(Default)]
@@ -101,17 +104,36 @@ impl PresenceWatch {
     }
 }
 
-impl crate::AppState {
+/// Presence: who of a user's contacts is online, pushed on change.
+pub struct Presence {
+    watch: PresenceWatch,
+    store: Arc<dyn Store>,
+    delivery: Arc<Delivery>,
+    /// Members of groups at most this large see each other's presence
+    /// (`presence_group_members`).
+    largest_group: usize,
+}
+
+impl Presence {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        delivery: Arc<Delivery>,
+        largest_group: usize,
+    ) -> Self {
+        Self {
+            watch: PresenceWatch::default(),
+            store,
+            delivery,
+            largest_group,
+        }
+    }
+
     /// A session of `username` started (and is in the registry): watches
     /// the user's contacts, announces the user online if this is their
     /// first session anywhere, and returns the contacts with who of them
     /// is online, for `ready`.
-    pub async fn presence_on_connect(
-        self: &std::sync::Arc<Self>,
-        username: &str,
-    ) -> (Vec<String>, BTreeSet<String>) {
-        let largest_group = self.config.limits.presence_group_members;
-        let contacts = match self.store.contacts(username, largest_group).await {
+    pub async fn on_connect(&self, username: &str) -> (Vec<String>, BTreeSet<String>) {
+        let contacts = match self.store.contacts(username, self.largest_group).await {
             Ok(contacts) => contacts,
             Err(e) => {
                 tracing::warn!(user = %username, error = %e, "cannot load contacts; no presence for this session");
@@ -122,13 +144,14 @@ impl crate::AppState {
             tracing::warn!(error = %e, "registry lookup failed; presence starts unknown");
             BTreeSet::new()
         });
-        self.presence.watch(username, &contacts, &online);
-        if matches!(self.registry.sessions_of(username).await, Ok(s) if s.len() == 1) {
-            let event = crate::sessions::Event::Presence {
+        self.watch.watch(username, &contacts, &online);
+        if matches!(self.delivery.registry.sessions_of(username).await, Ok(s) if s.len() == 1) {
+            let event = Event::Presence {
                 username: username.to_owned(),
                 online: true,
             };
-            self.deliver(contacts.clone(), event, None, Mode::Background)
+            self.delivery
+                .deliver(contacts.clone(), event, None, Mode::Background)
                 .await;
         }
         (contacts, online)
@@ -136,21 +159,18 @@ impl crate::AppState {
 
     /// A session of `username` ended (and left the registry): announces
     /// the user offline if it was their last session anywhere.
-    pub async fn presence_on_disconnect(
-        self: &std::sync::Arc<Self>,
-        username: &str,
-        contacts: &[String],
-    ) {
-        self.presence.unwatch(username, contacts);
+    pub async fn on_disconnect(&self, username: &str, contacts: &[String]) {
+        self.watch.unwatch(username, contacts);
         if contacts.is_empty() {
             return;
         }
-        if matches!(self.registry.sessions_of(username).await, Ok(s) if s.is_empty()) {
-            let event = crate::sessions::Event::Presence {
+        if matches!(self.delivery.registry.sessions_of(username).await, Ok(s) if s.is_empty()) {
+            let event = Event::Presence {
                 username: username.to_owned(),
                 online: false,
             };
-            self.deliver(contacts.to_vec(), event, None, Mode::Background)
+            self.delivery
+                .deliver(contacts.to_vec(), event, None, Mode::Background)
                 .await;
         }
     }
@@ -161,13 +181,19 @@ impl crate::AppState {
         users: &[String],
     ) -> Result<BTreeSet<String>, chat_cluster::ClusterError> {
         let names: Vec<&str> = users.iter().map(String::as_str).collect();
-        Ok(self.registry.locate(&names).await?.into_keys().collect())
+        Ok(self
+            .delivery
+            .registry
+            .locate(&names)
+            .await?
+            .into_keys()
+            .collect())
     }
 
     /// The sweep: asks the registry about every watched contact and tells
     /// this node's watching sessions what changed.
-    pub async fn sweep_presence(&self) {
-        let contacts = self.presence.contacts();
+    pub async fn sweep(&self) {
+        let contacts = self.watch.contacts();
         if contacts.is_empty() {
             return;
         }
@@ -178,13 +204,16 @@ impl crate::AppState {
                 return;
             }
         };
-        for change in self.presence.update(&online) {
-            let event = crate::sessions::Event::Presence {
+        for change in self.watch.update(&online) {
+            let event = Event::Presence {
                 username: change.username,
                 online: change.online,
             };
-            self.sessions
-                .deliver(change.watchers.iter().map(String::as_str), &event, None);
+            self.delivery.sessions.deliver(
+                change.watchers.iter().map(String::as_str),
+                &event,
+                None,
+            );
         }
     }
 }

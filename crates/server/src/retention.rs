@@ -53,6 +53,7 @@ pub async fn pass(state: &AppState, policy: &Retention) -> u64 {
     let mut deleted = 0u64;
     while !state.shutdown.is_cancelled() {
         match state
+            .backends
             .store
             .delete_messages_before(cutoff, policy.batch)
             .await

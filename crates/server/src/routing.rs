@@ -7,7 +7,11 @@
 //! to that node's inbox. Each node reads its own inbox and hands what it
 //! receives to its local sessions.
 //!
-//! [`AppState::deliver`] is the only way an event leaves this node, for
+//! [`Delivery`] is the service that owns this node's sessions, the
+//! registry, the bus and the dead-letter queue's intake; nothing else
+//! touches them to deliver.
+//!
+//! [`Delivery::deliver`] is the only way an event leaves this node, for
 //! every caller: its [`Mode`] says whether publishing to other nodes is
 //! awaited (an operator's revocation, a dead-letter replay: the answer
 //! says where the event went) or runs in the background (everything
@@ -29,11 +33,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chat_cluster::{Inbox, SessionEntry};
+use chat_cluster::{Bus, Inbox, SessionEntry, SessionRegistry};
+use tokio_util::sync::CancellationToken;
 
+use crate::dead_letters::DeadLetterQueue;
 use crate::record::Envelope;
-use crate::sessions::{Event, SessionId};
+use crate::sessions::{Event, LocalSessions, SessionId};
+use crate::telemetry::Metrics;
 use crate::AppState;
+
+/// Delivery: this node's sessions, and the other nodes' through the
+/// registry and the bus.
+pub struct Delivery {
+    node_id: String,
+    /// The live sessions of this node.
+    pub sessions: LocalSessions,
+    pub(crate) registry: Arc<dyn SessionRegistry>,
+    pub(crate) bus: Arc<dyn Bus>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Where records that cannot be processed go ([`Delivery::dead_letter`]).
+    pub(crate) dead_letters: DeadLetterQueue,
+    /// Cancelled when the server stops: retries give up.
+    shutdown: CancellationToken,
+}
 
 /// How many times a record is offered to the bus for one node before it
 /// goes to the dead-letter queue. Few and quick: the event is already in
@@ -44,7 +66,7 @@ pub const PUBLISH_ATTEMPTS: u32 = 3;
 /// The wait before the second attempt, doubled before each later one.
 const PUBLISH_BACKOFF: Duration = Duration::from_millis(50);
 
-/// How far [`AppState::deliver`] goes before it returns, and what becomes
+/// How far [`Delivery::deliver`] goes before it returns, and what becomes
 /// of a record the bus refused after every attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -69,7 +91,7 @@ pub enum Refused {
     Report,
 }
 
-/// Where [`AppState::deliver`] took an event.
+/// Where [`Delivery::deliver`] took an event.
 #[derive(Debug, Default)]
 pub struct Delivered {
     /// Sessions on this node that were handed the event.
@@ -105,7 +127,31 @@ struct FanOut {
     failed: Vec<Record>,
 }
 
-impl AppState {
+impl Delivery {
+    pub(crate) fn new(
+        node_id: String,
+        registry: Arc<dyn SessionRegistry>,
+        bus: Arc<dyn Bus>,
+        metrics: Arc<Metrics>,
+        dead_letters: DeadLetterQueue,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            node_id,
+            sessions: LocalSessions::default(),
+            registry,
+            bus,
+            metrics,
+            dead_letters,
+            shutdown,
+        }
+    }
+
+    /// This node's id in the cluster.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
     /// Delivers `event` to every session of `usernames` in the cluster
     /// (except the session `origin` of this node): this node's sessions
     /// directly, the other nodes' through the registry and their inboxes
@@ -122,9 +168,9 @@ impl AppState {
                 .deliver(usernames.iter().map(String::as_str), &event, origin);
         match mode {
             Mode::Background => {
-                let state = self.clone();
+                let delivery = self.clone();
                 let mut remote = Box::pin(async move {
-                    state
+                    delivery
                         .deliver_to_other_nodes(&usernames, &event, Refused::DeadLetter)
                         .await
                 });
@@ -286,6 +332,26 @@ impl AppState {
         }
     }
 
+    /// The sessions of `username` anywhere in the cluster (for operators).
+    pub async fn sessions_of(&self, username: &str) -> chat_cluster::Result<Vec<SessionEntry>> {
+        self.registry.sessions_of(username).await
+    }
+
+    /// At most `limit` sessions in the cluster, of `node` only when given
+    /// (for operators).
+    pub async fn list_sessions(
+        &self,
+        node: Option<&str>,
+        limit: usize,
+    ) -> chat_cluster::Result<Vec<SessionEntry>> {
+        self.registry.list_sessions(node, limit).await
+    }
+
+    /// The servers alive in the cluster (for operators).
+    pub async fn nodes(&self) -> chat_cluster::Result<Vec<chat_cluster::NodeEntry>> {
+        self.registry.nodes().await
+    }
+
     /// Records a new session of this node in the registry.
     pub async fn announce_session(&self, username: &str, session: SessionId) {
         if let Err(e) = self.registry.add(&self.entry(username, session)).await {
@@ -313,15 +379,16 @@ pub async fn read_inbox(state: Arc<AppState>, mut inbox: Inbox) {
             _ = state.shutdown.cancelled() => return,
             record = inbox.recv() => record,
         };
+        let delivery = &state.delivery;
         let Some(record) = record else {
             tracing::error!(node = %state.node_id(), "the inbox closed; live delivery from other nodes stopped");
             return;
         };
         match Envelope::decode(&record) {
             Ok(envelope) => {
-                state.metrics.bus_received.increment(1);
+                delivery.metrics.bus_received.increment(1);
                 if let Some(at) = envelope.at {
-                    state
+                    delivery
                         .metrics
                         .bus_record_age
                         .record(crate::telemetry::age_seconds(at));
@@ -329,16 +396,16 @@ pub async fn read_inbox(state: Arc<AppState>, mut inbox: Inbox) {
                 // Recipients with no session here any more is normal, not
                 // a dead letter: users disconnect all the time, and they
                 // catch up from the store when they come back.
-                state.sessions.deliver(
+                delivery.sessions.deliver(
                     envelope.to.iter().map(String::as_str),
                     &envelope.event(),
                     None,
                 );
             }
             Err(reason) => {
-                state.metrics.bus_undecodable.increment(1);
+                delivery.metrics.bus_undecodable.increment(1);
                 tracing::warn!(%reason, bytes = record.len(), "bad delivery record: dead-lettered");
-                state.dead_letter(&reason, &record);
+                delivery.dead_letter(&reason, &record);
             }
         }
     }
@@ -348,14 +415,15 @@ pub async fn read_inbox(state: Arc<AppState>, mut inbox: Inbox) {
 /// shutdown, then removes the ones still open and the node itself, leaving
 /// the registry clean.
 pub async fn heartbeat(state: Arc<AppState>) {
+    let delivery = &state.delivery;
     let mut beat = tokio::time::interval(state.config.cluster.heartbeat());
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let entries = |state: &AppState| {
-        state
+    let entries = |delivery: &Delivery| {
+        delivery
             .sessions
             .entries()
             .into_iter()
-            .map(|(user, session)| state.entry(&user, session))
+            .map(|(user, session)| delivery.entry(&user, session))
             .collect::<Vec<_>>()
     };
     loop {
@@ -364,28 +432,28 @@ pub async fn heartbeat(state: Arc<AppState>) {
             _ = beat.tick() => {}
         }
         state.announce_node().await;
-        let refreshed = entries(&state);
-        if let Err(e) = state.registry.refresh(&refreshed).await {
-            state.metrics.registry_failures.increment(1);
+        let refreshed = entries(delivery);
+        if let Err(e) = delivery.registry.refresh(&refreshed).await {
+            delivery.metrics.registry_failures.increment(1);
             tracing::warn!(error = %e, "registry heartbeat failed");
         }
         // A session that ended while this refresh was on its way may have
         // been removed from the registry before the refresh added it back:
         // remove it again, or it lingers until it expires (its user looks
         // online, other nodes publish to it).
-        let open: HashSet<SessionId> = state
+        let open: HashSet<SessionId> = delivery
             .sessions
             .entries()
             .into_iter()
             .map(|(_, id)| id)
             .collect();
         for entry in refreshed.iter().filter(|e| !open.contains(&e.session)) {
-            let _ = state.registry.remove(entry).await;
+            let _ = delivery.registry.remove(entry).await;
         }
-        state.sweep_presence().await;
+        state.presence.sweep().await;
     }
-    for entry in entries(&state) {
-        let _ = state.registry.remove(&entry).await;
+    for entry in entries(delivery) {
+        let _ = delivery.registry.remove(&entry).await;
     }
     state.retire_node().await;
 }

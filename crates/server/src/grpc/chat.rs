@@ -37,7 +37,11 @@ impl pb::chat_service_server::ChatService for ChatApi {
                     retry_after,
                 })?;
         }
-        let (user, token) = self.state.authenticate_token(request.metadata()).await?;
+        let (user, token) = self
+            .state
+            .accounts
+            .authenticate_token(request.metadata())
+            .await?;
         let frames = session::start(self.state.clone(), user, token, request.into_inner());
         Ok(Response::new(frames))
     }
@@ -46,9 +50,9 @@ impl pb::chat_service_server::ChatService for ChatApi {
         &self,
         request: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
-        let user = self.state.authenticate(request.metadata()).await?;
+        let user = self.state.accounts.authenticate(request.metadata()).await?;
         let input = convert::send_input(request.into_inner());
-        let appended = self.state.send_message(&user, input, None).await?;
+        let appended = self.state.chat.send_message(&user, input, None).await?;
         Ok(Response::new(pb::SendMessageResponse {
             message: Some(convert::message(&appended.message)),
         }))
@@ -58,7 +62,7 @@ impl pb::chat_service_server::ChatService for ChatApi {
         &self,
         request: Request<pb::GetHistoryRequest>,
     ) -> Result<Response<pb::GetHistoryResponse>, Status> {
-        let user = self.state.authenticate(request.metadata()).await?;
+        let user = self.state.accounts.authenticate(request.metadata()).await?;
         let req = request.into_inner();
         let query = HistoryQuery {
             before_seq: (req.before_seq > 0).then_some(req.before_seq),
@@ -67,17 +71,15 @@ impl pb::chat_service_server::ChatService for ChatApi {
         };
         let page = self
             .state
-            .store
+            .chat
             .history(&user, &req.conversation_id, query)
-            .await
-            .map_err(ApiError::from)?;
+            .await?;
         // Read receipts: how many other members have read each message.
         let cursors = self
             .state
-            .store
+            .chat
             .read_cursors(&user, &req.conversation_id)
-            .await
-            .map_err(ApiError::from)?;
+            .await?;
         let messages = page
             .messages
             .iter()
@@ -100,13 +102,8 @@ impl pb::chat_service_server::ChatService for ChatApi {
         &self,
         request: Request<pb::ListConversationsRequest>,
     ) -> Result<Response<pb::ListConversationsResponse>, Status> {
-        let user = self.state.authenticate(request.metadata()).await?;
-        let conversations = self
-            .state
-            .store
-            .conversations(&user)
-            .await
-            .map_err(ApiError::from)?;
+        let user = self.state.accounts.authenticate(request.metadata()).await?;
+        let conversations = self.state.chat.conversations(&user).await?;
         Ok(Response::new(pb::ListConversationsResponse {
             conversations: conversations
                 .into_iter()
@@ -119,10 +116,11 @@ impl pb::chat_service_server::ChatService for ChatApi {
         &self,
         request: Request<pb::MarkReadRequest>,
     ) -> Result<Response<pb::MarkReadResponse>, Status> {
-        let user = self.state.authenticate(request.metadata()).await?;
+        let user = self.state.accounts.authenticate(request.metadata()).await?;
         let req = request.into_inner();
         let cursor = self
             .state
+            .chat
             .mark_read(&user, &req.conversation_id, req.seq)
             .await?;
         Ok(Response::new(pb::MarkReadResponse {
@@ -135,14 +133,14 @@ impl pb::chat_service_server::ChatService for ChatApi {
         &self,
         request: Request<pb::CreateGroupRequest>,
     ) -> Result<Response<pb::CreateGroupResponse>, Status> {
-        let user = self.state.authenticate(request.metadata()).await?;
+        let user = self.state.accounts.authenticate(request.metadata()).await?;
         let req = request.into_inner();
         let change = GroupChange::Create {
             owner: user,
             name: chat::group_name(&req.name)?,
             members: chat::usernames(&req.members)?,
         };
-        let changed = self.state.change_group(change).await?;
+        let changed = self.state.chat.change_group(change).await?;
         Ok(Response::new(pb::CreateGroupResponse {
             event: changed.event.as_ref().map(convert::message),
             group: Some(convert::group(changed.group)),
@@ -153,14 +151,14 @@ impl pb::chat_service_server::ChatService for ChatApi {
         &self,
         request: Request<pb::AddMembersRequest>,
     ) -> Result<Response<pb::AddMembersResponse>, Status> {
-        let user = self.state.authenticate(request.metadata()).await?;
+        let user = self.state.accounts.authenticate(request.metadata()).await?;
         let req = request.into_inner();
         let change = GroupChange::Add {
             actor: user,
             group_id: req.group_id,
             usernames: chat::usernames(&req.usernames)?,
         };
-        let changed = self.state.change_group(change).await?;
+        let changed = self.state.chat.change_group(change).await?;
         Ok(Response::new(pb::AddMembersResponse {
             event: changed.event.as_ref().map(convert::message),
             group: Some(convert::group(changed.group)),
@@ -171,7 +169,7 @@ impl pb::chat_service_server::ChatService for ChatApi {
         &self,
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
-        let user = self.state.authenticate(request.metadata()).await?;
+        let user = self.state.accounts.authenticate(request.metadata()).await?;
         let req = request.into_inner();
         let username = chat::usernames(std::slice::from_ref(&req.username))?.remove(0);
         let change = GroupChange::Remove {
@@ -179,7 +177,7 @@ impl pb::chat_service_server::ChatService for ChatApi {
             group_id: req.group_id,
             username,
         };
-        let changed = self.state.change_group(change).await?;
+        let changed = self.state.chat.change_group(change).await?;
         Ok(Response::new(pb::RemoveMemberResponse {
             event: changed.event.as_ref().map(convert::message),
             group: Some(convert::group(changed.group)),
@@ -190,14 +188,14 @@ impl pb::chat_service_server::ChatService for ChatApi {
         &self,
         request: Request<pb::LeaveGroupRequest>,
     ) -> Result<Response<pb::LeaveGroupResponse>, Status> {
-        let user = self.state.authenticate(request.metadata()).await?;
+        let user = self.state.accounts.authenticate(request.metadata()).await?;
         let req = request.into_inner();
         let change = GroupChange::Remove {
             actor: user.clone(),
             group_id: req.group_id,
             username: user,
         };
-        let changed = self.state.change_group(change).await?;
+        let changed = self.state.chat.change_group(change).await?;
         Ok(Response::new(pb::LeaveGroupResponse {
             event: changed.event.as_ref().map(convert::message),
         }))
@@ -207,7 +205,7 @@ impl pb::chat_service_server::ChatService for ChatApi {
         &self,
         request: Request<pb::EditMessageRequest>,
     ) -> Result<Response<pb::EditMessageResponse>, Status> {
-        let user = self.state.authenticate(request.metadata()).await?;
+        let user = self.state.accounts.authenticate(request.metadata()).await?;
         let req = request.into_inner();
         let change = chat_store::MessageChange {
             editor: user,
@@ -216,7 +214,7 @@ impl pb::chat_service_server::ChatService for ChatApi {
             body: Some(req.body),
             client_msg_id: req.client_msg_id,
         };
-        let event = self.state.change_message(change).await?;
+        let event = self.state.chat.change_message(change).await?;
         Ok(Response::new(pb::EditMessageResponse {
             event: Some(convert::message(&event)),
         }))
@@ -226,7 +224,7 @@ impl pb::chat_service_server::ChatService for ChatApi {
         &self,
         request: Request<pb::DeleteMessageRequest>,
     ) -> Result<Response<pb::DeleteMessageResponse>, Status> {
-        let user = self.state.authenticate(request.metadata()).await?;
+        let user = self.state.accounts.authenticate(request.metadata()).await?;
         let req = request.into_inner();
         let change = chat_store::MessageChange {
             editor: user,
@@ -235,7 +233,7 @@ impl pb::chat_service_server::ChatService for ChatApi {
             body: None,
             client_msg_id: req.client_msg_id,
         };
-        let event = self.state.change_message(change).await?;
+        let event = self.state.chat.change_message(change).await?;
         Ok(Response::new(pb::DeleteMessageResponse {
             event: Some(convert::message(&event)),
         }))
@@ -245,17 +243,9 @@ impl pb::chat_service_server::ChatService for ChatApi {
         &self,
         request: Request<pb::GetGroupRequest>,
     ) -> Result<Response<pb::GetGroupResponse>, Status> {
-        let user = self.state.authenticate(request.metadata()).await?;
+        let user = self.state.accounts.authenticate(request.metadata()).await?;
         let req = request.into_inner();
-        let group = self
-            .state
-            .store
-            .group(&user, &req.group_id)
-            .await
-            .map_err(|e| match e {
-                chat_store::StoreError::NotFound => ApiError::NotFound("group"),
-                other => other.into(),
-            })?;
+        let group = self.state.chat.group(&user, &req.group_id).await?;
         Ok(Response::new(pb::GetGroupResponse {
             group: Some(convert::group(group)),
         }))

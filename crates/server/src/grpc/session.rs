@@ -61,8 +61,8 @@ pub fn start(
     let session = async move {
         let (reason, session_id, contacts) =
             run(&state, &username, token_hash, inbound, &out, closed).await;
-        state.retire_session(&username, session_id).await;
-        state.presence_on_disconnect(&username, &contacts).await;
+        state.delivery.retire_session(&username, session_id).await;
+        state.presence.on_disconnect(&username, &contacts).await;
         tracing::info!(user = %username, session = session_id, reason, "session ended");
     };
     tasks.spawn(session.instrument(span));
@@ -185,18 +185,20 @@ async fn run(
     closed: CancellationToken,
 ) -> (&'static str, u64, Vec<String>) {
     let limits = &state.config.limits;
-    let mut session = state
-        .sessions
-        .register(username, limits.session_queue, closed.clone());
+    let mut session =
+        state
+            .delivery
+            .sessions
+            .register(username, limits.session_queue, closed.clone());
     let session_id = session.id;
     tracing::Span::current().record("session", session_id);
     // Known to the cluster before the store is read: whatever is committed
     // from now on, anywhere, reaches this session live or through replay.
-    state.announce_session(username, session_id).await;
+    state.delivery.announce_session(username, session_id).await;
     // A secret replaced between the check at the door and the line above
     // sent its revocation to no session: check it again, now that any
     // later revocation finds this one.
-    match state.store.user_by_token_hash(&token_hash).await {
+    match state.accounts.owner(&token_hash).await {
         Ok(Some(owner)) if owner == username => {}
         Ok(_) => {
             let _ = out
@@ -207,13 +209,13 @@ async fn run(
             return ("secret revoked", session_id, Vec::new());
         }
         Err(e) => {
-            let _ = out.send(Err(Box::new(ApiError::from(e).into()))).await;
+            let _ = out.send(Err(Box::new(e.into()))).await;
             return ("store unavailable", session_id, Vec::new());
         }
     }
     let token = crate::auth::fingerprint(&token_hash);
     tracing::info!(user = %username, session = session_id, "session started");
-    let (contacts, online) = state.presence_on_connect(username).await;
+    let (contacts, online) = state.presence.on_connect(username).await;
     let presence = contacts
         .iter()
         .map(|c| pb::Presence {
@@ -268,10 +270,10 @@ async fn serve(
     };
 
     // ready, then the replay.
-    let conversations = match state.store.conversations(username).await {
+    let conversations = match state.chat.conversations(username).await {
         Ok(c) => c,
         Err(e) => {
-            let _ = out.send(Err(Box::new(ApiError::from(e).into()))).await;
+            let _ = out.send(Err(Box::new(e.into()))).await;
             return "store unavailable";
         }
     };
@@ -305,10 +307,10 @@ async fn serve(
                 before_seq: None,
                 limit: 200,
             };
-            let page = match state.store.history(username, &conversation_id, query).await {
+            let page = match state.chat.history(username, &conversation_id, query).await {
                 Ok(page) => page,
                 Err(e) => {
-                    let _ = out.send(Err(Box::new(ApiError::from(e).into()))).await;
+                    let _ = out.send(Err(Box::new(e.into()))).await;
                     return "store unavailable during replay";
                 }
             };
@@ -412,22 +414,21 @@ async fn serve(
                         }
                     }
                     In::MarkRead(req) => {
-                        if let Err(e) = state.mark_read(username, &req.conversation_id, req.seq).await {
+                        if let Err(e) = state.chat.mark_read(username, &req.conversation_id, req.seq).await {
                             if !emit(convert::frame(Out::Error(convert::error(&e)))).await {
                                 return "client gone";
                             }
                         }
                     }
                     In::Delivered(req) => {
-                        if let Err(e) = state.store.mark_delivered(username, &req.conversation_id, req.seq).await {
-                            let e = ApiError::from(e);
+                        if let Err(e) = state.chat.mark_delivered(username, &req.conversation_id, req.seq).await {
                             if !emit(convert::frame(Out::Error(convert::error(&e)))).await {
                                 return "client gone";
                             }
                         }
                     }
                     In::Typing(req) => {
-                        if let Err(e) = state.typing(username, &req.conversation_id, session_id).await {
+                        if let Err(e) = state.chat.typing(username, &req.conversation_id, session_id).await {
                             if !emit(convert::frame(Out::Error(convert::error(&e)))).await {
                                 return "client gone";
                             }
@@ -466,7 +467,10 @@ fn spawn_send_worker(
         while queued.recv_many(&mut batch, capacity).await > 0 {
             let ids: Vec<String> = batch.iter().map(|r| r.client_msg_id.clone()).collect();
             let inputs = std::mem::take(&mut batch);
-            let answers = state.send_messages(&user, inputs, Some(session_id)).await;
+            let answers = state
+                .chat
+                .send_messages(&user, inputs, Some(session_id))
+                .await;
             for (client_msg_id, answer) in ids.into_iter().zip(answers) {
                 let ack = match answer {
                     Ok(appended) => pb::SendAck {

@@ -175,8 +175,8 @@ pub async fn list(
     admin(&state, &headers, async {
         let limit = limit(&query, DEFAULT_LIST)?;
         let page = state
-            .store
-            .dead_letters(DeadLetterQuery {
+            .dead_letters
+            .page(DeadLetterQuery {
                 limit,
                 after_id: param(&query, "after")?,
                 pending_only: flag(&query, "pending")?,
@@ -198,11 +198,7 @@ pub async fn show(
     raw: Result<Path<String>, PathRejection>,
 ) -> Response {
     admin(&state, &headers, async {
-        let letter = state
-            .store
-            .dead_letter(id(raw)?)
-            .await?
-            .ok_or(ApiError::NotFound("dead letter"))?;
+        let letter = state.dead_letters.get(id(raw)?).await?;
         Ok(DeadLetterDetail {
             letter: summary(&letter),
             payload_text: std::str::from_utf8(&letter.payload).ok().map(str::to_owned),
@@ -220,7 +216,7 @@ pub async fn replay(
     raw: Result<Path<String>, PathRejection>,
 ) -> Response {
     admin(&state, &headers, async {
-        let replayed = state.replay_dead_letter(id(raw)?).await?;
+        let replayed = state.dead_letters.replay_one(id(raw)?).await?;
         match &replayed.replay {
             Replay::Delivered { .. } => Ok(ReplayResult {
                 dead_letter: Some(summary(&replayed.letter)),
@@ -247,6 +243,7 @@ pub async fn replay_pending(
 ) -> Response {
     admin(&state, &headers, async {
         let batch = state
+            .dead_letters
             .replay_pending(param(&query, "after")?, limit(&query, DEFAULT_REPLAY)?)
             .await?;
         let count = |f: fn(&Replay) -> bool| batch.results.iter().filter(|r| f(&r.replay)).count();
@@ -271,8 +268,8 @@ pub async fn purge(
 ) -> Response {
     admin(&state, &headers, async {
         let purged = state
-            .store
-            .purge_dead_letters(DeadLetterPurge {
+            .dead_letters
+            .purge(DeadLetterPurge {
                 before_unix_ms: param(&query, "before")?,
                 replayed_only: flag(&query, "replayed")?,
             })
@@ -294,7 +291,7 @@ pub async fn users(
         // Usernames are stored in lowercase; a cursor need not be a valid
         // name (any string sorts somewhere).
         let after = query.get("after").map(|a| a.to_ascii_lowercase());
-        let page = state.store.list_users(after.as_deref(), limit).await?;
+        let page = state.accounts.list(after.as_deref(), limit).await?;
         Ok(UserPage {
             has_more: page.len() >= limit as usize,
             next_after: page.last().map(|u| u.username.clone()),
@@ -323,7 +320,7 @@ pub async fn revoke(
         let Ok(Path(username)) = raw else {
             return Err(invalid("invalid username: not UTF-8"));
         };
-        let done = state.revoke_secret(&username).await?;
+        let done = state.accounts.revoke_secret(&username).await?;
         Ok(Revoked {
             username: done.username,
             secret: done.secret,
@@ -354,13 +351,13 @@ pub async fn sessions(
         let mut found = match query.get("user") {
             Some(user) => {
                 let user = crate::names::normalize_username(user)?;
-                let mut found = state.registry.sessions_of(&user).await.map_err(registry)?;
+                let mut found = state.delivery.sessions_of(&user).await.map_err(registry)?;
                 found.retain(|e| node.is_none_or(|n| e.node == n));
                 found
             }
             // One more than asked says whether there are more.
             None => state
-                .registry
+                .delivery
                 .list_sessions(node, limit + 1)
                 .await
                 .map_err(registry)?,
@@ -385,7 +382,7 @@ pub async fn sessions(
 /// `GET /admin/nodes`: the servers alive in the cluster.
 pub async fn nodes(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     admin(&state, &headers, async {
-        let nodes = state.registry.nodes().await.map_err(registry)?;
+        let nodes = state.delivery.nodes().await.map_err(registry)?;
         Ok(NodeList {
             nodes: nodes
                 .into_iter()

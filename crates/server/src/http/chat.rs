@@ -24,7 +24,7 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> Result<String, ApiErro
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .ok_or(ApiError::Unauthenticated)?;
-    state.authenticate_header(header).await
+    state.accounts.authenticate_header(header).await
 }
 
 /// The envelope around `result`.
@@ -50,7 +50,7 @@ pub async fn conversations(State(state): State<Arc<AppState>>, headers: HeaderMa
     let req_id = req_id(&headers);
     let answer = async {
         let user = caller(&state, &headers).await?;
-        let list = state.store.conversations(&user).await?;
+        let list = state.chat.conversations(&user).await?;
         let conversations = list
             .into_iter()
             .map(|c| Conversation {
@@ -92,7 +92,7 @@ pub async fn messages(
         let after = seq_param(&query, "after_seq")?;
         let limit = u32::try_from(seq_param(&query, "limit")?).unwrap_or(u32::MAX);
         let page = state
-            .store
+            .chat
             .history(
                 &user,
                 &conversation_id,
@@ -139,7 +139,7 @@ pub async fn send(State(state): State<Arc<AppState>>, headers: HeaderMap, body: 
             client_msg_id: parsed.client_msg_id,
             received: std::time::Instant::now(),
         };
-        let appended = state.send_message(&user, input, None).await?;
+        let appended = state.chat.send_message(&user, input, None).await?;
         Ok::<_, ApiError>(Message::from(appended.message))
     };
     respond(req_id, answer.await)

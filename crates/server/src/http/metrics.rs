@@ -13,14 +13,16 @@ use crate::AppState;
 pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let metrics = &state.metrics;
     // Read now from their one source of truth, not counted twice.
-    metrics.sessions.set(state.sessions.total() as f64);
-    metrics.store_failures.absolute(state.store.failures());
+    metrics.sessions.set(state.delivery.sessions.total() as f64);
+    metrics
+        .store_failures
+        .absolute(state.backends.store.failures());
     let mut out = metrics.render();
     // Counted on demand: the table is shared by every node of a cluster,
     // so no node's counter could say it. A store that cannot answer leaves
     // the gauge out rather than failing the whole scrape or showing a
     // stale number, which is why it is not a gauge of the recorder.
-    match state.store.count_dead_letters().await {
+    match state.dead_letters.count().await {
         Ok(stored) => {
             let name = "chat_dead_letters_stored";
             let _ = write!(

@@ -51,6 +51,7 @@ pub async fn register(
         Err(e) => return failure(&req_id, e),
     };
     match state
+        .accounts
         .register(
             &parsed.username,
             &parsed.name,
@@ -85,7 +86,7 @@ pub async fn get_user(
             ApiError::InvalidArgument("the username parameter is required".into()),
         );
     };
-    match state.profile(username).await {
+    match state.accounts.profile(username).await {
         Ok(profile) => success(
             req_id,
             Profile {
