@@ -7,15 +7,18 @@
 //! - [`settings`]: the same as an operator writes it (TOML file, `CHAT_…`
 //!   variables, flags), checked into a [`Config`].
 //! - [`names`]: what a valid username, display name and phone look like.
-//! - [`auth`]: secrets: generation, hashing, and the bearer check.
+//! - [`auth`]: [`auth::Accounts`], registration, profiles and secrets
+//!   (generation, hashing, the bearer check, rotation, revocation).
 //! - [`error`]: [`ApiError`], the one error type of the request handlers,
 //!   with one mapping to `tonic::Status` and one to the HTTP envelope.
 //! - [`sessions`]: the live sessions of this node and delivery to them.
-//! - [`chat`]: the chat operations shared by the stream and the unary RPCs
-//!   (send, mark read); the store first, then delivery.
+//! - [`chat`]: [`chat::Chat`], the chat operations shared by every
+//!   transport (send, edit, mark read, typing, groups, history); the store
+//!   first, then delivery.
 //! - [`presence`]: who of a user's contacts is online, pushed on change and
 //!   swept on every heartbeat.
-//! - [`routing`]: delivery across the cluster: local sessions directly,
+//! - [`routing`]: [`routing::Delivery`], delivery across the cluster:
+//!   local sessions directly,
 //!   other nodes' sessions through the registry and the bus; this node's
 //!   inbox and heartbeat.
 //! - [`dead_letters`]: the dead-letter queue: records routing could not
