@@ -620,6 +620,91 @@ async fn edits_cross_servers(c: Cluster) {
     c.stop().await;
 }
 
+/// Bursts from several senders on the other server, on streams and as
+/// unary sends each waiting for the previous answer, reach a member's
+/// stream on this server in seq order, every seq once, for each
+/// conversation (records between servers may overtake each other; the
+/// session fills what is missing from the store first).
+async fn live_delivery_keeps_seq_order_across_servers(c: Cluster) {
+    const BURST: usize = 100;
+    const UNARY: usize = 30;
+    let alice = c.a.register("alice").await;
+    let bob = c.b.register("bob").await;
+    let carol = c.b.register("carol").await;
+    let dave = c.b.register("dave").await;
+    let mut a = c.a.connect(&alice).await;
+    // A group of all four, created by bob: its sends interleave bob's
+    // and carol's.
+    let group =
+        c.b.chat(&bob)
+            .await
+            .create_group(pb::CreateGroupRequest {
+                name: "burst".into(),
+                members: vec!["alice".into(), "carol".into(), "dave".into()],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .group
+            .unwrap()
+            .group_id;
+    let group_send = |from: &str, i: usize| pb::SendMessageRequest {
+        target: Some(pb::send_message_request::Target::GroupId(group.clone())),
+        body: format!("{from} {i}"),
+        client_msg_id: format!("{from}-g{i}"),
+    };
+    let b_live = c.b.connect(&bob).await;
+    let c_live = c.b.connect(&carol).await;
+    // Back to back on two streams: bob to alice and to the group, carol
+    // to the group.
+    for i in 0..BURST {
+        b_live.send_to("alice", "x", &format!("bob-{i}")).await;
+        b_live.push(In::Send(group_send("bob", i))).await;
+        c_live.push(In::Send(group_send("carol", i))).await;
+    }
+    // Unary, each after the previous answer: dave to alice.
+    let mut dave_chat = c.b.chat(&dave).await;
+    for i in 0..UNARY {
+        dave_chat
+            .send_message(send_request("alice", "y", &format!("dave-{i}")))
+            .await
+            .unwrap();
+    }
+    // Alice's stream: per conversation, seqs 1, 2, 3, … without a gap or
+    // a repeat, until every conversation is complete.
+    let mut last: std::collections::HashMap<String, u64> = Default::default();
+    let want = [
+        (group.clone(), 1 + 2 * BURST as u64),
+        ("bob".to_string(), BURST as u64),
+        ("dave".to_string(), UNARY as u64),
+    ];
+    let mut conversation_of: std::collections::HashMap<String, String> = Default::default();
+    let complete = |last: &std::collections::HashMap<String, u64>,
+                    of: &std::collections::HashMap<String, String>| {
+        want.iter().all(|(key, n)| {
+            let id = of.get(key).unwrap_or(key);
+            last.get(id) == Some(n)
+        })
+    };
+    while !complete(&last, &conversation_of) {
+        let m = a.message().await;
+        if m.conversation_id != group {
+            conversation_of.insert(m.sender.clone(), m.conversation_id.clone());
+        }
+        let previous = last.entry(m.conversation_id.clone()).or_insert(0);
+        assert_eq!(
+            m.seq,
+            *previous + 1,
+            "conversation {} from {} out of order over {:?}",
+            m.conversation_id,
+            m.sender,
+            c.via
+        );
+        *previous = m.seq;
+    }
+    c.stop().await;
+}
+
 macro_rules! for_each_bus {
     ($($scenario:ident),* $(,)?) => {
         mod memory { use super::*; $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $scenario() { super::$scenario(cluster(Via::Memory).await).await } )* }
@@ -629,6 +714,7 @@ macro_rules! for_each_bus {
 }
 
 for_each_bus!(
+    live_delivery_keeps_seq_order_across_servers,
     cross_server_live_delivery,
     multi_device_across_servers,
     concurrent_senders_on_two_servers,

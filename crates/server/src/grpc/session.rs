@@ -4,14 +4,18 @@
 //! it reads the store, so nothing committed in between is missed. It then
 //! sends `ready`, replays every message after the member's delivered cursor
 //! (page by page, waiting on the client's flow control), and then forwards
-//! live events, dropping those the replay already covered. Client frames
-//! are handled as they come; sends go through a bounded queue to a worker
-//! that commits them in order and answers each with an ack.
+//! live events. Each conversation reaches the client in seq order, each
+//! seq once: a live message above the next seq (its predecessors are
+//! still on their way from another server, or lost) is preceded by those
+//! predecessors, read from the store where they are committed already,
+//! and what arrives late is dropped. Client frames are handled as they
+//! come; sends go through a bounded queue to a worker that commits them in
+//! order and answers each with an ack.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use chat_proto as pb;
@@ -104,69 +108,122 @@ impl tokio_stream::Stream for Frames {
     }
 }
 
-/// How many seqs below the highest one a [`SeqWindow`] remembers.
-const WINDOW: u64 = 256;
+/// What a session has sent of each conversation: the highest seq up to
+/// which everything went out in order, and, above it, the seqs of this
+/// session's own messages, which the client has from their acks. Shared
+/// with the send worker, which records its acks here; the lock is held
+/// only for map edits, never across an await.
+#[derive(Clone, Default)]
+struct Sent(Arc<Mutex<HashMap<String, SentOf>>>);
 
-/// The seqs of one conversation a session was sent: everything up to
-/// `floor` (the replay), and of the [`WINDOW`] seqs up to `max`, those
-/// whose bit is set in `recent` (bit i: seq `max - i`). Live messages of a
-/// conversation may arrive out of order (they come from several servers),
-/// so a plain "highest seq" would drop real ones; a seq below the window
-/// but above the floor is let through, as there is no telling.
-#[derive(Debug, Default, Clone, Copy)]
-struct SeqWindow {
-    floor: u64,
-    max: u64,
-    recent: [u64; (WINDOW / 64) as usize],
+#[derive(Default)]
+struct SentOf {
+    high: u64,
+    own: BTreeSet<u64>,
 }
 
-impl SeqWindow {
-    fn after(floor: u64) -> Self {
-        Self {
-            floor,
-            max: floor,
-            ..Self::default()
+/// The most own seqs kept above a gap per conversation: past it the
+/// lowest is forgotten (a gap fill may then send it again, which a client
+/// dedupes by seq), so a session that only sends cannot grow this.
+const MAX_OWN_ABOVE_GAP: usize = 1024;
+
+impl Sent {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SentOf>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn high(&self, conversation_id: &str) -> u64 {
+        self.lock().get(conversation_id).map_or(0, |c| c.high)
+    }
+
+    /// Everything up to `seq` went out; so did the own seqs right above.
+    fn advance(&self, conversation_id: &str, seq: u64) {
+        let mut map = self.lock();
+        let c = map.entry(conversation_id.to_owned()).or_default();
+        c.high = c.high.max(seq);
+        while c.own.remove(&(c.high + 1)) {
+            c.high += 1;
+        }
+        let high = c.high;
+        c.own.retain(|&s| s > high);
+    }
+
+    /// This session sent `seq` (the client has its ack).
+    fn own(&self, conversation_id: &str, seq: u64) {
+        let mut map = self.lock();
+        let c = map.entry(conversation_id.to_owned()).or_default();
+        if seq == c.high + 1 {
+            drop(map);
+            self.advance(conversation_id, seq);
+        } else if seq > c.high {
+            c.own.insert(seq);
+            if c.own.len() > MAX_OWN_ABOVE_GAP {
+                c.own.pop_first();
+            }
         }
     }
 
-    /// Records `seq`; false if it was sent already.
-    fn insert(&mut self, seq: u64) -> bool {
-        if seq <= self.floor {
-            return false;
-        }
-        if seq > self.max {
-            let shift = seq - self.max;
-            self.max = seq;
-            // Shift the whole bit string left by `shift` (words, then bits).
-            let (words, bits) = ((shift.min(WINDOW) / 64) as usize, (shift % 64) as u32);
-            let n = self.recent.len();
-            for i in (0..n).rev() {
-                let word = |j: usize| {
-                    if j >= words {
-                        self.recent[j - words]
-                    } else {
-                        0
-                    }
-                };
-                let low = if bits == 0 || i < 1 {
-                    0
-                } else {
-                    word(i - 1) >> (64 - bits)
-                };
-                self.recent[i] = if i >= words { word(i) << bits | low } else { 0 };
-            }
-            self.recent[0] |= 1;
-            return true;
-        }
-        let age = self.max - seq;
-        if age >= WINDOW {
-            return true;
-        }
-        let (word, bit) = ((age / 64) as usize, 1u64 << (age % 64));
-        let new = self.recent[word] & bit == 0;
-        self.recent[word] |= bit;
-        new
+    fn is_own(&self, conversation_id: &str, seq: u64) -> bool {
+        self.lock()
+            .get(conversation_id)
+            .is_some_and(|c| c.own.contains(&seq))
     }
+}
+
+/// Why [`send_history`] stopped early.
+enum Stop {
+    ClientGone,
+    Store(ApiError),
+}
+
+/// Sends the messages of `conversation_id` with a seq above `after` and
+/// below `before`, from the store, in order, page by page (each page
+/// waits on the client's flow control); returns the highest seq sent (or
+/// `after`).
+async fn send_history<F, Emitted>(
+    state: &AppState,
+    username: &str,
+    conversation_id: &str,
+    after: u64,
+    before: u64,
+    emit: &F,
+    own: Option<&Sent>,
+) -> Result<u64, Stop>
+where
+    F: Fn(pb::ServerFrame) -> Emitted,
+    Emitted: Future<Output = bool>,
+{
+    let mut high = after;
+    while high + 1 < before {
+        let query = HistoryQuery {
+            after_seq: Some(high),
+            before_seq: Some(before),
+            limit: chat_store::MAX_PAGE,
+        };
+        let page = state
+            .chat
+            .history(username, conversation_id, query)
+            .await
+            .map_err(Stop::Store)?;
+        let Some(newest) = page.messages.last().map(|m| m.seq) else {
+            break;
+        };
+        for m in &page.messages {
+            if own.is_some_and(|sent| sent.is_own(conversation_id, m.seq)) {
+                continue;
+            }
+            if !emit(convert::frame(Out::Message(convert::message(m)))).await {
+                return Err(Stop::ClientGone);
+            }
+        }
+        high = newest;
+        if !page.has_more {
+            break;
+        }
+    }
+    Ok(high)
 }
 
 /// A queued item as the client receives it; tonic's `Status` is large, but
@@ -277,11 +334,14 @@ async fn serve(
             return "store unavailable";
         }
     };
-    // Per conversation, which seqs this session has been sent: the replay
-    // covers everything up to its end, and live events are checked
-    // against a window of recent seqs, so a record the bus delivers twice
-    // (a producer retry) reaches the client once.
-    let mut sent: HashMap<String, SeqWindow> = HashMap::new();
+    // Per conversation, the highest seq this session has sent: everything
+    // up to it went out, in order. A record the bus delivers twice (a
+    // producer retry), or one overtaken by its successor, is at or below
+    // it and dropped.
+    let sent = Sent::default();
+    for c in &conversations {
+        sent.advance(&c.id, c.last_seq.max(c.delivered_seq));
+    }
     let pending: Vec<(String, u64, u64)> = conversations
         .iter()
         .filter(|c| c.delivered_seq < c.last_seq)
@@ -300,34 +360,24 @@ async fn serve(
         return "client gone before ready";
     }
     for (conversation_id, delivered, last) in pending {
-        let mut after = delivered;
-        while after < last {
-            let query = HistoryQuery {
-                after_seq: Some(after),
-                before_seq: None,
-                limit: 200,
-            };
-            let page = match state.chat.history(username, &conversation_id, query).await {
-                Ok(page) => page,
-                Err(e) => {
-                    let _ = out.send(Err(Box::new(e.into()))).await;
-                    return "store unavailable during replay";
-                }
-            };
-            let Some(newest) = page.messages.last().map(|m| m.seq) else {
-                break;
-            };
-            for m in &page.messages {
-                if !emit(convert::frame(Out::Message(convert::message(m)))).await {
-                    return "client gone during replay";
-                }
-            }
-            after = newest;
-            if !page.has_more {
-                break;
+        match send_history(
+            state,
+            username,
+            &conversation_id,
+            delivered,
+            last + 1,
+            &emit,
+            None,
+        )
+        .await
+        {
+            Ok(high) => sent.advance(&conversation_id, high),
+            Err(Stop::ClientGone) => return "client gone during replay",
+            Err(Stop::Store(e)) => {
+                let _ = out.send(Err(Box::new(e.into()))).await;
+                return "store unavailable during replay";
             }
         }
-        sent.insert(conversation_id, SeqWindow::after(after));
     }
 
     // Started by the first send: a session that only listens (most of
@@ -369,10 +419,26 @@ async fn serve(
                     return "secret revoked";
                 }
                 if let Event::Message(m) = &event {
-                    let window = sent.entry(m.conversation_id.clone()).or_default();
-                    if !window.insert(m.seq) {
+                    let high = sent.high(&m.conversation_id);
+                    if m.seq <= high {
                         continue;
                     }
+                    if m.seq > high + 1 {
+                        // Its predecessors first, from the store.
+                        let filled = send_history(state, username, &m.conversation_id, high, m.seq, &emit, Some(&sent)).await;
+                        match filled {
+                            Ok(_) => {}
+                            // No longer a member (this is the event of
+                            // their removal): nothing more to read.
+                            Err(Stop::Store(ApiError::NotFound(_))) => {}
+                            Err(Stop::ClientGone) => return "client gone",
+                            Err(Stop::Store(e)) => {
+                                let _ = out.send(Err(Box::new(e.into()))).await;
+                                return "store unavailable filling a gap";
+                            }
+                        }
+                    }
+                    sent.advance(&m.conversation_id, m.seq);
                 }
                 if !emit(convert::event(&event)).await {
                     return "client gone";
@@ -405,6 +471,7 @@ async fn serve(
                                 session_id,
                                 out,
                                 limits.queued_sends_per_session,
+                                sent.clone(),
                             )
                         });
                         // Received now: the send-to-commit latency
@@ -458,6 +525,7 @@ fn spawn_send_worker(
     session_id: u64,
     out: &Outbound,
     capacity: usize,
+    sent: Sent,
 ) -> (mpsc::Sender<crate::chat::SendInput>, JoinHandle<()>) {
     let capacity = capacity.max(1);
     let (sends, mut queued) = mpsc::channel::<crate::chat::SendInput>(capacity);
@@ -473,11 +541,16 @@ fn spawn_send_worker(
                 .await;
             for (client_msg_id, answer) in ids.into_iter().zip(answers) {
                 let ack = match answer {
-                    Ok(appended) => pb::SendAck {
-                        client_msg_id,
-                        message: Some(convert::message(&appended.message)),
-                        error: None,
-                    },
+                    Ok(appended) => {
+                        // The client has it from the ack: no gap fill
+                        // sends it back.
+                        sent.own(&appended.message.conversation_id, appended.message.seq);
+                        pb::SendAck {
+                            client_msg_id,
+                            message: Some(convert::message(&appended.message)),
+                            error: None,
+                        }
+                    }
                     Err(e) => pb::SendAck {
                         client_msg_id,
                         message: None,
@@ -493,33 +566,4 @@ fn spawn_send_worker(
     };
     // Its log lines carry the session's span.
     (sends, tokio::spawn(worker.in_current_span()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::SeqWindow;
-
-    #[test]
-    fn each_seq_passes_once_in_any_order() {
-        let mut w = SeqWindow::after(10);
-        assert!(!w.insert(10), "the replay covered it");
-        assert!(!w.insert(3));
-        for seq in [12, 11, 15, 13, 14] {
-            assert!(w.insert(seq), "{seq} is new");
-        }
-        for seq in [11, 12, 13, 14, 15] {
-            assert!(!w.insert(seq), "{seq} was sent");
-        }
-        assert!(w.insert(100));
-        assert!(w.insert(16), "in the window, not sent yet");
-        assert!(!w.insert(16) && !w.insert(15) && !w.insert(100));
-        assert!(w.insert(400));
-        assert!(!w.insert(400));
-        // Out of the window but above the floor: let through.
-        assert!(w.insert(17));
-        assert!(w.insert(300));
-        assert!(!w.insert(300));
-        let mut fresh = SeqWindow::default();
-        assert!(fresh.insert(1) && !fresh.insert(1));
-    }
 }
