@@ -29,6 +29,10 @@ pub enum ApiError {
         what: &'static str,
         retry_after: std::time::Duration,
     },
+    /// An HTTP request body over the limit (`limit` bytes); nothing was
+    /// read or changed.
+    #[error("the request body is larger than {limit} bytes, the most accepted")]
+    PayloadTooLarge { limit: usize },
     /// A backend is down or the server is stopping; nothing was committed.
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -46,6 +50,7 @@ impl ApiError {
             ApiError::AlreadyExists(_) => "already_exists",
             ApiError::PermissionDenied(_) => "permission_denied",
             ApiError::ResourceExhausted(_) | ApiError::RateLimited { .. } => "resource_exhausted",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -59,6 +64,7 @@ impl ApiError {
             ApiError::AlreadyExists(_) => 409,
             ApiError::PermissionDenied(_) => 403,
             ApiError::ResourceExhausted(_) | ApiError::RateLimited { .. } => 429,
+            ApiError::PayloadTooLarge { .. } => 413,
             ApiError::Unavailable(_) => 503,
             ApiError::Internal(_) => 500,
         }
@@ -100,9 +106,9 @@ impl From<ApiError> for tonic::Status {
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::AlreadyExists(_) => Code::AlreadyExists,
             ApiError::PermissionDenied(_) => Code::PermissionDenied,
-            ApiError::ResourceExhausted(_) | ApiError::RateLimited { .. } => {
-                Code::ResourceExhausted
-            }
+            ApiError::ResourceExhausted(_)
+            | ApiError::RateLimited { .. }
+            | ApiError::PayloadTooLarge { .. } => Code::ResourceExhausted,
             ApiError::Unavailable(_) => Code::Unavailable,
             ApiError::Internal(_) => Code::Internal,
         };

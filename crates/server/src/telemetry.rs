@@ -57,7 +57,9 @@ pub fn failure_reason(e: &ApiError) -> &'static str {
         ApiError::Unavailable(_) => "unavailable",
         ApiError::Internal(_) => "internal",
         // Not answers a send gives; counted all the same.
-        ApiError::Unauthenticated | ApiError::AlreadyExists(_) => "other",
+        ApiError::Unauthenticated
+        | ApiError::AlreadyExists(_)
+        | ApiError::PayloadTooLarge { .. } => "other",
     }
 }
 

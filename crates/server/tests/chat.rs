@@ -566,14 +566,24 @@ async fn bad_sends_are_refused_with_clear_errors() {
         assert_eq!(err.code(), code, "{req:?}: {err:?}");
         assert!(!err.message().is_empty());
     }
-    // A frame beyond the decode limit is refused before it is parsed.
+    // A frame beyond the decode limit is refused before it is parsed,
+    // with gRPC's answer to a message over the limit.
     let huge = attempt(send_request("bob", &"x".repeat(100 * 1024), "e8"))
         .await
         .unwrap_err();
-    assert!(
-        matches!(huge.code(), Code::ResourceExhausted | Code::OutOfRange),
-        "{huge:?}"
-    );
+    assert_eq!(huge.code(), Code::ResourceExhausted, "{huge:?}");
+    // The same on a stream: it ends with the same answer.
+    let mut live = server.connect(&alice).await;
+    live.send_to("bob", &"z".repeat(100 * 1024), "e9").await;
+    let ended = loop {
+        match live.next().await {
+            Some(Ok(_)) => continue,
+            Some(Err(status)) => break status,
+            None => panic!("the stream ended without a status"),
+        }
+    };
+    assert_eq!(ended.code(), Code::ResourceExhausted, "{ended:?}");
+    assert!(ended.message().contains("too large"), "{ended:?}");
 
     // Exactly at the limit is fine, and nothing before it was stored.
     let ok = attempt(send_request("bob", &"y".repeat(4096), "ok"))

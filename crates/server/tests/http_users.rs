@@ -150,9 +150,37 @@ async fn unknown_users_routes_and_missing_parameters() {
 #[tokio::test]
 async fn oversized_bodies_are_refused() {
     let server = TestServer::start().await;
-    let huge = format!(r#"{{"username":"big","name":"{}"}}"#, "x".repeat(64 * 1024));
-    let answer = http(server.http_addr, "POST", REGISTER, Some(huge.as_bytes())).await;
+    // The limit is the larger of 16 KiB and 6 × max_body_bytes + 4 KiB:
+    // 28,672 bytes with the defaults. At it: read (and refused for what it
+    // says); one byte over: 413, in the envelope.
+    let limit = 6 * 4096 + 4096;
+    let body_of = |len: usize| {
+        let head = r#"{"username":"big","name":""#;
+        let tail = r#""}"#;
+        format!("{head}{}{tail}", "x".repeat(len - head.len() - tail.len()))
+    };
+    let at = http(
+        server.http_addr,
+        "POST",
+        REGISTER,
+        Some(body_of(limit).as_bytes()),
+    )
+    .await;
+    assert_eq!(at.status, 400, "{}", at.body);
+    let over = body_of(limit + 1);
+    let answer = http(server.http_addr, "POST", REGISTER, Some(over.as_bytes())).await;
     assert_eq!(answer.status, 413, "{}", answer.body);
+    assert_eq!(answer.json["status"], "error", "{}", answer.body);
+    assert_eq!(answer.json["code"], 413);
+    assert_eq!(answer.json["error"]["kind"], "payload_too_large");
+    assert!(
+        answer.json["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("28672")),
+        "{}",
+        answer.body
+    );
+    assert!(answer.json["req_id"].is_string());
     let user = http(
         server.http_addr,
         "GET",

@@ -36,6 +36,9 @@ pub async fn serve(
     let users = UserServiceServer::new(users::UserApi { state }).max_decoding_message_size(limit);
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .layer(tower::util::MapResponseLayer::new(
+            too_large_as_resource_exhausted,
+        ))
         // Each call runs in a span naming its method (`Connect` streams
         // add a `session` span of their own).
         .trace_fn(|request| {
@@ -47,4 +50,39 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
+}
+
+/// gRPC's answer to a message larger than the configured limit is
+/// `RESOURCE_EXHAUSTED`: what the C, Go and Java implementations send and
+/// what their clients expect. tonic refuses such a request before any
+/// handler runs, as `OUT_OF_RANGE`, which nothing else of this API
+/// answers: a unary call's refusal is rewritten here, and a `Connect`
+/// stream's by [`too_large`], so that both say the same.
+fn too_large_as_resource_exhausted<B>(
+    mut response: axum::http::Response<B>,
+) -> axum::http::Response<B> {
+    let headers = response.headers_mut();
+    let out_of_range = (tonic::Code::OutOfRange as i32).to_string();
+    if headers
+        .get("grpc-status")
+        .is_some_and(|status| status.as_bytes() == out_of_range.as_bytes())
+    {
+        let exhausted = (tonic::Code::ResourceExhausted as i32).to_string();
+        if let Ok(value) = axum::http::HeaderValue::from_str(&exhausted) {
+            headers.insert("grpc-status", value);
+        }
+    }
+    response
+}
+
+/// The status of a client frame that could not be read: one too large
+/// (tonic's `OUT_OF_RANGE`) is `RESOURCE_EXHAUSTED`, as for unary calls;
+/// anything else is `INVALID_ARGUMENT`.
+pub(crate) fn unreadable_frame(status: &tonic::Status) -> tonic::Status {
+    let message = format!("cannot read client frame: {}", status.message());
+    if status.code() == tonic::Code::OutOfRange {
+        tonic::Status::resource_exhausted(message)
+    } else {
+        tonic::Status::invalid_argument(message)
+    }
 }

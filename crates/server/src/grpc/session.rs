@@ -453,9 +453,7 @@ async fn serve(
                     Ok(None) => return "client closed the stream",
                     Err(status) => {
                         tracing::info!(user = %username, error = %status, "bad client frame");
-                        let _ = out.try_send(Err(Box::new(Status::invalid_argument(format!(
-                            "cannot read client frame: {}", status.message()
-                        )))));
+                        let _ = out.try_send(Err(Box::new(super::unreadable_frame(&status))));
                         return "bad client frame";
                     }
                 };

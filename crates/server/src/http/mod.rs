@@ -86,8 +86,28 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            body_limit,
+            body_too_large,
+        ))
         .layer(axum::middleware::from_fn(trace::trace))
         .with_state(state)
+}
+
+/// A body over the limit is refused by axum's extractor before the
+/// handler runs, in plain text; here it becomes the envelope every other
+/// error is (`payload_too_large`, 413), naming the limit.
+async fn body_too_large(
+    axum::extract::State(limit): axum::extract::State<usize>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let id = req_id(request.headers());
+    let response = next.run(request).await;
+    if response.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return failure(&id, ApiError::PayloadTooLarge { limit });
+    }
+    response
 }
 
 pub async fn serve(
