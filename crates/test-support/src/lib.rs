@@ -23,6 +23,7 @@ pub use chat_proto::AuthedChatClient;
 
 pub mod fault;
 pub mod ledger;
+pub mod proc;
 
 /// The longest any test waits for an event that should come.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -483,6 +484,42 @@ pub mod services {
         match server.rsplit_once('/') {
             Some((base, _)) if base.contains("://") => format!("{base}/{name}"),
             _ => panic!("CHAT_TEST_POSTGRES_URL must be a URL ending in /<database>"),
+        }
+    }
+
+    /// A connection of its own to the test PostgreSQL server (to its
+    /// default database, never to a test's), to see what others hold.
+    pub struct PostgresObserver {
+        client: tokio_postgres::Client,
+    }
+
+    impl PostgresObserver {
+        pub async fn connect() -> Self {
+            let server = env("CHAT_TEST_POSTGRES_URL");
+            let (client, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
+                .await
+                .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {server}: {e}"));
+            tokio::spawn(connection);
+            Self { client }
+        }
+
+        /// How many connections to the database of `url` (one that
+        /// [`fresh_postgres`] gave) are open now, from `pg_stat_activity`.
+        pub async fn connections(&self, url: &str) -> u64 {
+            let database = url
+                .rsplit_once('/')
+                .and_then(|(_, rest)| rest.split('?').next())
+                .expect("a URL ending in /<database>");
+            let row = self
+                .client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+                    &[&database],
+                )
+                .await
+                .expect("read pg_stat_activity");
+            let count: i64 = row.get(0);
+            u64::try_from(count).expect("a count is not negative")
         }
     }
 }
