@@ -469,13 +469,20 @@ pub mod services {
         format!("{prefix}{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
     }
 
-    /// The URL of a new, empty PostgreSQL database.
-    pub async fn fresh_postgres() -> String {
+    /// `CHAT_TEST_POSTGRES_URL` and a connection to it (its default
+    /// database, never a test's).
+    async fn postgres_server() -> (String, tokio_postgres::Client) {
         let server = env("CHAT_TEST_POSTGRES_URL");
         let (client, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
             .await
             .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {server}: {e}"));
         tokio::spawn(connection);
+        (server, client)
+    }
+
+    /// The URL of a new, empty PostgreSQL database.
+    pub async fn fresh_postgres() -> String {
+        let (server, client) = postgres_server().await;
         let name = unique("chat_test_");
         client
             .batch_execute(&format!("CREATE DATABASE {name}"))
@@ -495,11 +502,7 @@ pub mod services {
 
     impl PostgresObserver {
         pub async fn connect() -> Self {
-            let server = env("CHAT_TEST_POSTGRES_URL");
-            let (client, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
-                .await
-                .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {server}: {e}"));
-            tokio::spawn(connection);
+            let (_, client) = postgres_server().await;
             Self { client }
         }
 
