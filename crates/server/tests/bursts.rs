@@ -26,8 +26,11 @@ use tokio_stream::wrappers::ReceiverStream;
 const BINARY: &str = env!("CARGO_BIN_EXE_chat-server");
 
 /// Smaller than the default (16) so that the bounds below, which grow
-/// with it, stay tight; the server is told explicitly.
-const STORE_CONNECTIONS: u64 = 8;
+/// with it, stay tight: a server whose reads outrun this many turns leaves
+/// tens of descriptors on `chat.db` (SQLite keeps a closed connection's
+/// descriptor while others hold locks on the file), far past the pool's
+/// four. The server is told explicitly.
+const STORE_CONNECTIONS: u64 = 4;
 const BURSTS: usize = 5;
 /// HTTP/2 connections per burst, and streams on each.
 const CHANNELS: usize = 10;
@@ -39,13 +42,13 @@ const MESSAGES_EACH: usize = 3;
 /// the start; store reads wait for one of `STORE_CONNECTIONS` turns before
 /// they take a blocking thread, but a thread that has given its turn back
 /// is not yet idle when the next read asks for one, so the blocking pool
-/// still grows past the turns: measured with 8 turns, 18 to 56 threads
-/// more over five bursts (the count creeps from burst to burst while idle
-/// threads linger for 10 s). Without the turns a burst took a thread per
-/// read, up to the pool's 512. 128 is well above the first and far below
-/// the second; a bound of turns plus a few would need the reads to run on
-/// threads of the store's own.
-const THREADS_ADDED: u64 = 128;
+/// still grows past the turns, and creeps from burst to burst while idle
+/// threads linger for 10 s: measured with 4 turns, +14 to +19 threads at
+/// the peak of five bursts (with 8 turns, up to +56). Reads that took a
+/// thread each reached +86 here and the pool's 512 in a release build.
+/// 16 per turn is three times the measured growth; a bound of turns plus a
+/// few would need the reads to run on threads of the store's own.
+const THREADS_ADDED: u64 = 16 * STORE_CONNECTIONS;
 
 /// Descriptors on `chat.db` that may stay open after a burst: the read
 /// pool keeps its connections between reads, at most one per turn, one
@@ -58,13 +61,13 @@ const DB_FDS_ADDED: u64 = STORE_CONNECTIONS;
 const FDS_ADDED: u64 = 2 * STORE_CONNECTIONS + 4;
 
 /// Resident memory a burst may add at its peak. Measured (three runs of
-/// a debug build, medians): 26 MiB at the start, 57 MiB after the first
-/// burst, 63 to 64 MiB after the fifth, i.e. +37 MiB: mostly the 1,000
+/// a debug build, medians): 26 MiB at the start, 56 MiB after the first
+/// burst, 61.5 MiB after the fifth, i.e. +36 MiB: mostly the 1,000
 /// sessions' buffers and HTTP/2 stream state, which the allocator keeps
 /// after they are freed, so later bursts add little. A server whose reads
 /// each took a thread and a SQLite connection (stack and page cache) grew
-/// by about 100 MiB under such bursts. 64 MiB leaves a margin of a half
-/// over the measured growth.
+/// by about 100 MiB under such bursts in a release build. 64 MiB leaves a
+/// margin of three quarters over the measured growth.
 const RSS_ADDED: u64 = 64 << 20;
 
 /// One user, "burst", with `CONVERSATIONS` direct conversations, each
