@@ -24,6 +24,7 @@ pub use chat_proto::AuthedChatClient;
 pub mod fault;
 pub mod http;
 pub mod ledger;
+pub mod proc;
 
 pub use http::{http, http_as, http_with, HttpAnswer};
 
@@ -398,13 +399,20 @@ pub mod services {
         host_port.parse().expect("a numeric host:port")
     }
 
-    /// The URL of a new, empty PostgreSQL database.
-    pub async fn fresh_postgres() -> String {
+    /// `CHAT_TEST_POSTGRES_URL` and a connection to it (its default
+    /// database, never a test's).
+    async fn postgres_server() -> (String, tokio_postgres::Client) {
         let server = env("CHAT_TEST_POSTGRES_URL");
         let (client, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
             .await
             .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {server}: {e}"));
         tokio::spawn(connection);
+        (server, client)
+    }
+
+    /// The URL of a new, empty PostgreSQL database.
+    pub async fn fresh_postgres() -> String {
+        let (server, client) = postgres_server().await;
         let name = unique("chat_test_");
         client
             .batch_execute(&format!("CREATE DATABASE {name}"))
@@ -413,6 +421,38 @@ pub mod services {
         match server.rsplit_once('/') {
             Some((base, _)) if base.contains("://") => format!("{base}/{name}"),
             _ => panic!("CHAT_TEST_POSTGRES_URL must be a URL ending in /<database>"),
+        }
+    }
+
+    /// A connection of its own to the test PostgreSQL server (to its
+    /// default database, never to a test's), to see what others hold.
+    pub struct PostgresObserver {
+        client: tokio_postgres::Client,
+    }
+
+    impl PostgresObserver {
+        pub async fn connect() -> Self {
+            let (_, client) = postgres_server().await;
+            Self { client }
+        }
+
+        /// How many connections to the database of `url` (one that
+        /// [`fresh_postgres`] gave) are open now, from `pg_stat_activity`.
+        pub async fn connections(&self, url: &str) -> u64 {
+            let database = url
+                .rsplit_once('/')
+                .and_then(|(_, rest)| rest.split('?').next())
+                .expect("a URL ending in /<database>");
+            let row = self
+                .client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+                    &[&database],
+                )
+                .await
+                .expect("read pg_stat_activity");
+            let count: i64 = row.get(0);
+            u64::try_from(count).expect("a count is not negative")
         }
     }
 }
