@@ -2,10 +2,10 @@
 //! 20 conversations opens 1,000 `Connect` streams at once over 10 HTTP/2
 //! connections, each waits for its `ready` (the store read the user's
 //! conversations, the replay has begun), then all are dropped without a
-//! goodbye. Store operations wait for one of `store_connections` turns, so
-//! a burst takes at most that many blocking threads and database
-//! connections, and what it opened is closed again once the sessions are
-//! gone. Against the real binary in a child process: only its `/proc` shows
+//! goodbye. Store operations wait for one of `store_connections` turns
+//! (SQLite's reader threads, PostgreSQL's pool), so a burst adds no thread
+//! and no database connection, and what it opened is closed again once
+//! the sessions are gone. Against the real binary in a child process: only its `/proc` shows
 //! threads, descriptors and memory.
 
 use std::path::Path;
@@ -38,17 +38,14 @@ const STREAMS_PER_CHANNEL: usize = 100;
 const CONVERSATIONS: usize = 20;
 const MESSAGES_EACH: usize = 3;
 
-/// Threads a burst may add at its peak. The tokio workers are there from
-/// the start; store reads wait for one of `STORE_CONNECTIONS` turns before
-/// they take a blocking thread, but a thread that has given its turn back
-/// is not yet idle when the next read asks for one, so the blocking pool
-/// still grows past the turns, and creeps from burst to burst while idle
-/// threads linger for 10 s: measured with 4 turns, +14 to +19 threads at
-/// the peak of five bursts (with 8 turns, up to +56). Reads that took a
-/// thread each reached +86 here and the pool's 512 in a release build.
-/// 16 per turn is three times the measured growth; a bound of turns plus a
-/// few would need the reads to run on threads of the store's own.
-const THREADS_ADDED: u64 = 16 * STORE_CONNECTIONS;
+/// Threads a burst may add at its peak: none that the store or the
+/// sessions start (the tokio workers, the writer, the checkpointer and the
+/// `STORE_CONNECTIONS` reader threads are there from the start; measured:
+/// +0 over five bursts), and two for whatever the runtime starts lazily.
+/// Before the reads ran on threads of the store's own, each took one of
+/// tokio's blocking threads: +14 to +86 here, and the pool's 512 in a
+/// release build.
+const THREADS_ADDED: u64 = 2;
 
 /// Descriptors on `chat.db` that may stay open after a burst: the read
 /// pool keeps its connections between reads, at most one per turn, one

@@ -7,9 +7,11 @@
 //! This "group commit" turns N concurrent sends into one fsync, and a single
 //! writer makes seq assignment trivially gap-free.
 //!
-//! Reads run on a small pool of read-only connections inside
-//! `spawn_blocking`, so they never block the async runtime and never wait
-//! for the writer (WAL readers see the last committed state).
+//! Reads run on a fixed set of reader threads, each with its read-only
+//! connection (`read_pool_size` of them), so they never block the async
+//! runtime, never wait for the writer (WAL readers see the last committed
+//! state), and a burst of them queues instead of growing threads or
+//! descriptors.
 //!
 //! # Layout
 //!
@@ -27,7 +29,7 @@ mod schema;
 mod users;
 mod writer;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -63,8 +65,8 @@ pub struct SqliteConfig {
     pub max_batch: usize,
     /// Writes that may wait for the writer before callers wait too.
     pub queue_capacity: usize,
-    /// Reads that run at once, each on a read connection kept open
-    /// between reads; more wait for a turn.
+    /// Reader threads, each with its read connection: the reads that run
+    /// at once; more wait for a turn.
     pub read_pool_size: usize,
 }
 
@@ -84,7 +86,7 @@ impl SqliteConfig {
 #[derive(Clone)]
 pub struct SqliteStore {
     writes: mpsc::SyncSender<WriteOp>,
-    readers: Arc<ReadPool>,
+    readers: Arc<Readers>,
     failures: Arc<Failures>,
 }
 impl SqliteStore {
@@ -129,13 +131,11 @@ impl SqliteStore {
             })
             .map_err(|e| StoreError::Internal(format!("cannot start the writer: {e}")))?;
 
-        let readers = Arc::new(ReadPool {
-            path: config.path.clone(),
-            durability: config.durability,
-            idle: Mutex::new(Vec::new()),
-            max_idle: config.read_pool_size.max(1),
-            permits: Arc::new(tokio::sync::Semaphore::new(config.read_pool_size.max(1))),
-        });
+        let readers = Arc::new(Readers::start(
+            &config.path,
+            config.durability,
+            config.read_pool_size.max(1),
+        )?);
         Ok(Self {
             writes,
             readers,
@@ -194,62 +194,94 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let readers = self.readers.clone();
-        // A burst of reads queues here instead of taking a blocking thread
-        // and a connection (three descriptors) each. The permit goes with
-        // the read into its thread: a caller that gives up does not free
-        // it before the read is over.
-        let permit = readers
+        // A burst of reads queues here, on the permits, instead of taking
+        // a thread and a connection each. The permit goes with the read
+        // into its thread: a caller that gives up does not free it before
+        // the read is over.
+        let permit = self
+            .readers
             .permits
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
-        tokio::task::spawn_blocking(move || {
-            let conn = readers.take()?;
-            let result = f(&conn);
-            readers.give_back(conn);
+        let (reply, answer) = oneshot::channel();
+        let job: ReadJob = Box::new(move |conn| {
+            // A caller that went away no longer needs its answer.
+            let _ = reply.send(conn.and_then(f));
             drop(permit);
-            result
-        })
-        .await
-        .map_err(|e| StoreError::Internal(e.to_string()))?
+        });
+        self.readers
+            .jobs
+            .send(job)
+            .map_err(|_| StoreError::Unavailable("the store readers stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the store reader stopped".into()))?
     }
 }
 /// The write connection inside the writer's transaction, as the rules of
 /// [`crate::domain`] use it: the single writer is every lock they need.
 struct Tx<'c>(&'c Connection);
 
-/// Read-only connections kept open between reads, at most `max_idle`,
-/// and never more in use at once than there are `permits` (as many).
-struct ReadPool {
-    path: PathBuf,
-    durability: Durability,
-    /// A std mutex: it is held only to push or pop, never across I/O.
-    idle: Mutex<Vec<Connection>>,
-    max_idle: usize,
-    /// One per read running; a read waits for one before it takes a
-    /// blocking thread and a connection.
+/// A read for a reader thread: given its connection (or why it has none),
+/// it runs and answers on a channel of its own.
+type ReadJob = Box<dyn FnOnce(Result<&Connection>) + Send>;
+
+/// The reader threads: a fixed number, each with its read-only connection,
+/// so a burst of reads costs neither threads nor descriptors, only a wait
+/// for a permit. At most as many reads are queued as there are permits
+/// (one per thread), so the queue needs no bound of its own.
+struct Readers {
+    jobs: mpsc::Sender<ReadJob>,
     permits: Arc<tokio::sync::Semaphore>,
 }
 
-impl ReadPool {
-    fn take(&self) -> Result<Connection> {
-        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
-        match idle {
-            Some(conn) => Ok(conn),
-            None => open_connection(&self.path, self.durability, true),
+impl Readers {
+    fn start(path: &Path, durability: Durability, threads: usize) -> Result<Self> {
+        let (jobs, queue) = mpsc::channel::<ReadJob>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..threads {
+            let (queue, path) = (queue.clone(), path.to_owned());
+            std::thread::Builder::new()
+                .name(format!("sqlite-reader-{i}"))
+                .spawn(move || read_loop(&queue, &path, durability))
+                .map_err(|e| StoreError::Internal(format!("cannot start a reader: {e}")))?;
         }
+        Ok(Self {
+            jobs,
+            permits: Arc::new(tokio::sync::Semaphore::new(threads)),
+        })
     }
+}
 
-    fn give_back(&self, conn: Connection) {
-        if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < self.max_idle {
-                idle.push(conn);
+/// One reader thread: takes reads from the shared queue until the store is
+/// dropped, on a connection opened at the first read (and again after one
+/// that failed to open).
+fn read_loop(queue: &Mutex<mpsc::Receiver<ReadJob>>, path: &Path, durability: Durability) {
+    let mut conn: Option<Connection> = None;
+    loop {
+        // The lock is held only to take one read.
+        let job = match queue.lock() {
+            Ok(queue) => queue.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = job else { return };
+        if conn.is_none() {
+            match open_connection(path, durability, true) {
+                Ok(opened) => conn = Some(opened),
+                Err(e) => {
+                    job(Err(e));
+                    continue;
+                }
             }
+        }
+        if let Some(conn) = &conn {
+            job(Ok(conn));
         }
     }
 }
+
 #[async_trait]
 impl StoreHealth for SqliteStore {
     /// A query on a pooled read connection, and an empty batch through the
