@@ -342,12 +342,7 @@ pub async fn run_with(
 
     let grpc_tls = certificates.as_ref().map(|c| c.grpc()).transpose()?;
     let http_tls = certificates.as_ref().map(|c| c.http()).transpose()?;
-    let grpc = grpc::serve(
-        state.clone(),
-        listeners.grpc,
-        grpc_tls,
-        draining.clone(),
-    );
+    let grpc = grpc::serve(state.clone(), listeners.grpc, grpc_tls, draining.clone());
     // HTTP serves on while the sessions drain, so that `/readyz` tells
     // load balancers to send no one here, and `/metrics` shows the drain.
     let http = http::serve(state.clone(), listeners.http, http_tls, token.clone());

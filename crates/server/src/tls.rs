@@ -206,7 +206,9 @@ impl Certificates {
 
     fn reload_logged(&self, why: &'static str) {
         match self.reload() {
-            Ok(()) => tracing::info!(cert = %self.files.cert.display(), why, "TLS certificate reloaded"),
+            Ok(()) => {
+                tracing::info!(cert = %self.files.cert.display(), why, "TLS certificate reloaded")
+            }
             Err(e) => tracing::error!(
                 error = %e,
                 why,
@@ -252,7 +254,9 @@ impl ResolvesServerCert for Certificates {
 pub async fn watch(certificates: Arc<Certificates>, stop: CancellationToken) {
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| tracing::warn!(error = %e, "no SIGHUP handler: reloading on file changes only"))
+        .map_err(
+            |e| tracing::warn!(error = %e, "no SIGHUP handler: reloading on file changes only"),
+        )
         .ok();
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -395,13 +399,7 @@ pub fn refusal(error: &(dyn std::error::Error + 'static)) -> Option<String> {
     use rustls::CertificateError as Why;
     let mut cause = Some(error);
     while let Some(error) = cause {
-        let tls = error.downcast_ref::<rustls::Error>().or_else(|| {
-            error
-                .downcast_ref::<io::Error>()
-                .and_then(|e| e.get_ref())
-                .and_then(|e| e.downcast_ref::<rustls::Error>())
-        });
-        if let Some(rustls::Error::InvalidCertificate(why)) = tls {
+        if let Some(rustls::Error::InvalidCertificate(why)) = error.downcast_ref() {
             let words = match why {
                 Why::UnknownIssuer | Why::BadSignature => {
                     "it is not signed by a trusted CA (give the CA with --ca-cert FILE)".into()
@@ -416,7 +414,11 @@ pub fn refusal(error: &(dyn std::error::Error + 'static)) -> Option<String> {
             };
             return Some(words);
         }
-        cause = error.source();
+        // An `io::Error`'s `source` skips the error it wraps.
+        cause = match error.downcast_ref::<io::Error>().and_then(|e| e.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        };
     }
     None
 }
@@ -433,9 +435,10 @@ pub fn self_signed(hosts: &[String]) -> Result<(String, String), TlsError> {
     params.not_before = rcgen::date_time_ymd(today.year(), month, day);
     params.not_after = rcgen::date_time_ymd(today.year() + 1, month, day);
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, hosts.first().cloned().unwrap_or_default());
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        hosts.first().cloned().unwrap_or_default(),
+    );
     let key = rcgen::KeyPair::generate()?;
     let cert = params.self_signed(&key)?;
     Ok((cert.pem(), key.serialize_pem()))

@@ -1,0 +1,237 @@
+//! TLS on both listeners, with certificates made for the run: gRPC and
+//! HTTP served over it, plaintext clients refused quickly, certificates
+//! that do not verify refused by every client, and a reload that new
+//! handshakes see while an open stream keeps working.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use chat_proto as pb;
+use chat_proto::user_service_client::UserServiceClient;
+use chat_test_support::tls::{self, TestCa, Validity};
+use chat_test_support::{admin_cli, admin_token, TestServer, TEST_ADMIN_TOKEN, WAIT};
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_chat-server"))
+}
+
+/// An HTTPS client trusting only `ca_pem`.
+fn https_client(ca_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .timeout(WAIT)
+        .build()
+        .unwrap()
+}
+
+async fn register(channel: tonic::transport::Channel, username: &str) -> Result<(), tonic::Status> {
+    UserServiceClient::new(channel)
+        .register(pb::RegisterRequest {
+            username: username.into(),
+            name: username.into(),
+            phone: String::new(),
+        })
+        .await
+        .map(drop)
+}
+
+#[tokio::test]
+async fn grpc_and_http_are_served_over_tls_with_hsts() {
+    let ca = TestCa::new("test CA");
+    let server = TestServer::start_tls(&ca, |_| {}).await;
+    // gRPC: registration and a live stream, over TLS (ALPN h2).
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let mut live = server.connect(&bob).await;
+    server
+        .chat(&alice)
+        .await
+        .send_message(chat_test_support::send_request("bob", "over tls", "m1"))
+        .await
+        .expect("send over TLS");
+    assert_eq!(live.message().await.body, "over tls");
+    // HTTP: answers carry Strict-Transport-Security.
+    let answer = https_client(&ca.cert_pem)
+        .get(format!(
+            "https://localhost:{}/healthz",
+            server.http_addr.port()
+        ))
+        .send()
+        .await
+        .expect("HTTPS request");
+    assert_eq!(answer.status(), 200);
+    assert_eq!(
+        answer
+            .headers()
+            .get("strict-transport-security")
+            .map(|v| v.to_str().unwrap().to_owned()),
+        Some("max-age=31536000".to_owned())
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn plaintext_clients_fail_fast_against_the_tls_ports() {
+    let ca = TestCa::new("test CA");
+    let server = TestServer::start_tls(&ca, |_| {}).await;
+    let started = Instant::now();
+    let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc_addr))
+        .unwrap()
+        .connect_lazy();
+    let refused = tokio::time::timeout(WAIT, register(plain, "plain"))
+        .await
+        .expect("a plaintext gRPC call ends, it does not hang");
+    assert!(refused.is_err(), "a plaintext gRPC call is refused");
+    let refused = tokio::time::timeout(
+        WAIT,
+        reqwest::Client::new()
+            .get(format!("http://{}/healthz", server.http_addr))
+            .send(),
+    )
+    .await
+    .expect("a plaintext HTTP request ends, it does not hang");
+    assert!(refused.is_err(), "a plaintext HTTP request is refused");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused within seconds, not by a timeout: {:?}",
+        started.elapsed()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn certificates_that_do_not_verify_are_refused_by_every_client() {
+    let ca = TestCa::new("test CA");
+    let other_ca = TestCa::new("another CA");
+    let with_token = |c: &mut chat_server::Config| c.admin_token = Some(admin_token());
+    let good = TestServer::start_tls(&ca, with_token).await;
+    let wrong_host = ca.issue("wrong-host", &["elsewhere.example"], Validity::Current);
+    let wrong_host = TestServer::start_with(|c| {
+        c.tls = Some(wrong_host);
+        with_token(c);
+    })
+    .await;
+    let expired = ca.issue("expired", &["localhost", "127.0.0.1"], Validity::Expired);
+    let expired = TestServer::start_with(|c| {
+        c.tls = Some(expired);
+        with_token(c);
+    })
+    .await;
+    let ca_file = ca.cert_file();
+    let other_ca_file = other_ca.cert_file();
+    let admin = |server: &TestServer, ca: &Path| {
+        let url = format!("https://localhost:{}", server.http_addr.port());
+        let ca = ca.to_str().unwrap().to_owned();
+        async move {
+            admin_cli(
+                binary(),
+                &url,
+                Some(TEST_ADMIN_TOKEN),
+                &["--ca-cert", &ca, "nodes"],
+            )
+            .await
+        }
+    };
+
+    // The admin CLI: the right CA works; each bad certificate is refused
+    // with its reason.
+    let ok = admin(&good, &ca_file).await;
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    for (server, ca, reason) in [
+        (&good, &other_ca_file, "not signed by a trusted CA"),
+        (&wrong_host, &ca_file, "not valid for this host name"),
+        (&expired, &ca_file, "expired"),
+    ] {
+        let refused = admin(server, ca).await;
+        assert_eq!(refused.code, 1, "{}", refused.stderr);
+        assert!(
+            refused.stderr.contains("refused the TLS certificate")
+                && refused.stderr.contains(reason),
+            "{}",
+            refused.stderr
+        );
+    }
+
+    // A tonic client with a custom root.
+    tls::channel(good.grpc_addr, &ca.cert_pem, "localhost")
+        .await
+        .expect("the right CA verifies");
+    for (server, ca_pem) in [
+        (&good, &other_ca.cert_pem),
+        (&wrong_host, &ca.cert_pem),
+        (&expired, &ca.cert_pem),
+    ] {
+        let refused = match tls::channel(server.grpc_addr, ca_pem, "localhost").await {
+            Err(e) => chat_server::tls::refusal(&e),
+            Ok(channel) => register(channel, "carol").await.err().and_then(|status| {
+                std::error::Error::source(&status).and_then(chat_server::tls::refusal)
+            }),
+        };
+        assert!(refused.is_some(), "the certificate is refused: {refused:?}");
+    }
+    for server in [good, wrong_host, expired] {
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_serves_new_handshakes_while_open_streams_go_on() {
+    let old_ca = TestCa::new("old CA");
+    let new_ca = TestCa::new("new CA");
+    let files = old_ca.issue("server", &["localhost", "127.0.0.1"], Validity::Current);
+    let server = TestServer::start_with(|c| c.tls = Some(files.clone())).await;
+    let old = |server: &TestServer| tls::channel(server.grpc_addr, &old_ca.cert_pem, "localhost");
+    let channel = old(&server).await.expect("the old certificate verifies");
+    let mut users = UserServiceClient::new(channel.clone());
+    let register_as = |name: &str| pb::RegisterRequest {
+        username: name.into(),
+        name: name.into(),
+        phone: String::new(),
+    };
+    let alice = users
+        .register(register_as("alice"))
+        .await
+        .unwrap()
+        .into_inner();
+    let bob = users
+        .register(register_as("bob"))
+        .await
+        .unwrap()
+        .into_inner();
+    let client = |secret: &str| {
+        pb::chat_service_client::ChatServiceClient::with_interceptor(
+            channel.clone(),
+            pb::Bearer::new(secret).unwrap(),
+        )
+    };
+    let mut bob_live = chat_test_support::Live::open(client(&bob.secret)).await;
+    let alice_live = chat_test_support::Live::open(client(&alice.secret)).await;
+
+    // Renewal: the files are replaced; the server polls them.
+    let (cert, key) = new_ca.issue_pem(&["localhost", "127.0.0.1"], Validity::Current);
+    tls::write_files(&files, &cert, &key);
+    let deadline = Instant::now() + chat_server::tls::POLL * 3 + WAIT;
+    loop {
+        if tls::channel(server.grpc_addr, &new_ca.cert_pem, "localhost")
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate is never served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        old(&server).await.is_err(),
+        "new handshakes no longer get the old certificate"
+    );
+
+    // The streams opened before the reload carry on.
+    alice_live.send_to("bob", "after the renewal", "m1").await;
+    assert_eq!(bob_live.message().await.body, "after the renewal");
+    server.stop().await;
+}
