@@ -777,6 +777,39 @@ mod tests {
     }
 
     #[test]
+    fn tls_needs_both_files_readable_and_matching() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = crate::tls::self_signed(&["localhost".into()]).unwrap();
+        let (other_cert, _) = crate::tls::self_signed(&["localhost".into()]).unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            Some(path)
+        };
+        let refused = |cert: Option<PathBuf>, key: Option<PathBuf>| {
+            let settings = Settings {
+                tls_cert: cert,
+                tls_key: key,
+                ..Settings::default()
+            };
+            settings.into_config().err().map(|e| e.key)
+        };
+        let (cert, key) = (write("cert.pem", &cert), write("key.pem", &key));
+        let missing = Some(dir.path().join("missing.pem"));
+        assert_eq!(refused(cert.clone(), None), Some("tls_key"));
+        assert_eq!(refused(None, key.clone()), Some("tls_cert"));
+        assert_eq!(refused(missing.clone(), key.clone()), Some("tls_cert"));
+        assert_eq!(refused(cert.clone(), missing), Some("tls_key"));
+        assert_eq!(refused(key.clone(), key.clone()), Some("tls_cert"));
+        assert_eq!(refused(cert.clone(), cert.clone()), Some("tls_key"));
+        assert_eq!(
+            refused(write("other.pem", &other_cert), key.clone()),
+            Some("tls_key")
+        );
+        assert_eq!(refused(cert.clone(), key.clone()), None);
+    }
+
+    #[test]
     fn the_defaults_are_a_valid_configuration() {
         let settings = Settings::default();
         let config = settings.clone().into_config().unwrap();
