@@ -25,6 +25,17 @@ fn https_client(ca_pem: &str) -> reqwest::Client {
         .unwrap()
 }
 
+/// [`https_client`] speaking HTTP/1.1 only.
+fn https_client_http1(ca_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .http1_only()
+        .timeout(WAIT)
+        .build()
+        .unwrap()
+}
+
 async fn register(channel: tonic::transport::Channel, username: &str) -> Result<(), tonic::Status> {
     UserServiceClient::new(channel)
         .register(pb::RegisterRequest {
@@ -51,24 +62,53 @@ async fn grpc_and_http_are_served_over_tls_with_hsts() {
         .await
         .expect("send over TLS");
     assert_eq!(live.message().await.body, "over tls");
-    // HTTP: answers carry Strict-Transport-Security.
-    let answer = https_client(&ca.cert_pem)
-        .get(format!(
-            "https://localhost:{}/healthz",
-            server.http_addr.port()
-        ))
+    // HTTP, over HTTP/2 (ALPN) and HTTP/1.1: answers carry
+    // Strict-Transport-Security, and the client's address reaches the
+    // per-address limits (a registration needs it).
+    let url = format!("https://localhost:{}", server.http_addr.port());
+    for (client, version) in [
+        (https_client(&ca.cert_pem), reqwest::Version::HTTP_2),
+        (https_client_http1(&ca.cert_pem), reqwest::Version::HTTP_11),
+    ] {
+        let answer = client
+            .get(format!("{url}/healthz"))
+            .send()
+            .await
+            .expect("HTTPS request");
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.version(), version);
+        assert_eq!(
+            answer
+                .headers()
+                .get("strict-transport-security")
+                .map(|v| v.to_str().unwrap().to_owned()),
+            Some("max-age=31536000".to_owned())
+        );
+    }
+    let registered = https_client(&ca.cert_pem)
+        .post(format!("{url}/v1/chat-apps/users"))
+        .json(&serde_json::json!({"username": "carol", "name": "Carol", "phone": "8098080"}))
         .send()
         .await
-        .expect("HTTPS request");
-    assert_eq!(answer.status(), 200);
-    assert_eq!(
-        answer
-            .headers()
-            .get("strict-transport-security")
-            .map(|v| v.to_str().unwrap().to_owned()),
-        Some("max-age=31536000".to_owned())
-    );
+        .expect("HTTPS registration");
+    assert_eq!(registered.status(), 200);
+    // A stop over TLS drains like one in plaintext: the open stream is
+    // told to reconnect elsewhere and the server stops in time.
     server.stop().await;
+    let end = tokio::time::timeout(WAIT, async {
+        loop {
+            match live.recv().await {
+                Some(Ok(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    assert!(
+        matches!(&end, Some(Err(status)) if status.code() == tonic::Code::Unavailable),
+        "{end:?}"
+    );
 }
 
 #[tokio::test]
@@ -233,5 +273,32 @@ async fn a_renewed_certificate_serves_new_handshakes_while_open_streams_go_on() 
     // The streams opened before the reload carry on.
     alice_live.send_to("bob", "after the renewal", "m1").await;
     assert_eq!(bob_live.message().await.body, "after the renewal");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_per_address_limits_see_the_client_address_over_tls() {
+    let ca = TestCa::new("test CA");
+    let server = TestServer::start_tls(&ca, |c| c.limits.registrations_per_minute = 1).await;
+    let url = format!(
+        "https://localhost:{}/v1/chat-apps/users",
+        server.http_addr.port()
+    );
+    let register_http = |username: &str| {
+        https_client(&ca.cert_pem)
+            .post(url.clone())
+            .json(&serde_json::json!({"username": username, "name": username, "phone": "8098080"}))
+            .send()
+    };
+    assert_eq!(register_http("dave").await.unwrap().status(), 200);
+    // The second registration from 127.0.0.1 is over the limit, over
+    // HTTP and over gRPC alike: both listeners know who is calling.
+    assert_eq!(register_http("erin").await.unwrap().status(), 429);
+    let refused = register(server.channel().await, "frank").await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
     server.stop().await;
 }
