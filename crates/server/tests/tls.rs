@@ -11,6 +11,10 @@ use chat_proto::user_service_client::UserServiceClient;
 use chat_test_support::tls::{self, TestCa, Validity};
 use chat_test_support::{admin_cli, admin_token, TestServer, TEST_ADMIN_TOKEN, WAIT};
 
+/// Held by the reload tests: a SIGHUP reloads every server of the
+/// process, and must not do the work of the file poll in another test.
+static RELOADS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_chat-server"))
 }
@@ -217,6 +221,7 @@ async fn certificates_that_do_not_verify_are_refused_by_every_client() {
 
 #[tokio::test]
 async fn a_renewed_certificate_serves_new_handshakes_while_open_streams_go_on() {
+    let _reloads = RELOADS.lock().await;
     let old_ca = TestCa::new("old CA");
     let new_ca = TestCa::new("new CA");
     let files = old_ca.issue("server", &["localhost", "127.0.0.1"], Validity::Current);
@@ -300,5 +305,58 @@ async fn the_per_address_limits_see_the_client_address_over_tls() {
         tonic::Code::ResourceExhausted,
         "{refused:?}"
     );
+    server.stop().await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_reloads_files_whose_change_the_poll_cannot_see() {
+    let _reloads = RELOADS.lock().await;
+    let old_ca = TestCa::new("old CA");
+    let new_ca = TestCa::new("new CA");
+    let hosts = ["localhost", "127.0.0.1"];
+    let files = old_ca.issue("server", &hosts, Validity::Current);
+    let server = TestServer::start_with(|c| c.tls = Some(files.clone())).await;
+    tls::channel(server.grpc_addr, &old_ca.cert_pem, "localhost")
+        .await
+        .expect("the old certificate verifies");
+    // New files of the same sizes and times as the old ones: the poll
+    // cannot see the change (its stamps are equal), only the signal tells.
+    let stamps = |files: &chat_server::tls::TlsFiles| {
+        [&files.cert, &files.key].map(|path| {
+            let meta = std::fs::metadata(path).unwrap();
+            (meta.len(), meta.modified().unwrap())
+        })
+    };
+    let before = stamps(&files);
+    let (cert, key) = loop {
+        let (cert, key) = new_ca.issue_pem(&hosts, Validity::Current);
+        if (cert.len() as u64, key.len() as u64) == (before[0].0, before[1].0) {
+            break (cert, key);
+        }
+    };
+    tls::write_files(&files, &cert, &key);
+    for (path, (_, modified)) in [&files.cert, &files.key].into_iter().zip(before) {
+        std::fs::File::options()
+            .append(true)
+            .open(path)
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
+    }
+    assert_eq!(stamps(&files), before);
+    // The handler is installed before the signal is raised, whoever's it
+    // is: a SIGHUP without one would end the test process.
+    let _handler = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).unwrap();
+    // SAFETY: raising a signal this process handles.
+    assert_eq!(unsafe { libc::raise(libc::SIGHUP) }, 0);
+    let deadline = Instant::now() + WAIT;
+    while tls::channel(server.grpc_addr, &new_ca.cert_pem, "localhost")
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "SIGHUP never reloads");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     server.stop().await;
 }
