@@ -8,8 +8,9 @@
 //! the certificate of the moment, so a reload takes effect at the next
 //! handshake while open connections keep the one they started with. This
 //! module does not route requests or know what is served over the
-//! connections it hands out; it also makes the self-signed certificates
-//! of `chat-server tls self-signed`.
+//! connections it hands out. It also holds what clients share about TLS
+//! (the words for a refused certificate, [`refusal`]) and makes the
+//! certificates of `chat-server tls self-signed`.
 
 use std::io;
 use std::net::SocketAddr;
@@ -72,6 +73,8 @@ pub enum TlsError {
     },
     #[error("cannot make a certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error("cannot set up TLS: {0}")]
+    Setup(rustls::Error),
 }
 
 impl TlsError {
@@ -82,7 +85,8 @@ impl TlsError {
             TlsError::Key { .. } | TlsError::Mismatch { .. } => "tls_key",
             TlsError::NoCertificate { .. }
             | TlsError::Certificate { .. }
-            | TlsError::Generate(_) => "tls_cert",
+            | TlsError::Generate(_)
+            | TlsError::Setup(_) => "tls_cert",
         }
     }
 }
@@ -222,10 +226,7 @@ impl Certificates {
     fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> Result<TlsAcceptor, TlsError> {
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Certificate {
-                path: self.files.cert.clone(),
-                reason: e.to_string(),
-            })?
+            .map_err(TlsError::Setup)?
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
