@@ -4,7 +4,8 @@
 //! about once a second.
 //!
 //! Targets (global flags, before the scenario):
-//! - `--server URL` (repeatable, default `http://127.0.0.1:50050`): running
+//! - `--server URL` (repeatable, default `http://127.0.0.1:50050`; `https://`
+//!   verified against the system's roots or `--ca-cert FILE`): running
 //!   servers. `--server-pid PID` (repeatable) names their processes, whose
 //!   CPU, memory, descriptors and threads are read from `/proc`.
 //! - `--embedded`: a server in this process (its cost figures then include
@@ -65,6 +66,10 @@ struct Args {
         conflicts_with_all = ["embedded", "spawn"]
     )]
     servers: Vec<String>,
+    /// Trust only this CA certificate (PEM) for `https://` servers,
+    /// instead of the system's roots.
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<std::path::PathBuf>,
     /// Pid of a server process whose cost is read from /proc (repeatable).
     #[arg(long = "server-pid", value_name = "PID")]
     server_pids: Vec<u32>,
@@ -123,6 +128,7 @@ fn main() -> anyhow::Result<()> {
             server_bin: args.server_bin,
             server_args: args.server_args,
             durability: args.durability,
+            ca_cert: args.ca_cert,
         })
         .await?;
         let target = running.target.clone();

@@ -34,11 +34,16 @@ pub struct TargetArgs {
     pub server_bin: Option<PathBuf>,
     pub server_args: Vec<String>,
     pub durability: String,
+    /// The CA to trust for `https://` servers instead of the system's
+    /// roots.
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// The servers under load, shared by every task of a scenario.
 pub struct Target {
     urls: Vec<String>,
+    /// How `https://` servers are verified.
+    tls: tonic::transport::ClientTlsConfig,
     /// One lazily connected channel per server for unary calls
     /// (registration, groups); streams get connections of their own.
     shared: Vec<Channel>,
@@ -83,7 +88,7 @@ impl Target {
     /// A new HTTP/2 connection to server `server % n`.
     pub async fn channel(&self, server: usize) -> anyhow::Result<Channel> {
         let url = self.url(server);
-        endpoint(url)?
+        endpoint(url, &self.tls)?
             .connect()
             .await
             .with_context(|| format!("connecting to {url}"))
@@ -139,11 +144,34 @@ impl Target {
     }
 }
 
-fn endpoint(url: &str) -> anyhow::Result<Endpoint> {
-    Ok(Endpoint::from_shared(url.to_owned())
+/// A channel's endpoint; an `https://` URL is verified with `tls`, and
+/// never falls back to plaintext.
+fn endpoint(url: &str, tls: &tonic::transport::ClientTlsConfig) -> anyhow::Result<Endpoint> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
         .with_context(|| format!("bad server URL {url:?}"))?
         .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(10)))
+        .connect_timeout(Duration::from_secs(10));
+    if url.starts_with("https://") {
+        return endpoint
+            .tls_config(tls.clone())
+            .with_context(|| format!("TLS for {url}"));
+    }
+    Ok(endpoint)
+}
+
+/// The system's roots, or only the CA of `ca_cert`.
+fn client_tls(
+    ca_cert: Option<&std::path::Path>,
+) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+    let tls = tonic::transport::ClientTlsConfig::new();
+    Ok(match ca_cert {
+        Some(path) => {
+            let pem =
+                std::fs::read(path).with_context(|| format!("--ca-cert {}", path.display()))?;
+            tls.ca_certificate(tonic::transport::Certificate::from_pem(pem))
+        }
+        None => tls.with_native_roots(),
+    })
 }
 
 /// The servers and whatever this process started for them.
@@ -220,12 +248,18 @@ impl Running {
             args.servers.clone()
         };
         anyhow::ensure!(!urls.is_empty(), "no server to load");
+        anyhow::ensure!(
+            args.ca_cert.is_none() || urls.iter().all(|u| u.starts_with("https://")),
+            "--ca-cert is for https:// servers"
+        );
+        let tls = client_tls(args.ca_cert.as_deref())?;
         let shared = urls
             .iter()
-            .map(|u| Ok(endpoint(u)?.connect_lazy()))
+            .map(|u| Ok(endpoint(u, &tls)?.connect_lazy()))
             .collect::<anyhow::Result<_>>()?;
         let target = Arc::new(Target {
             urls,
+            tls,
             shared,
             pids,
             includes_generator,

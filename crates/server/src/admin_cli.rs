@@ -20,8 +20,10 @@
 //! admin API).
 //!
 //! Requests go through `reqwest` and the answers are read into the
-//! server's own body types (`chat_server::http::types`). The admin API is
-//! plain JSON on a trusted network: HTTPS is not supported.
+//! server's own body types (`chat_server::http::types`). `https://`
+//! addresses are verified against the system's roots, or only the CA of
+//! `--ca-cert`; a certificate that does not verify is refused, never
+//! retried in plaintext.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -44,8 +46,8 @@ const PAGE: u64 = 200;
 
 #[derive(Args, Debug)]
 pub struct AdminArgs {
-    /// The server's HTTP address (`http://host:port`, `host:port` or
-    /// `:port`).
+    /// The server's HTTP address (`https://host:port`, `http://host:port`,
+    /// `host:port` or `:port`, the last two plaintext).
     #[arg(
         long,
         env = "CHAT_ADMIN_HTTP",
@@ -56,6 +58,11 @@ pub struct AdminArgs {
     /// The server's admin token.
     #[arg(long, env = "CHAT_ADMIN_TOKEN", hide_env_values = true, global = true)]
     admin_token: Option<String>,
+    /// Trust only this CA certificate (PEM) for an `https://` server
+    /// instead of the system's roots: a private CA or a self-signed
+    /// certificate.
+    #[arg(long, env = "CHAT_ADMIN_CA_CERT", global = true)]
+    ca_cert: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: AdminCommand,
 }
@@ -165,7 +172,7 @@ async fn dispatch(args: AdminArgs) -> Result<(), Failure> {
             "the admin token is required: --admin-token or CHAT_ADMIN_TOKEN",
         )
     })?;
-    let api = Api::new(&args.http, token)?;
+    let api = Api::new(&args.http, token, args.ca_cert.as_deref())?;
     let command = match args.command {
         AdminCommand::Users(UserCommand::List { limit, after }) => {
             return list_users(&api, limit, after).await
@@ -439,16 +446,14 @@ fn unix_ms(value: &str) -> Result<i64, String> {
         .map_err(|_| format!("--before {value:?}: expected Unix milliseconds or RFC 3339"))
 }
 
-/// `host:port` from `http://host:port[/]`, `host:port` or `:port`.
-fn authority(url: &str) -> Result<String, String> {
-    let rest = match url.split_once("://") {
-        Some(("http", rest)) => rest,
-        Some(_) => {
-            return Err(format!(
-                "--http {url:?}: only http:// is supported (the admin API is for a trusted network)"
-            ))
-        }
-        None => url,
+/// The scheme and `host:port` of `http[s]://host:port[/]`, `host:port` or
+/// `:port` (the last two plaintext).
+fn authority(url: &str) -> Result<(&'static str, String), String> {
+    let (scheme, rest) = match url.split_once("://") {
+        Some(("http", rest)) => ("http", rest),
+        Some(("https", rest)) => ("https", rest),
+        Some(_) => return Err(format!("--http {url:?}: expected https:// or http://")),
+        None => ("http", url),
     };
     let rest = rest.trim_end_matches('/');
     let authority = if rest.starts_with(':') {
@@ -461,9 +466,9 @@ fn authority(url: &str) -> Result<String, String> {
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
         && !authority.contains('/');
     if valid {
-        Ok(authority)
+        Ok((scheme, authority))
     } else {
-        Err(format!("--http {url:?}: expected http://host:port"))
+        Err(format!("--http {url:?}: expected https://host:port"))
     }
 }
 
@@ -475,15 +480,37 @@ struct Api {
 }
 
 impl Api {
-    fn new(http: &str, token: String) -> Result<Self, Failure> {
-        let authority = authority(http).map_err(|e| Failure::new(2, e))?;
-        let base = Url::parse(&format!("http://{authority}"))
+    fn new(http: &str, token: String, ca_cert: Option<&std::path::Path>) -> Result<Self, Failure> {
+        let (scheme, authority) = authority(http).map_err(|e| Failure::new(2, e))?;
+        let base = Url::parse(&format!("{scheme}://{authority}"))
             .map_err(|e| Failure::new(2, format!("--http {http:?}: {e}")))?;
         // Straight to the server, as `--http` names it: a proxy from the
         // environment has no place between an operator and the admin API.
-        let client = reqwest::Client::builder()
+        // No redirects: one to http:// would be a plaintext fallback.
+        let mut client = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .https_only(scheme == "https");
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path)
+                .map_err(|e| Failure::new(2, format!("--ca-cert {}: {e}", path.display())))?;
+            let roots = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|roots| !roots.is_empty())
+                .ok_or_else(|| {
+                    Failure::new(
+                        2,
+                        format!("--ca-cert {}: no PEM certificate in it", path.display()),
+                    )
+                })?;
+            client = roots
+                .into_iter()
+                .fold(client.tls_built_in_root_certs(false), |client, root| {
+                    client.add_root_certificate(root)
+                });
+        }
+        let client = client
             .build()
             .map_err(|e| Failure::new(1, format!("cannot set up the HTTP client: {e}")))?;
         Ok(Self {
@@ -515,6 +542,15 @@ impl Api {
                     ),
                 )
             } else {
+                if let Some(refusal) = chat_server::tls::refusal(&e) {
+                    return Failure::new(
+                        1,
+                        format!(
+                            "refused the TLS certificate of {}: {refusal}",
+                            self.authority
+                        ),
+                    );
+                }
                 // reqwest's message names the request; the cause (e.g.
                 // "Connection refused") is in its sources.
                 let mut why = e.to_string();
@@ -587,11 +623,21 @@ mod tests {
     fn addresses_and_times_parse() {
         assert_eq!(
             authority("http://127.0.0.1:3000/").unwrap(),
-            "127.0.0.1:3000"
+            ("http", "127.0.0.1:3000".to_owned())
         );
-        assert_eq!(authority("localhost:3001").unwrap(), "localhost:3001");
-        assert_eq!(authority(":3002").unwrap(), "127.0.0.1:3002");
-        assert!(authority("https://host:443").is_err());
+        assert_eq!(
+            authority("localhost:3001").unwrap(),
+            ("http", "localhost:3001".to_owned())
+        );
+        assert_eq!(
+            authority(":3002").unwrap(),
+            ("http", "127.0.0.1:3002".to_owned())
+        );
+        assert_eq!(
+            authority("https://host:443").unwrap(),
+            ("https", "host:443".to_owned())
+        );
+        assert!(authority("ftp://host:443").is_err());
         assert!(authority("http://host").is_err());
         assert!(authority("http://host:3000/x").is_err());
         assert_eq!(unix_ms("1700000000000").unwrap(), 1_700_000_000_000);
@@ -601,7 +647,7 @@ mod tests {
 
     #[test]
     fn path_segments_are_percent_encoded() {
-        let api = Api::new(":3000", "t".into()).unwrap_or_else(|f| panic!("{}", f.message));
+        let api = Api::new(":3000", "t".into(), None).unwrap_or_else(|f| panic!("{}", f.message));
         assert_eq!(
             api.url(&["admin", "users", "a b/ü&", "revoke"]).as_str(),
             "http://127.0.0.1:3000/admin/users/a%20b%2F%C3%BC&/revoke"

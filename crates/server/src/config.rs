@@ -20,6 +20,9 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     /// HTTP listen address (`http_addr`).
     pub http_addr: SocketAddr,
+    /// The certificate and key both listeners serve TLS with (`tls_cert`,
+    /// `tls_key`); plaintext without them.
+    pub tls: Option<crate::tls::TlsFiles>,
     /// fsync on every commit (`Full`) or only survive a process crash
     /// (`Normal`) (`durability`).
     pub durability: Durability,

@@ -29,6 +29,8 @@
 //! - [`grpc`]: the `chat.v1` services. Only this module sees protobuf.
 //! - [`http`]: the JSON API (registration, profiles, health, metrics, and
 //!   the admin API behind the admin token).
+//! - [`tls`]: the certificate both listeners serve TLS with, reloaded
+//!   without a restart, and the TLS accept loop.
 //! - [`telemetry`]: this node's metrics; [`health`]: whether each backend
 //!   answers now (`/readyz`).
 
@@ -50,6 +52,7 @@ pub mod routing;
 pub mod sessions;
 pub mod settings;
 pub mod telemetry;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -78,6 +81,8 @@ pub enum ServerError {
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server failed: {0}")]
     Http(#[from] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// The sockets the server serves on, bound by the caller so that tests can
@@ -279,13 +284,32 @@ pub async fn run_with(
         background.spawn(retention::run(state.clone(), policy));
     }
     background.spawn(telemetry::upkeep(state.clone()));
+    let certificates = match &state.config.tls {
+        Some(files) => {
+            let certificates = tls::Certificates::load(files.clone())?;
+            background.spawn(tls::watch(certificates.clone(), token.clone()));
+            Some(certificates)
+        }
+        None => None,
+    };
     background.close();
+    let grpc_addr = listeners.grpc.local_addr().map_err(ServerError::Http)?;
+    let http_addr = listeners.http.local_addr().map_err(ServerError::Http)?;
     tracing::info!(
         node = %state.node_id(),
-        grpc = %listeners.grpc.local_addr().map_err(ServerError::Http)?,
-        http = %listeners.http.local_addr().map_err(ServerError::Http)?,
+        grpc = %grpc_addr,
+        http = %http_addr,
+        tls = certificates.is_some(),
         "chat server listening"
     );
+    if certificates.is_none() && !(grpc_addr.ip().is_loopback() && http_addr.ip().is_loopback()) {
+        tracing::warn!(
+            grpc = %grpc_addr,
+            http = %http_addr,
+            "serving in plaintext on a non-loopback address: secrets and messages cross \
+             the network in clear text (set tls_cert and tls_key)"
+        );
+    }
 
     // Stopping has two steps: drain (stop accepting, let sessions finish
     // what they read), then, once they have or the grace period is over,
@@ -316,18 +340,12 @@ pub async fn run_with(
         stopping.shutdown.cancel();
     });
 
-    let grpc = grpc::serve(
-        state.clone(),
-        listeners.grpc,
-        draining.clone().cancelled_owned(),
-    );
+    let grpc_tls = certificates.as_ref().map(|c| c.grpc()).transpose()?;
+    let http_tls = certificates.as_ref().map(|c| c.http()).transpose()?;
+    let grpc = grpc::serve(state.clone(), listeners.grpc, grpc_tls, draining.clone());
     // HTTP serves on while the sessions drain, so that `/readyz` tells
     // load balancers to send no one here, and `/metrics` shows the drain.
-    let http = http::serve(
-        state.clone(),
-        listeners.http,
-        token.clone().cancelled_owned(),
-    );
+    let http = http::serve(state.clone(), listeners.http, http_tls, token.clone());
     let servers = async { tokio::join!(grpc, http) };
     // Both servers wait for their open connections to finish. A client
     // that stopped reading can hold one open past the stop: once

@@ -42,6 +42,25 @@ enum Command {
         #[arg(long)]
         example: bool,
     },
+    /// Certificates for serving over TLS.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TlsCommand {
+    /// Write a self-signed certificate (`cert.pem`) and its key
+    /// (`key.pem`), valid for a year, for trying TLS out; a team wants a
+    /// certificate from a real CA.
+    SelfSigned {
+        /// A name or IP address clients reach the server by (repeat for
+        /// more).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Where to write the files.
+        #[arg(long, default_value = ".")]
+        out: std::path::PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -63,6 +82,15 @@ async fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Some(Command::Tls(TlsCommand::SelfSigned { hosts, out })) => {
+            match self_signed(&hosts, &out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("Error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         None => match serve(cli.serve).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -100,6 +128,41 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
         .await
         .context("binding the listen addresses")?;
     chat_server::run(config, listeners, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Writes `cert.pem` and `key.pem` (private) in `out` and says how to
+/// use and trust them.
+fn self_signed(hosts: &[String], out: &std::path::Path) -> anyhow::Result<()> {
+    let (cert, key) = chat_server::tls::self_signed(hosts)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let (cert_path, key_path) = (out.join("cert.pem"), out.join("key.pem"));
+    std::fs::write(&cert_path, cert).with_context(|| format!("writing {}", cert_path.display()))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::io::Write::write_all(
+        &mut options
+            .open(&key_path)
+            .with_context(|| format!("writing {}", key_path.display()))?,
+        key.as_bytes(),
+    )
+    .with_context(|| format!("writing {}", key_path.display()))?;
+    let (cert, key) = (cert_path.display(), key_path.display());
+    let host = &hosts[0];
+    println!(
+        "Wrote {cert} (valid for a year, for {names}) and its key {key}.\n\
+         \n\
+         Serve with it:\n  chat-server --tls-cert {cert} --tls-key {key} --grpc-addr 0.0.0.0:50050 --http-addr 0.0.0.0:3000\n\
+         \n\
+         Clients do not trust it until told to. Either per command:\n  \
+         chat-server admin --http https://{host}:3000 --ca-cert {cert} nodes\n  \
+         curl --cacert {cert} https://{host}:3000/healthz\n\
+         or for the whole machine (Debian, Ubuntu):\n  \
+         sudo cp {cert} /usr/local/share/ca-certificates/chat-server.crt && sudo update-ca-certificates",
+        names = hosts.join(", "),
+    );
     Ok(())
 }
 

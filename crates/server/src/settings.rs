@@ -246,6 +246,16 @@ settings! {
         /// HTTP listen address (registration, JSON API, /healthz, /readyz,
         /// /metrics).
         http_addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 3000));
+        /// Certificate chain in PEM (the server's certificate first): with
+        /// `tls_key`, gRPC and HTTP are served over TLS only. Reloaded on
+        /// SIGHUP and when the file changes. `chat-server tls self-signed`
+        /// makes one for a trial.
+        tls_cert: PathBuf,
+            unset = "plaintext (fine on loopback only)",
+            example = "/etc/chat-server/cert.pem";
+        /// Private key in PEM (PKCS#8, RSA or EC) of the `tls_cert`
+        /// certificate.
+        tls_key: PathBuf, example = "/etc/chat-server/key.pem";
         /// Directory of the SQLite database (`store = "sqlite"`).
         data_dir: PathBuf = PathBuf::from("data");
         /// `full`: fsync every commit (survives power loss); `normal`: survives
@@ -690,10 +700,21 @@ impl Settings {
                 Some(policy)
             }
         };
+        let tls = match (self.tls_cert, self.tls_key) {
+            (None, None) => None,
+            (Some(_), None) => return Err(invalid("tls_key", "tls_cert needs it")),
+            (None, Some(_)) => return Err(invalid("tls_cert", "tls_key needs it")),
+            (Some(cert), Some(key)) => {
+                let files = crate::tls::TlsFiles { cert, key };
+                crate::tls::load(&files).map_err(|e| invalid(e.setting(), e.to_string()))?;
+                Some(files)
+            }
+        };
         Ok(Config {
             data_dir: self.data_dir,
             grpc_addr: self.grpc_addr,
             http_addr: self.http_addr,
+            tls,
             durability: match self.durability {
                 DurabilityKind::Full => Durability::Full,
                 DurabilityKind::Normal => Durability::Normal,
@@ -753,6 +774,39 @@ mod tests {
                 rendered_line.unwrap_or("(end of file)"),
             );
         }
+    }
+
+    #[test]
+    fn tls_needs_both_files_readable_and_matching() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = crate::tls::self_signed(&["localhost".into()]).unwrap();
+        let (other_cert, _) = crate::tls::self_signed(&["localhost".into()]).unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            Some(path)
+        };
+        let refused = |cert: Option<PathBuf>, key: Option<PathBuf>| {
+            let settings = Settings {
+                tls_cert: cert,
+                tls_key: key,
+                ..Settings::default()
+            };
+            settings.into_config().err().map(|e| e.key)
+        };
+        let (cert, key) = (write("cert.pem", &cert), write("key.pem", &key));
+        let missing = Some(dir.path().join("missing.pem"));
+        assert_eq!(refused(cert.clone(), None), Some("tls_key"));
+        assert_eq!(refused(None, key.clone()), Some("tls_cert"));
+        assert_eq!(refused(missing.clone(), key.clone()), Some("tls_cert"));
+        assert_eq!(refused(cert.clone(), missing), Some("tls_key"));
+        assert_eq!(refused(key.clone(), key.clone()), Some("tls_cert"));
+        assert_eq!(refused(cert.clone(), cert.clone()), Some("tls_key"));
+        assert_eq!(
+            refused(write("other.pem", &other_cert), key.clone()),
+            Some("tls_key")
+        );
+        assert_eq!(refused(cert.clone(), key.clone()), None);
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod fault;
 pub mod http;
 pub mod ledger;
 pub mod proc;
+pub mod tls;
 
 pub use http::{http, http_as, http_with, HttpAnswer};
 
@@ -36,6 +37,8 @@ pub struct TestServer {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub data_dir: tempfile::TempDir,
+    /// The CA certificate (PEM) its clients trust, when it serves TLS.
+    ca_pem: Option<String>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), ServerError>>,
 }
@@ -91,20 +94,50 @@ impl TestServer {
             grpc_addr,
             http_addr,
             data_dir,
+            ca_pem: None,
             shutdown,
             task,
         }
     }
 
+    /// Starts a server serving TLS with a certificate of `ca` for
+    /// `localhost` and `127.0.0.1`; its clients trust `ca` only.
+    pub async fn start_tls(ca: &tls::TestCa, adjust: impl FnOnce(&mut Config)) -> Self {
+        let files = ca.issue(
+            "server",
+            &["localhost", "127.0.0.1"],
+            tls::Validity::Current,
+        );
+        let mut server = Self::start_with(|config| {
+            config.tls = Some(files);
+            adjust(config);
+        })
+        .await;
+        server.ca_pem = Some(ca.cert_pem.clone());
+        server
+    }
+
+    fn scheme(&self) -> &'static str {
+        match self.ca_pem {
+            Some(_) => "https",
+            None => "http",
+        }
+    }
+
     pub fn grpc_url(&self) -> String {
-        format!("http://{}", self.grpc_addr)
+        format!("{}://{}", self.scheme(), self.grpc_addr)
     }
 
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.http_addr)
+        format!("{}://{}", self.scheme(), self.http_addr)
     }
 
     pub async fn channel(&self) -> Channel {
+        if let Some(ca) = &self.ca_pem {
+            return tls::channel(self.grpc_addr, ca, "localhost")
+                .await
+                .expect("connect to the test server over TLS");
+        }
         Endpoint::from_shared(self.grpc_url())
             .expect("endpoint")
             .connect_timeout(WAIT)

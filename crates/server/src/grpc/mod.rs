@@ -6,35 +6,35 @@ mod convert;
 mod session;
 mod users;
 
-use std::future::Future;
 use std::sync::Arc;
 
 use chat_proto::chat_service_server::ChatServiceServer;
 use chat_proto::user_service_server::UserServiceServer;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 use crate::{AppState, ServerError};
 
-/// Serves both services on `listener` until `shutdown` completes.
+/// Serves both services on `listener`, over TLS with `tls`, until
+/// `shutdown`.
 pub async fn serve(
     state: Arc<AppState>,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    tls: Option<TlsAcceptor>,
+    shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     // Incoming messages are bounded; answers are not, beyond what the API
     // itself bounds (a history page is at most 200 messages of at most
     // `max_body_bytes`), so a full page is never refused on its way out.
     let limit = state.config.limits.max_frame_bytes;
-    // Nagle's algorithm would hold small frames back for up to 40 ms.
-    let incoming = TcpIncoming::from_listener(listener, true, None)
-        .map_err(|e| ServerError::Listen(e.to_string()))?;
     let chat = ChatServiceServer::new(chat::ChatApi {
         state: state.clone(),
     })
     .max_decoding_message_size(limit);
     let users = UserServiceServer::new(users::UserApi { state }).max_decoding_message_size(limit);
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .layer(tower::util::MapResponseLayer::new(
             too_large_as_resource_exhausted,
@@ -46,9 +46,23 @@ pub async fn serve(
             tracing::info_span!("grpc", method = %method)
         })
         .add_service(chat)
-        .add_service(users)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .add_service(users);
+    match tls {
+        Some(tls) => {
+            let incoming = crate::tls::accept(listener, tls, shutdown.clone());
+            server
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .await?
+        }
+        None => {
+            // Nagle's algorithm would hold small frames back for up to 40 ms.
+            let incoming = TcpIncoming::from_listener(listener, true, None)
+                .map_err(|e| ServerError::Listen(e.to_string()))?;
+            server
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .await?
+        }
+    }
     Ok(())
 }
 

@@ -20,7 +20,6 @@ mod users;
 
 pub use admin::MAX_SESSIONS;
 
-use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
@@ -29,6 +28,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::StreamExt as _;
+use tokio_util::sync::CancellationToken;
 
 use crate::{ApiError, AppState, ServerError};
 
@@ -110,17 +112,69 @@ async fn body_too_large(
     response
 }
 
+/// Serves the API on `listener`, over TLS with `tls`, until `shutdown`;
+/// then waits for the requests in progress.
 pub async fn serve(
     state: Arc<AppState>,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    tls: Option<TlsAcceptor>,
+    shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
-    // The client's address, for the per-address rate limits.
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let Some(tls) = tls else {
+        // The client's address, for the per-address rate limits.
+        let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?;
+        return Ok(());
+    };
+    // Browsers that reached the API over TLS once never fall back to
+    // plaintext for it.
+    let app = router(state).layer(axum::middleware::map_response(hsts));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut connections = crate::tls::accept(listener, tls, shutdown.clone());
+    loop {
+        let connection = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            connection = connections.next() => match connection {
+                Some(Ok(connection)) => connection,
+                Some(Err(_)) | None => break,
+            },
+        };
+        let remote = connection.remote;
+        let app = app.clone();
+        // What `into_make_service_with_connect_info` does: the client's
+        // address in every request, for the per-address rate limits.
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(remote));
+            tower::ServiceExt::oneshot(app.clone(), request)
+        });
+        let builder =
+            hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        let connection = builder
+            .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(connection), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%remote, error = %e, "HTTP connection failed");
+            }
+        });
+    }
+    drop(connections);
+    graceful.shutdown().await;
     Ok(())
+}
+
+/// `Strict-Transport-Security` on every answer served over TLS: a year.
+async fn hsts(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    response
 }
 
 /// The request id: the client's `x-request-id` if it sent a sane one, a
