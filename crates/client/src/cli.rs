@@ -71,7 +71,7 @@ group commands take the id with or without the #. Quote it in a shell: '#' at
 the start of a word begins a comment.
 
 Credentials are saved in <home>/credentials.json (mode 0600): the secret of
-each user, and the last used user, who is the default.
+each user, and the user last registered or logged in, who is the default.
 
 Exit codes:
   0  success
@@ -108,7 +108,8 @@ pub struct Cli {
     )]
     pub server: String,
 
-    /// The saved user to act as (default: the last used one).
+    /// The saved user to act as, for this run only (default: the user last
+    /// registered or logged in; only `register` and `login` change it).
     #[arg(long, global = true, env = "CHAT_USER", value_name = "NAME", value_parser = username_arg)]
     pub user: Option<String>,
 

@@ -33,7 +33,8 @@
 //!
 //! `--server` (env `CHAT_SERVER`, default `http://127.0.0.1:50050`) takes a
 //! URL, `host:port` or `:port`, or a comma-separated list of them. `--user`
-//! (env `CHAT_USER`) picks a saved user; the default is the last used one.
+//! (env `CHAT_USER`) picks a saved user for this run; the default is the
+//! user last registered or logged in (only `register` and `login` change it).
 //! `--home` (env `CHAT_CLIENT_HOME`, default `$XDG_CONFIG_HOME/chat-apps` or
 //! `$HOME/.config/chat-apps`) holds `credentials.json`.
 //!

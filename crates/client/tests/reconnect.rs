@@ -364,3 +364,12 @@ async fn a_group_that_changed_while_disconnected_is_caught_up_from_the_rejoin() 
     .await;
     restarted.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_no_credentials_an_unreachable_server_is_said_before_any_question() {
+    let dead = dead_address();
+    let client = Client::new(dead.clone());
+    let run = client.run_with_stdin(&[], "user1\n").await;
+    assert!(run.fails(1).contains(&dead), "{}", run.stderr);
+    assert!(!run.stdout.contains("username"), "{}", run.stdout);
+}

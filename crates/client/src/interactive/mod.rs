@@ -60,7 +60,7 @@ const QUIT_GRACE: Duration = Duration::from_secs(5);
 /// Runs the interactive mode on the line renderer until `/quit` or the end
 /// of input.
 pub async fn run(ctx: &Context) -> Result<(), Failure> {
-    run_with(ctx, Box::new(LineRenderer)).await
+    run_with(ctx, Box::new(LineRenderer::default())).await
 }
 
 /// Runs the interactive mode, shown by `render`.

@@ -30,8 +30,6 @@ pub trait Render {
 #[derive(Debug)]
 pub enum Output<'a> {
     // Logging in.
-    /// The default user could not be saved as such.
-    DefaultNotSaved(&'a Failure),
     /// No saved credentials: a username is about to be asked for.
     SignUp,
     AskUsername,
@@ -240,58 +238,131 @@ impl Usage {
 
 /// The line interface: one line per thing on stdout, errors and warnings
 /// on stderr, prompts without a newline.
+///
+/// An outage is said once: the first failed attempt (or the lost stream)
+/// prints a line, the attempts after it print nothing until a stream is
+/// open again, which says so. A screen has a status line for the countdown;
+/// a scroll of lines does not.
 #[derive(Debug, Default)]
-pub struct LineRenderer;
+pub struct LineRenderer {
+    /// The current outage was already said.
+    outage_said: bool,
+}
+
+impl LineRenderer {
+    /// Whether `output` only repeats an outage already said (and notes the
+    /// start or the end of one).
+    fn repeats_outage(&mut self, output: &Output<'_>) -> bool {
+        match output {
+            Output::CannotConnect { .. } | Output::Disconnected { .. } => {
+                std::mem::replace(&mut self.outage_said, true)
+            }
+            Output::Connected { .. } => {
+                self.outage_said = false;
+                false
+            }
+            _ => false,
+        }
+    }
+}
 
 impl Render for LineRenderer {
     fn show(&mut self, output: Output<'_>) {
+        if self.repeats_outage(&output) {
+            return;
+        }
+        for said in describe(&output) {
+            match said {
+                Said::Out(line) => view::out(line),
+                Said::Err(line) => view::err(line),
+                Said::Prompt(text) => view::prompt(&text),
+            }
+        }
+    }
+}
+
+/// One piece of text for people, and where a line interface puts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Said {
+    /// A line of what happened (stdout).
+    Out(String),
+    /// A line of an error or a warning (stderr).
+    Err(String),
+    /// A question, without a newline.
+    Prompt(String),
+}
+
+/// The text of `output`, line by line: what the line interface prints
+/// and what a full screen shows of what it does not draw itself.
+pub fn describe(output: &Output<'_>) -> Vec<Said> {
+    let mut said = Vec::new();
+    {
         use Output as O;
-        match output {
-            O::DefaultNotSaved(f) => view::err(format!("warning: {f}")),
-            O::SignUp => view::out(
+        match *output {
+            O::SignUp => out(
+                &mut said,
                 "no saved credentials: choose a username to register (3 to 32 of a-z 0-9 _ . -)",
             ),
-            O::AskUsername => view::prompt("username: "),
-            O::AskSecret => view::prompt("secret: "),
-            O::InputEnded => view::out(""),
-            O::Refused(why) => view::out(why),
-            O::Registered { user, saved_in } => view::out(format!(
-                "registered {user}; its secret is saved in {}",
-                saved_in.display()
-            )),
-            O::Taken { user } => view::out(format!(
-                "{user} is taken. If it is yours, paste its secret; \
+            O::AskUsername => prompt(&mut said, "username: "),
+            O::AskSecret => prompt(&mut said, "secret: "),
+            O::InputEnded => out(&mut said, ""),
+            O::Refused(why) => out(&mut said, why),
+            O::Registered { user, saved_in } => out(
+                &mut said,
+                format!(
+                    "registered {user}; its secret is saved in {}",
+                    saved_in.display()
+                ),
+            ),
+            O::Taken { user } => out(
+                &mut said,
+                format!(
+                    "{user} is taken. If it is yours, paste its secret; \
                  press Enter to choose another name."
-            )),
-            O::LoggedIn { user, saved_in } => view::out(format!(
-                "logged in as {user}; the secret is saved in {}",
-                saved_in.display()
-            )),
+                ),
+            ),
+            O::LoggedIn { user, saved_in } => out(
+                &mut said,
+                format!(
+                    "logged in as {user}; the secret is saved in {}",
+                    saved_in.display()
+                ),
+            ),
             O::CannotConnect {
                 server,
                 why,
                 retry_in,
-            } => view::out(format!(
-                "cannot connect to {server}: {why}; retrying in {:.1} s…",
-                retry_in.as_secs_f64()
-            )),
+            } => out(
+                &mut said,
+                format!(
+                    "cannot connect to {server}: {why}; retrying in {:.1} s…",
+                    retry_in.as_secs_f64()
+                ),
+            ),
             O::Disconnected { reason } => {
-                view::out(format!("disconnected: {reason}; reconnecting…"));
+                out(&mut said, format!("disconnected: {reason}; reconnecting…"));
             }
             O::Connected { ready, via, first } => {
-                view::out(ready_summary(ready, via));
+                out(&mut said, ready_summary(ready, via));
                 if first {
-                    view::out(
+                    out(
+                        &mut said,
                         "type /to <user> (or /to #<group>) to choose who to talk to, \
                          /help for the commands",
                     );
                 }
             }
             O::Quitting { unsent } => {
-                view::out(format!("sending {unsent} message(s) before quitting…"));
+                out(
+                    &mut said,
+                    format!("sending {unsent} message(s) before quitting…"),
+                );
             }
             O::NotSent { label, body } => {
-                view::err(format!("error: not sent to {label}: {}", preview(body)));
+                err(
+                    &mut said,
+                    format!("error: not sent to {label}: {}", preview(body)),
+                );
             }
             O::SendRefused { label, body, why } => {
                 let why = match why {
@@ -300,132 +371,199 @@ impl Render for LineRenderer {
                     SendRefusal::Said(text) => text,
                     SendRefusal::Unexplained => "no reason given",
                 };
-                view::err(format!(
-                    "error: not sent to {label} ({}): {why}",
-                    preview(body)
-                ));
+                err(
+                    &mut said,
+                    format!("error: not sent to {label} ({}): {why}", preview(body)),
+                );
             }
             O::GapNotFetched { why } => {
-                view::err(format!("warning: cannot fetch missed messages: {why}"));
+                err(
+                    &mut said,
+                    format!("warning: cannot fetch missed messages: {why}"),
+                );
             }
             O::Message { message, me, label } => {
-                view::out(message_line(message, me, label, Local::now()));
+                out(&mut said, message_line(message, me, label, Local::now()));
             }
-            O::ServerError(message) => view::err(format!("error: {message}")),
+            O::ServerError(message) => err(&mut said, format!("error: {message}")),
             O::Presence { user, online } => {
                 let state = if online { "online" } else { "offline" };
-                view::out(format!("* {} is {state}", terminal_text(user)));
+                out(&mut said, format!("* {} is {state}", terminal_text(user)));
             }
             O::ReadUpTo { user, seq } => {
-                view::out(format!("* {} read up to {seq}", terminal_text(user)));
+                out(
+                    &mut said,
+                    format!("* {} read up to {seq}", terminal_text(user)),
+                );
             }
-            O::Typing { user } => view::out(format!("* {} is typing…", terminal_text(user))),
-            O::NoLongerIn { label } => view::out(format!("you are no longer in {label}")),
-            O::Help => view::out(HELP),
-            O::Usage(usage) => view::out(usage.text()),
-            O::UnknownCommand(name) => {
-                view::out(format!("unknown command /{name}; /help lists the commands"))
-            }
-            O::Talking(chosen) => view::out(match chosen {
-                Chosen::User(user) => format!("talking to {user}"),
-                Chosen::Group { id, label } => format!("talking in {label} (group {id})"),
-            }),
+            O::Typing { user } => out(&mut said, format!("* {} is typing…", terminal_text(user))),
+            O::NoLongerIn { label } => out(&mut said, format!("you are no longer in {label}")),
+            O::Help => out(&mut said, HELP),
+            O::Usage(usage) => out(&mut said, usage.text()),
+            O::UnknownCommand(name) => out(
+                &mut said,
+                format!("unknown command /{name}; /help lists the commands"),
+            ),
+            O::Talking(chosen) => out(
+                &mut said,
+                match chosen {
+                    Chosen::User(user) => format!("talking to {user}"),
+                    Chosen::Group { id, label } => format!("talking in {label} (group {id})"),
+                },
+            ),
             O::ChooseFirst => {
-                view::out("choose who to talk to first: /to <user> or /to #<group>");
+                out(
+                    &mut said,
+                    "choose who to talk to first: /to <user> or /to #<group>",
+                );
             }
-            O::ChooseGroupFirst => view::out("choose a group first: /to #<group>"),
-            O::NotConnected => view::out("not connected: try again once reconnected"),
+            O::ChooseGroupFirst => out(&mut said, "choose a group first: /to #<group>"),
+            O::NotConnected => out(&mut said, "not connected: try again once reconnected"),
             O::QueuedOffline => {
-                view::out("not connected: the message will be sent once reconnected");
+                out(
+                    &mut said,
+                    "not connected: the message will be sent once reconnected",
+                );
             }
-            O::ItIsYou => view::out("that is you: choose someone else"),
-            O::NoSuchUser(user) => view::out(format!("no such user: {user}")),
+            O::ItIsYou => out(&mut said, "that is you: choose someone else"),
+            O::NoSuchUser(user) => out(&mut said, format!("no such user: {user}")),
             O::UserNotChecked { user, why } => {
-                view::err(format!("warning: cannot check that {user} exists: {why}"));
+                err(
+                    &mut said,
+                    format!("warning: cannot check that {user} exists: {why}"),
+                );
             }
             O::GroupsNotListed { why } => {
-                view::err(format!("warning: cannot list your groups: {why}"));
+                err(
+                    &mut said,
+                    format!("warning: cannot list your groups: {why}"),
+                );
             }
-            O::NotMarkedRead { why } => view::err(format!("warning: cannot mark as read: {why}")),
-            O::NoGroupNamed(query) => view::out(format!("no such group: #{query}")),
+            O::NotMarkedRead { why } => {
+                err(&mut said, format!("warning: cannot mark as read: {why}"))
+            }
+            O::NoGroupNamed(query) => out(&mut said, format!("no such group: #{query}")),
             O::SeveralGroups { query, groups } => {
-                view::out(format!(
-                    "{} groups are called {query}; choose one by id:",
-                    groups.len()
-                ));
+                out(
+                    &mut said,
+                    format!(
+                        "{} groups are called {query}; choose one by id:",
+                        groups.len()
+                    ),
+                );
                 for (id, name) in groups {
-                    view::out(format!("  /to #{id}   ({})", terminal_text(name)));
+                    out(
+                        &mut said,
+                        format!("  /to #{id}   ({})", terminal_text(name)),
+                    );
                 }
             }
-            O::NoMessagesYet(chosen) => view::out(format!("no messages {} yet", place(chosen))),
+            O::NoMessagesYet(chosen) => {
+                out(&mut said, format!("no messages {} yet", place(chosen)))
+            }
             O::History {
                 chosen,
                 messages,
                 me,
             } => {
                 let now = Local::now();
-                view::out(format!(
-                    "--- the last {} message(s) {} ---",
-                    messages.len(),
-                    place(chosen)
-                ));
+                out(
+                    &mut said,
+                    format!(
+                        "--- the last {} message(s) {} ---",
+                        messages.len(),
+                        place(chosen)
+                    ),
+                );
                 let group = matches!(chosen, Chosen::Group { .. });
                 for m in messages {
-                    view::out(history_line(m, me, chosen.label(), group, now));
+                    out(&mut said, history_line(m, me, chosen.label(), group, now));
                 }
             }
-            O::NotYourMessage { seq } => view::err(format!(
+            O::NotYourMessage { seq } => err(
+                &mut said,
+                format!(
                 "error: no message {seq} of yours here (only your own text messages can be changed)"
-            )),
+            ),
+            ),
             O::Unread(conversations) => {
                 if conversations.is_empty() {
-                    return view::out("no unread messages");
+                    out(&mut said, "no unread messages");
+                    return said;
                 }
                 let mut unread: Vec<_> = conversations.iter().collect();
                 unread.sort_by_key(|c| display_label(c));
                 for c in unread {
-                    view::out(format!("{}: {} unread", display_label(c), c.unread_count));
+                    out(
+                        &mut said,
+                        format!("{}: {} unread", display_label(c), c.unread_count),
+                    );
                 }
             }
             O::AlreadyIn { label, users } => {
-                view::out(format!("already in {label}: {}", users.join(", ")));
+                out(
+                    &mut said,
+                    format!("already in {label}: {}", users.join(", ")),
+                );
             }
             O::NotInAnyMore { label } => {
-                view::err(format!("error: you are not in {label} any more"));
+                err(&mut said, format!("error: you are not in {label} any more"));
             }
             O::GroupInfo(group) => {
                 let n = group.members.len();
                 let s = if n == 1 { "" } else { "s" };
-                view::out(format!(
-                    "{} (group {}), {n} member{s}:",
-                    group_label(&group.group_id, &group.name),
-                    group.group_id
-                ));
+                out(
+                    &mut said,
+                    format!(
+                        "{} (group {}), {n} member{s}:",
+                        group_label(&group.group_id, &group.name),
+                        group.group_id
+                    ),
+                );
                 for member in &group.members {
-                    view::out(format!(
-                        "  {} ({})",
-                        member.username,
-                        view::role_name(member.role)
-                    ));
+                    out(
+                        &mut said,
+                        format!("  {} ({})", member.username, view::role_name(member.role)),
+                    );
                 }
             }
             O::Groups(groups) => {
                 if groups.is_empty() {
-                    return view::out("you are in no group: /group create <name> [members...]");
+                    out(
+                        &mut said,
+                        "you are in no group: /group create <name> [members...]",
+                    );
+                    return said;
                 }
                 for c in groups {
-                    view::out(format!(
-                        "{} (group {}): {} unread",
-                        display_label(c),
-                        c.group_id,
-                        c.unread_count
-                    ));
+                    out(
+                        &mut said,
+                        format!(
+                            "{} (group {}): {} unread",
+                            display_label(c),
+                            c.group_id,
+                            c.unread_count
+                        ),
+                    );
                 }
             }
-            O::Failed(failure) => view::err(format!("error: {failure}")),
-            O::Error(why) => view::err(format!("error: {why}")),
+            O::Failed(failure) => err(&mut said, format!("error: {failure}")),
+            O::Error(why) => err(&mut said, format!("error: {why}")),
         }
     }
+    said
+}
+
+fn out(said: &mut Vec<Said>, line: impl std::fmt::Display) {
+    said.push(Said::Out(line.to_string()));
+}
+
+fn err(said: &mut Vec<Said>, line: impl std::fmt::Display) {
+    said.push(Said::Err(line.to_string()));
+}
+
+fn prompt(said: &mut Vec<Said>, text: &str) {
+    said.push(Said::Prompt(text.to_owned()));
 }
 
 /// Where a conversation is, after "messages": `with bob`, `in #Team`.
@@ -714,6 +852,35 @@ mod tests {
     #[test]
     fn terminal_text_defuses_escape_sequences() {
         assert_eq!(terminal_text("a\u{1b}[2Jb\nc"), "a\u{FFFD}[2Jb\n    c");
+    }
+
+    #[test]
+    fn an_outage_is_said_once_until_the_stream_is_back() {
+        let mut lines = LineRenderer::default();
+        let failed = || Output::CannotConnect {
+            server: "http://h:1",
+            why: "connection refused",
+            retry_in: Duration::from_secs(4),
+        };
+        assert!(
+            !lines.repeats_outage(&failed()),
+            "the first attempt is said"
+        );
+        assert!(lines.repeats_outage(&failed()), "the next ones are not");
+        assert!(lines.repeats_outage(&failed()));
+        let ready = pb::Ready::default();
+        let back = Output::Connected {
+            ready: &ready,
+            via: None,
+            first: false,
+        };
+        assert!(!lines.repeats_outage(&back), "being back is said");
+        let lost = Output::Disconnected { reason: "gone" };
+        assert!(!lines.repeats_outage(&lost), "losing the stream is said");
+        assert!(
+            lines.repeats_outage(&failed()),
+            "it already said reconnecting"
+        );
     }
 
     #[test]
