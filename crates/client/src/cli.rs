@@ -118,8 +118,22 @@ pub struct Cli {
     #[arg(long, global = true, env = "CHAT_CLIENT_HOME", value_name = "DIR")]
     pub home: Option<PathBuf>,
 
+    /// How the interactive mode shows itself: `screen` (full screen),
+    /// `line` (line by line, as for scripts and pipes), or `auto` (full
+    /// screen when stdin and stdout are a terminal).
+    #[arg(long, global = true, env = "CHAT_UI", value_enum, default_value_t = Ui::Auto)]
+    pub ui: Ui,
+
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// How the interactive mode shows itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Ui {
+    Auto,
+    Line,
+    Screen,
 }
 
 #[derive(Debug, Subcommand)]

@@ -95,6 +95,8 @@ pub struct Context {
     pub home: PathBuf,
     /// `--user`, if given.
     pub user: Option<String>,
+    /// `--ui`: how the interactive mode shows itself.
+    pub ui: cli::Ui,
 }
 
 impl Context {
@@ -110,6 +112,7 @@ impl Context {
             servers,
             home,
             user: cli.user.clone(),
+            ui: cli.ui,
         })
     }
 

@@ -4,7 +4,7 @@
 mod common;
 
 use chat_test_support::TestServer;
-use common::{blocking, count, exit_code, expect, Client};
+use common::{blocking, count, echo_on, exit_code, expect, Client};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_users_chat_live_and_an_offline_user_catches_up() {
@@ -248,4 +248,33 @@ async fn read_receipts_and_edits_show_live() {
         assert_eq!(exit_code(&mut second), 0);
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_secret_typed_is_not_echoed() {
+    let server = TestServer::start().await;
+    let carol = server.register("carol").await;
+    let client = Client::new(server.grpc_url());
+    let mut session = client.interactive(&[]);
+    echo_on(&session);
+    let secret = carol.secret.clone();
+    blocking(move || {
+        expect(&mut session, "username: ");
+        session.send_line("carol").unwrap();
+        expect(&mut session, "secret: ");
+        session.send_line(&secret).unwrap();
+        let shown = expect(&mut session, "logged in as carol");
+        assert!(
+            !shown.contains(&secret[..16]),
+            "the secret was echoed: {shown}"
+        );
+        // The echo is back for what follows.
+        expect(&mut session, "connected as carol");
+        session.send_line("/to carol").unwrap();
+        expect(&mut session, "/to carol");
+        session.send_control('d').unwrap();
+        assert_eq!(exit_code(&mut session), 0);
+    })
+    .await;
+    server.stop().await;
 }

@@ -106,13 +106,9 @@ async fn register_send_history_unread_and_exit_codes() {
     );
 
     // An unknown user, or yourself: not an empty history.
-    let nobody = client
-        .run(&["--user", "user3", "history", "nobody"])
-        .await;
+    let nobody = client.run(&["--user", "user3", "history", "nobody"]).await;
     assert!(nobody.fails(4).contains("no such user: nobody"));
-    let yourself = client
-        .run(&["--user", "user3", "history", "user3"])
-        .await;
+    let yourself = client.run(&["--user", "user3", "history", "user3"]).await;
     assert!(yourself.fails(2).contains("yourself"));
 
     // Exit codes.

@@ -194,6 +194,10 @@ impl App {
             (Some(m), _) => {
                 self.learn_sent(&m.conversation_id, &sent);
                 self.tracker.record(&m.conversation_id, m.seq);
+                self.render.show(Output::Sent {
+                    message: &m,
+                    label: &sent.label,
+                });
             }
             (None, error) => {
                 let why = match &error {
@@ -224,6 +228,10 @@ impl App {
         };
         self.learn_sent(&m.conversation_id, &sent);
         self.tracker.record(&m.conversation_id, m.seq);
+        self.render.show(Output::Sent {
+            message: m,
+            label: &sent.label,
+        });
         true
     }
 

@@ -24,6 +24,38 @@ pub trait Render {
     /// Shows one thing that happened, or asks for the next line of input
     /// ([`Output::AskUsername`], [`Output::AskSecret`]).
     fn show(&mut self, output: Output<'_>);
+
+    /// Takes the terminal over once logged in; `true` when it then reads
+    /// the keys itself ([`Render::key`]) instead of lines.
+    fn begin(&mut self) -> bool {
+        false
+    }
+
+    /// A key, a resize or a mouse event (`None`: a second passed), and
+    /// what the user asks for with it.
+    fn key(&mut self, _event: Option<crossterm::event::Event>) -> Vec<Intent> {
+        Vec::new()
+    }
+
+    /// Whether it keeps a scrollback per conversation, to be filled with
+    /// the newest page of a conversation when it is chosen.
+    fn scrollback(&self) -> bool {
+        false
+    }
+}
+
+/// What a user asks for on a screen that reads keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Intent {
+    /// A line, as if typed in line mode (text or a `/` command).
+    Line(String),
+    /// Open a conversation (by id): plain lines go there, and its newest
+    /// page is shown.
+    Open(String),
+    /// The page of a conversation before `before`.
+    Older { conversation: String, before: u64 },
+    /// The user types in the open conversation.
+    Typing,
 }
 
 /// Everything the interactive mode tells its user.
@@ -93,6 +125,24 @@ pub enum Output<'a> {
         message: &'a pb::Message,
         me: &'a str,
         label: &'a str,
+    },
+    /// A message of ours just acknowledged (the line mode shows nothing:
+    /// the terminal shows what was typed).
+    Sent {
+        message: &'a pb::Message,
+        label: &'a str,
+    },
+    /// A page of a conversation's history, oldest first: the newest page
+    /// (`before` = 0) or the one before `before`.
+    Page {
+        conversation: &'a str,
+        label: &'a str,
+        messages: &'a [pb::Message],
+        before: u64,
+    },
+    /// The conversation where plain lines go now has this id.
+    Opened {
+        conversation: &'a str,
     },
     /// An error frame of the stream.
     ServerError(&'a str),
@@ -202,7 +252,8 @@ commands:
   /to #<group>     talk in a group, named by its id or its name
   /history [n]     the last n messages there (default 20)
   /unread          the conversations with unread messages
-  /edit <seq> <text>   edit one of your messages there
+  /edit <seq> <text>   edit one of your messages there (its seq is the
+                   number in front of it in /history)
   /delete <seq>    delete one of your messages there
   /group create <name> [members...]
                    create a group (quote a name with spaces) and talk in it
@@ -384,6 +435,16 @@ pub fn describe(output: &Output<'_>) -> Vec<Said> {
             }
             O::Message { message, me, label } => {
                 out(&mut said, message_line(message, me, label, Local::now()));
+            }
+            O::Sent { .. } | O::Opened { .. } => {}
+            O::Page {
+                messages, label, ..
+            } => {
+                let now = Local::now();
+                let group = label.starts_with('#');
+                for m in messages {
+                    out(&mut said, history_line(m, "", label, group, now));
+                }
             }
             O::ServerError(message) => err(&mut said, format!("error: {message}")),
             O::Presence { user, online } => {
@@ -655,9 +716,10 @@ pub fn message_line(m: &pb::Message, me: &str, label: &str, now: DateTime<Local>
     }
 }
 
-/// A message in `/history`: a [`message_line`] with the body of a deleted
-/// text as `[deleted]`, ` (edited)` after an edited one, and, after one of
-/// yours, ` ✓` once the peer read it (` (read by N)` in a group).
+/// A message in `/history`: its seq (what `/edit` and `/delete` take), then
+/// a [`message_line`] with the body of a deleted text as `[deleted]`,
+/// ` (edited)` after an edited one, and, after one of yours, ` ✓` once the
+/// peer read it (` (read by N)` in a group).
 pub fn history_line(
     m: &pb::Message,
     me: &str,
@@ -665,14 +727,15 @@ pub fn history_line(
     group: bool,
     now: DateTime<Local>,
 ) -> String {
+    let seq = m.seq;
     if m.kind != pb::MessageKind::Text as i32 {
-        return message_line(m, me, label, now);
+        return format!("{seq} {}", message_line(m, me, label, now));
     }
     let mut shown = m.clone();
     if m.deleted {
         shown.body = "[deleted]".to_owned();
     }
-    let mut line = message_line(&shown, me, label, now);
+    let mut line = format!("{seq} {}", message_line(&shown, me, label, now));
     if m.edited && !m.deleted {
         line.push_str(" (edited)");
     }
@@ -791,6 +854,10 @@ mod tests {
         m.deleted = true;
         m.body.clear();
         assert!(history_line(&m, "bob", "alice", false, now).ends_with("alice: [deleted]"));
+        assert!(
+            history_line(&m, "bob", "alice", false, now).starts_with("7 ["),
+            "the seq that /edit and /delete take comes first"
+        );
     }
 
     #[test]

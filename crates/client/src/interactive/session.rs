@@ -29,7 +29,7 @@ use super::render::{Output, Render};
 use crate::cli::{parse_username, Target, DEFAULT_SERVER};
 use crate::connection::{self, Backoff, CALL_TIMEOUT};
 use crate::error::{describe_error, describe_status, Exit, Failure};
-use crate::input::Input;
+use crate::input::{EchoOff, Input};
 use crate::{account, api, Context};
 
 /// How long closing waits for the server to finish the stream (so that the
@@ -91,7 +91,10 @@ async fn sign_up(
             }
             Err(status) if status.code() == Code::AlreadyExists => {
                 render.show(Output::Taken { user: &username });
-                let secret = ask(input, render, Output::AskSecret).await?;
+                let secret = {
+                    let _hidden = EchoOff::new();
+                    ask(input, render, Output::AskSecret).await?
+                };
                 let secret = secret.trim();
                 if secret.is_empty() {
                     continue;
@@ -126,7 +129,7 @@ async fn ask(
     question: Output<'_>,
 ) -> Result<String, Failure> {
     render.show(question);
-    match input.next().await {
+    match input.next_line().await {
         Some(line) => Ok(line),
         None => {
             render.show(Output::InputEnded);

@@ -75,7 +75,9 @@ impl Client {
             .env("HOME", self.home.path())
             .env("CHAT_CLIENT_HOME", self.home.path())
             .env("CHAT_SERVER", &self.server)
-            .env("TZ", "UTC");
+            .env("TZ", "UTC")
+            // Line by line: the full screen is driven by its own tests.
+            .env("CHAT_UI", "line");
         command
     }
 
@@ -166,4 +168,34 @@ pub fn expect(session: &mut PtySession, needle: &str) -> String {
 fn decode(pty_text: &str) -> String {
     let bytes: Vec<u8> = pty_text.chars().map(|c| c as u32 as u8).collect();
     String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Makes the pseudo-terminal echo what is typed, as a terminal does by
+/// default (rexpect turns echo off when it starts the client).
+pub fn echo_on(session: &PtySession) {
+    use std::os::fd::AsRawFd;
+    let fd = session.process().pty.as_raw_fd();
+    // SAFETY: reads and writes the termios of a pseudo-terminal we own.
+    unsafe {
+        let mut termios: libc::termios = std::mem::zeroed();
+        assert_eq!(libc::tcgetattr(fd, &mut termios), 0, "tcgetattr");
+        termios.c_lflag |= libc::ECHO;
+        assert_eq!(libc::tcsetattr(fd, libc::TCSANOW, &termios), 0, "tcsetattr");
+    }
+}
+
+/// Gives the pseudo-terminal a size (rexpect leaves it 0 × 0); the client
+/// gets a SIGWINCH, as on a resize.
+pub fn resize(session: &PtySession, cols: u16, rows: u16) {
+    use std::os::fd::AsRawFd;
+    let fd = session.process().pty.as_raw_fd();
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: sets the window size of a pseudo-terminal we own.
+    let set = unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &size) };
+    assert_eq!(set, 0, "TIOCSWINSZ");
 }
