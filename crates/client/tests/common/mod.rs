@@ -184,11 +184,9 @@ pub fn echo_on(session: &PtySession) {
     }
 }
 
-/// Gives the pseudo-terminal a size (rexpect leaves it 0 × 0); the client
-/// gets a SIGWINCH, as on a resize.
-pub fn resize(session: &PtySession, cols: u16, rows: u16) {
-    use std::os::fd::AsRawFd;
-    let fd = session.process().pty.as_raw_fd();
+/// Gives the pseudo-terminal of master `fd` a size (rexpect leaves it
+/// 0 × 0); the client gets a SIGWINCH, as on a resize.
+pub fn resize_fd(fd: std::os::fd::RawFd, cols: u16, rows: u16) {
     let size = libc::winsize {
         ws_row: rows,
         ws_col: cols,

@@ -186,7 +186,7 @@ impl Screen {
             KeyCode::Char('n') if ctrl => editor.newer(),
             KeyCode::Char('a') if ctrl => editor.home(),
             KeyCode::Char('e') if ctrl => editor.end(),
-            KeyCode::Char('u') if ctrl => editor.clear(),
+            KeyCode::Char('u') if ctrl => editor.clear_text(),
             KeyCode::Home => editor.home(),
             KeyCode::End => editor.end(),
             KeyCode::Left => editor.left(),

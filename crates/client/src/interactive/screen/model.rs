@@ -36,6 +36,9 @@ pub struct Conversation {
     pub label: String,
     pub group: bool,
     pub unread: u64,
+    /// The newest seq that `unread` accounts for (the server's count at
+    /// connect covers everything up to its `last_seq`, replay included).
+    counted_to: u64,
     /// When something last happened in it (ms since the epoch).
     pub last_activity_ms: i64,
     /// Its messages and membership events by seq, edits and deletions
@@ -144,6 +147,14 @@ impl Editor {
         self.end();
     }
 
+    /// Empties the text (an edit in progress stays one).
+    pub fn clear_text(&mut self) {
+        self.text.clear();
+        self.cursor = 0;
+        self.recalled = None;
+    }
+
+    /// Empties the text and ends an edit in progress.
     pub fn clear(&mut self) {
         self.text.clear();
         self.cursor = 0;
@@ -326,6 +337,7 @@ impl Model {
                     entry.group = view_is_group(c);
                     // The server's count is the exact one.
                     entry.unread = if open { 0 } else { c.unread_count };
+                    entry.counted_to = c.last_seq;
                     if let Some(last) = &c.last_message {
                         entry.last_activity_ms = entry.last_activity_ms.max(last.sent_at_unix_ms);
                     }
@@ -440,8 +452,11 @@ impl Model {
             return;
         }
         entry.messages.insert(m.seq, m.clone());
-        if counts && !open && !is_event(m) && m.sender != me {
-            entry.unread += 1;
+        if counts && m.seq > entry.counted_to {
+            entry.counted_to = m.seq;
+            if !open && !is_event(m) && m.sender != me {
+                entry.unread += 1;
+            }
         }
         if m.sender != me {
             self.typing.remove(&m.sender);
@@ -658,6 +673,7 @@ mod tests {
                     kind: pb::ConversationKind::Direct as i32,
                     peer: "alice".into(),
                     unread_count: 2,
+                    last_seq: 2,
                     last_message: Some(text("c1", 2, "alice", "x", 100)),
                     ..Default::default()
                 },
@@ -694,6 +710,14 @@ mod tests {
         let sorted = model.sorted();
         assert_eq!(sorted[0].label, "alice");
         assert_eq!(sorted[0].unread, 3, "2 from ready and 1 live");
+        // The replay of what ready counted already does not count again.
+        let replayed = text("c1", 2, "alice", "x", 100);
+        model.apply(&Output::Message {
+            message: &replayed,
+            me: "me",
+            label: "alice",
+        });
+        assert_eq!(model.get("c1").unwrap().unread, 3);
         // Our own, an edit and an event never count.
         let mine = text("c1", 4, "me", "mine", 301);
         model.apply(&Output::Message {
