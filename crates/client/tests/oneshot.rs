@@ -185,6 +185,18 @@ async fn login_saves_a_secret_from_stdin_after_checking_it() {
         .await
         .fails(3);
     client.run_with_stdin(&["login", "bob"], "").await.fails(2);
+    // An unknown user is told apart from a wrong secret no more than the
+    // server does, but is named as a possibility.
+    let unknown = client
+        .run_with_stdin(&["login", "nosuchuser"], &"1".repeat(64))
+        .await;
+    assert!(
+        unknown
+            .fails(3)
+            .contains("an unknown user, or not their secret"),
+        "{}",
+        unknown.stderr
+    );
     let saved = client.credentials();
     assert!(saved["users"].get("bob").is_none() && saved["users"].get("carol").is_none());
 

@@ -152,8 +152,11 @@ struct App {
     read_sent: HashMap<String, u64>,
     /// Who plain lines are sent to.
     target: Option<Chosen>,
-    /// The read receipt last shown, by (conversation, reader).
+    /// The message of ours that a receipt was last shown for, by
+    /// (conversation, reader).
     receipts: HashMap<(String, String), u64>,
+    /// Our newest text, by conversation.
+    own_newest: HashMap<String, u64>,
     /// Until when a typing notice shown stands, by (conversation, user).
     typing: HashMap<(String, String), Instant>,
 }
@@ -171,6 +174,7 @@ impl App {
             read_sent: HashMap::new(),
             target: None,
             receipts: HashMap::new(),
+            own_newest: HashMap::new(),
             typing: HashMap::new(),
         }
     }
