@@ -2,12 +2,12 @@
 //! what happened ([`Output`]) and the terminal, and [`LineRenderer`], the
 //! line-by-line implementation that prints to stdout and stderr.
 //!
-//! Every text a person reads in interactive mode is formatted here, and
-//! nothing else in [`crate::interactive`] prints: the rest of the mode says
-//! what happened, with the data a screen needs, and never how it looks. A
-//! full-screen interface replaces [`LineRenderer`] by implementing
-//! [`Render`]. This module owns no state of the conversation and makes no
-//! call to a server.
+//! Every text a person reads in interactive mode is worded here
+//! ([`describe`]), and nothing else in [`crate::interactive`] prints but
+//! the full screen ([`super::screen`]), which draws what it shows itself
+//! and uses these words for the rest: the mode says what happened, with
+//! the data a screen needs, and never how it looks. This module owns no
+//! state of the conversation and makes no call to a server.
 
 use std::path::Path;
 use std::time::Duration;
