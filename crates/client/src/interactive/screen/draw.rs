@@ -394,6 +394,7 @@ fn draw_status(frame: &mut Frame, area: Rect, model: &Model, theme: Theme, now: 
 #[cfg(test)]
 mod tests {
     use super::super::super::render::Output;
+    use super::super::model::samples::model_with_two;
     use super::*;
     use ratatui::backend::TestBackend;
     use ratatui::buffer::Buffer;
@@ -431,33 +432,9 @@ mod tests {
             .collect()
     }
 
+    /// "me" talking with alice, who wrote, edited and deleted.
     fn chatting() -> Model {
-        let mut model = Model::new();
-        let ready = pb::Ready {
-            username: "me".into(),
-            conversations: vec![
-                pb::Conversation {
-                    conversation_id: "c1".into(),
-                    kind: pb::ConversationKind::Direct as i32,
-                    peer: "alice".into(),
-                    ..Default::default()
-                },
-                pb::Conversation {
-                    conversation_id: "g1".into(),
-                    kind: pb::ConversationKind::Group as i32,
-                    group_id: "g1".into(),
-                    name: "Team".into(),
-                    unread_count: 4,
-                    ..Default::default()
-                },
-            ],
-            ..Default::default()
-        };
-        model.apply(&Output::Connected {
-            ready: &ready,
-            via: None,
-            first: true,
-        });
+        let mut model = model_with_two();
         model.apply(&Output::Talking(&super::super::super::Chosen::User(
             "alice".into(),
         )));

@@ -648,11 +648,12 @@ fn in_order(needle: &str, haystack: &str) -> bool {
     needle.chars().all(|n| rest.any(|h| h == n))
 }
 
+/// Models to draw and to change, for tests.
 #[cfg(test)]
-mod tests {
+pub(super) mod samples {
     use super::*;
 
-    fn text(conversation: &str, seq: u64, sender: &str, body: &str, at: i64) -> pb::Message {
+    pub fn text(conversation: &str, seq: u64, sender: &str, body: &str, at: i64) -> pb::Message {
         pb::Message {
             conversation_id: conversation.into(),
             seq,
@@ -663,7 +664,8 @@ mod tests {
         }
     }
 
-    fn model_with_two() -> Model {
+    /// "me", with alice (2 unread) and the group #Team (4 unread, newer).
+    pub fn model_with_two() -> Model {
         let mut model = Model::new();
         let ready = pb::Ready {
             username: "me".into(),
@@ -682,7 +684,9 @@ mod tests {
                     kind: pb::ConversationKind::Group as i32,
                     group_id: "g1".into(),
                     name: "Team".into(),
-                    last_message: Some(text("g1", 1, "bob", "y", 200)),
+                    unread_count: 4,
+                    last_seq: 4,
+                    last_message: Some(text("g1", 4, "bob", "y", 200)),
                     ..Default::default()
                 },
             ],
@@ -695,6 +699,12 @@ mod tests {
         });
         model
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::samples::{model_with_two, text};
+    use super::*;
 
     #[test]
     fn newest_activity_first_and_exact_unread_counts() {
