@@ -4,18 +4,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::Path;
-
 use chat_proto::chat_service_client::ChatServiceClient;
 use chat_proto::client_frame::Frame as Up;
 use chat_proto::server_frame::Frame as Down;
-use chat_server::{Config, Listeners, ServerError};
-use chat_test_support::{Live, TestServer, WAIT};
-use common::{blocking, count, dead_address, exit_code, expect, Client};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use chat_test_support::{Live, TestServer};
+use common::{blocking, count, dead_address, exit_code, expect, Client, Restarted};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_that_is_down_is_skipped_for_the_next_one() {
@@ -38,49 +31,6 @@ async fn a_server_that_is_down_is_skipped_for_the_next_one() {
     })
     .await;
     server.stop().await;
-}
-
-/// A server started on a given port over an existing data directory: the
-/// same server, restarted.
-struct Restarted {
-    url: String,
-    shutdown: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), ServerError>>,
-}
-
-impl Restarted {
-    async fn start(grpc_addr: SocketAddr, data_dir: &Path) -> Self {
-        let grpc = TcpListener::bind(grpc_addr)
-            .await
-            .expect("bind the old gRPC port again");
-        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind HTTP");
-        let config = Config {
-            data_dir: data_dir.to_owned(),
-            ..Config::default()
-        };
-        let (shutdown, stop) = oneshot::channel::<()>();
-        let task = tokio::spawn(chat_server::run(
-            config,
-            Listeners { grpc, http },
-            async move {
-                let _ = stop.await;
-            },
-        ));
-        Self {
-            url: format!("http://{grpc_addr}"),
-            shutdown,
-            task,
-        }
-    }
-
-    async fn stop(self) {
-        let _ = self.shutdown.send(());
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("the server stops in time")
-            .expect("server task")
-            .expect("the server ran without error");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{blocking, exit_code, expect, resize_fd, Client, PTY_TIMEOUT_MS};
+use common::{blocking, exit_code, expect, resize_fd, Client, Restarted, PTY_TIMEOUT_MS};
 use rexpect::process::wait::WaitStatus;
 use rexpect::process::PtyProcess;
 
@@ -192,4 +192,64 @@ async fn chat_scroll_back_and_edit_on_the_full_screen() {
     })
     .await;
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_line_follows_a_server_restart() {
+    let mut server = TestServer::start().await;
+    let grpc_addr = server.grpc_addr;
+    let alice = Client::new(server.grpc_url());
+    alice.run(&["register", "bob"]).await.ok();
+    alice.run(&["register", "alice"]).await.ok();
+    let bob_secret = alice.credentials()["users"]["bob"]["secret"]
+        .as_str()
+        .expect("bob's secret")
+        .to_owned();
+
+    let mut screen = Screen::start(&alice);
+    let screen = blocking(move || {
+        screen.wait_for("connected as alice");
+        screen
+    })
+    .await;
+
+    // Stop the server, keeping its data for the restart: the status line
+    // says so, and counts down to the next attempt.
+    let data_dir = std::mem::replace(&mut server.data_dir, tempfile::tempdir().unwrap());
+    server.stop().await;
+    let mut screen = screen;
+    let screen = blocking(move || {
+        screen.wait_for("retrying in");
+        assert!(
+            !screen.contents().contains("connected as alice"),
+            "{}",
+            screen.contents()
+        );
+        screen
+    })
+    .await;
+
+    let restarted = Restarted::start(grpc_addr, data_dir.path()).await;
+    let mut screen = screen;
+    let screen = blocking(move || {
+        screen.wait_for("connected as alice");
+        screen
+    })
+    .await;
+    // Back and live: bob writes, alice's sidebar counts it.
+    let mut chat = chat_test_support::ledger::chat_via(grpc_addr, &bob_secret).await;
+    chat_client::api::send(&mut chat, &Target::User("alice".into()), "back?", "b-1")
+        .await
+        .expect("sent");
+    let mut screen = screen;
+    blocking(move || {
+        screen.wait_for("(1)");
+        assert!(screen.row_with("(1)").contains("bob"));
+        screen.keys(TAB);
+        screen.wait_for("bob: back?");
+        screen.keys(CTRL_C);
+        assert_eq!(screen.exit_code(), 0);
+    })
+    .await;
+    restarted.stop().await;
 }

@@ -4,11 +4,17 @@
 
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
+use chat_server::{Config, Listeners, ServerError};
 use chat_test_support::WAIT;
 use rexpect::session::PtySession;
 use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_chat-client");
 
@@ -196,4 +202,47 @@ pub fn resize_fd(fd: std::os::fd::RawFd, cols: u16, rows: u16) {
     // SAFETY: sets the window size of a pseudo-terminal we own.
     let set = unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &size) };
     assert_eq!(set, 0, "TIOCSWINSZ");
+}
+
+/// A server started on a given port over an existing data directory: the
+/// same server, restarted.
+pub struct Restarted {
+    pub url: String,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl Restarted {
+    pub async fn start(grpc_addr: SocketAddr, data_dir: &Path) -> Self {
+        let grpc = TcpListener::bind(grpc_addr)
+            .await
+            .expect("bind the old gRPC port again");
+        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind HTTP");
+        let config = Config {
+            data_dir: data_dir.to_owned(),
+            ..Config::default()
+        };
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let task = tokio::spawn(chat_server::run(
+            config,
+            Listeners { grpc, http },
+            async move {
+                let _ = stop.await;
+            },
+        ));
+        Self {
+            url: format!("http://{grpc_addr}"),
+            shutdown,
+            task,
+        }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(());
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("the server stops in time")
+            .expect("server task")
+            .expect("the server ran without error");
+    }
 }
