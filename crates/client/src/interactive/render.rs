@@ -264,7 +264,10 @@ commands:
   /group list      your groups
   /help            this help
   /quit            leave (ctrl-d and ctrl-c too)
-a line starting with // is sent with one slash less";
+a line starting with // is sent with one slash less
+on the full screen: Tab and Ctrl+G move between conversations, PageUp
+scrolls back, Up on an empty line selects a message (e edit, d delete,
+r reply), Alt+Enter starts a new line, Ctrl+P recalls a line";
 
 impl Usage {
     fn text(self) -> &'static str {

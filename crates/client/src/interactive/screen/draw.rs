@@ -66,7 +66,7 @@ pub fn draw(frame: &mut Frame, model: &Model, theme: Theme, now: Instant) -> Pan
         .clamp(1, 6);
     let notice_rows = u16::try_from(model.notices.len())
         .unwrap_or(u16::MAX)
-        .min(area.height / 3);
+        .min(area.height / 2);
     let [main, notices, input, status] = Layout::default()
         .direction(Direction::Vertical)
         .constraints([
