@@ -29,8 +29,14 @@ pub async fn verify_secret(
     let mut chat = connection::chat_client(channel, secret)?;
     let refused = |status: tonic::Status| {
         if status.code() == Code::Unauthenticated {
+            // The server answers alike for an unknown user and a wrong
+            // secret (a secret is the credential; the name is not checked
+            // on its own), and so does this: telling them apart to
+            // someone who does not hold the secret would let anyone find
+            // out who has an account.
             Failure::auth(format!(
-                "the server does not accept this secret for {username}"
+                "the server does not accept this secret for {username} \
+                 (an unknown user, or not their secret)"
             ))
         } else {
             Failure::from(status)

@@ -17,8 +17,10 @@ Command-line client of the chat-apps server.
 
 Without a subcommand, chat-client starts the interactive mode: it logs in
 with the saved credentials (or asks for a username and registers it), shows
-your messages as they arrive and sends what you type. Type /help there for
-its commands:
+your messages as they arrive and sends what you type; full screen on a
+terminal (Tab and Ctrl+G move between conversations, PageUp scrolls back, Up
+on an empty line selects a message to edit or delete), line by line
+otherwise (--ui). Type /help there for its commands:
 
   /to <user>         choose who to talk to: the lines you type go to them
   /to #<group>       talk in a group (its id, or its name)
@@ -49,8 +51,11 @@ Output formats (one item per line, fields separated by a tab where noted):
                     sent_at is RFC 3339 in UTC with milliseconds; in a text
                     field (a body, a group name) a backslash, tab, newline
                     and carriage return are written as \\\\, \\t, \\n and \\r.
-                    In a group, a membership event has a fifth field, its
-                    kind:
+                    Anything but a plain text has a fifth field: edited or
+                    deleted (empty body) for a text changed since;
+                    message_edited or message_deleted, then a sixth field,
+                    the seq changed, for an edit or a deletion; and for a
+                    membership event of a group its kind:
                     <seq>\\t<sent_at>\\t<actor>\\t<members>\\t<kind>
                     with the usernames it concerns separated by spaces and
                     kind one of group_created, members_added, member_removed,
@@ -71,7 +76,7 @@ group commands take the id with or without the #. Quote it in a shell: '#' at
 the start of a word begins a comment.
 
 Credentials are saved in <home>/credentials.json (mode 0600): the secret of
-each user, and the last used user, who is the default.
+each user, and the user last registered or logged in, who is the default.
 
 Exit codes:
   0  success
@@ -108,7 +113,8 @@ pub struct Cli {
     )]
     pub server: String,
 
-    /// The saved user to act as (default: the last used one).
+    /// The saved user to act as, for this run only (default: the user last
+    /// registered or logged in; only `register` and `login` change it).
     #[arg(long, global = true, env = "CHAT_USER", value_name = "NAME", value_parser = username_arg)]
     pub user: Option<String>,
 
@@ -117,8 +123,22 @@ pub struct Cli {
     #[arg(long, global = true, env = "CHAT_CLIENT_HOME", value_name = "DIR")]
     pub home: Option<PathBuf>,
 
+    /// How the interactive mode shows itself: `screen` (full screen),
+    /// `line` (line by line, as for scripts and pipes), or `auto` (full
+    /// screen when stdin and stdout are a terminal).
+    #[arg(long, global = true, env = "CHAT_UI", value_enum, default_value_t = Ui::Auto)]
+    pub ui: Ui,
+
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// How the interactive mode shows itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Ui {
+    Auto,
+    Line,
+    Screen,
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,9 +182,10 @@ pub enum Command {
     /// Print the messages exchanged with a user, or of a group.
     ///
     /// One line per message, oldest first: `<seq>\t<sent_at>\t<sender>\t<body>`.
-    /// Prints nothing when there is no conversation with PEER yet. In a
-    /// group, membership events are included with a fifth field, their
-    /// kind: `<seq>\t<sent_at>\t<actor>\t<members>\t<kind>`.
+    /// Prints nothing when there is no conversation with PEER yet (exit 4
+    /// when there is no such user). Anything but a plain text has a fifth
+    /// field (edited, deleted, an edit or a deletion with the seq changed,
+    /// a membership event's kind): see the formats in --help.
     History {
         /// The other user of the direct conversation, or #<group_id>.
         #[arg(value_parser = target_arg, value_name = "PEER")]

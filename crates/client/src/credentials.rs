@@ -1,7 +1,7 @@
 //! Saved secrets: `<home>/credentials.json`, readable by its owner only.
 //!
-//! The file holds each user's secret and the last used user, who is the
-//! default when `--user` is not given:
+//! The file holds each user's secret and the user last registered or
+//! logged in, who is the default when `--user` is not given:
 //!
 //! ```json
 //! { "default_user": "alice", "users": { "alice": { "secret": "…" } } }
@@ -26,7 +26,7 @@ pub const FILE_NAME: &str = "credentials.json";
 /// The content of `credentials.json`.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Credentials {
-    /// The last used user.
+    /// The user last registered or logged in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_user: Option<String>,
     /// Secrets by username.
@@ -109,16 +109,6 @@ impl CredentialStore {
                 secret: secret.to_owned(),
             },
         );
-        credentials.default_user = Some(username.to_owned());
-        self.save(&credentials)
-    }
-
-    /// Makes `username` the default user (writes only when it changes).
-    pub fn make_default(&self, username: &str) -> Result<(), Failure> {
-        let mut credentials = self.load()?;
-        if credentials.default_user.as_deref() == Some(username) {
-            return Ok(());
-        }
         credentials.default_user = Some(username.to_owned());
         self.save(&credentials)
     }
@@ -214,7 +204,8 @@ mod tests {
             crate::Exit::Auth
         );
 
-        store.make_default("alice").unwrap();
+        // Logging in again is what makes a user the default.
+        store.remember("alice", "s1").unwrap();
         assert_eq!(store.select(None).unwrap().0, "alice");
     }
 

@@ -7,7 +7,9 @@
 //! chat-client [--server URL[,URL...]] [--user NAME] [--home DIR] [COMMAND]
 //! ```
 //!
-//! Without a command it runs the interactive mode ([`interactive`]). The
+//! Without a command it runs the interactive mode ([`interactive`]): full
+//! screen on a terminal, line by line otherwise (`--ui`, env `CHAT_UI`:
+//! `auto`, `line` or `screen`). The
 //! commands are for scripts ([`oneshot`]); stdout carries their results
 //! only, one per line, and errors go to stderr as `error: <message>`:
 //!
@@ -24,16 +26,20 @@
 //! | `group list` | `<group_id>\t<name>\t<unread_count>` per group, sorted by name |
 //!
 //! `send` and `history` take a user or a group written `#<group_id>`; the
-//! group commands take the id with or without the `#`. In a group's
-//! history a membership event has a fifth field, its kind:
+//! group commands take the id with or without the `#`. A `history` record
+//! has a fifth field for anything but a plain text: `edited` or `deleted`
+//! for a text changed since; the kind and a sixth field, the seq changed,
+//! for an edit or a deletion (`message_edited`, `message_deleted`); and
+//! for a membership event its kind:
 //! `<seq>\t<sent_at>\t<actor>\t<members>\t<kind>` (members separated by
 //! spaces; kind `group_created`, `members_added`, `member_removed` or
-//! `member_left`). Text fields (bodies, group names) escape backslash, tab,
+//! `member_left`); see [`view::history_record`]. Text fields (bodies, group names) escape backslash, tab,
 //! newline and carriage return as `\\`, `\t`, `\n`, `\r`.
 //!
 //! `--server` (env `CHAT_SERVER`, default `http://127.0.0.1:50050`) takes a
 //! URL, `host:port` or `:port`, or a comma-separated list of them. `--user`
-//! (env `CHAT_USER`) picks a saved user; the default is the last used one.
+//! (env `CHAT_USER`) picks a saved user for this run; the default is the
+//! user last registered or logged in (only `register` and `login` change it).
 //! `--home` (env `CHAT_CLIENT_HOME`, default `$XDG_CONFIG_HOME/chat-apps` or
 //! `$HOME/.config/chat-apps`) holds `credentials.json`.
 //!
@@ -60,7 +66,7 @@
 //! - [`account`]: registering and logging in, shared by both modes.
 //! - [`oneshot`]: the one-shot subcommands.
 //! - [`interactive`]: the interactive mode (its layout is in its docs);
-//!   [`input`] reads its lines.
+//!   [`input`] reads its lines, or the keys of its full screen.
 //! - [`delivery`]: dedupe, gaps and `delivered` cursors (no I/O).
 //! - [`view`]: stdout/stderr, and the records the subcommands print.
 
@@ -94,6 +100,8 @@ pub struct Context {
     pub home: PathBuf,
     /// `--user`, if given.
     pub user: Option<String>,
+    /// `--ui`: how the interactive mode shows itself.
+    pub ui: cli::Ui,
 }
 
 impl Context {
@@ -109,6 +117,7 @@ impl Context {
             servers,
             home,
             user: cli.user.clone(),
+            ui: cli.ui,
         })
     }
 

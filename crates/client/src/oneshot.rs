@@ -137,12 +137,24 @@ pub async fn history(
     limit: u32,
     before: Option<u64>,
 ) -> Result<(), Failure> {
-    let (user, mut chat, _) = authed(ctx).await?;
+    let (user, mut chat, channel) = authed(ctx).await?;
     let fail = |status: tonic::Status| Failure::from_status_as(&status, &user);
     let conversation_id = match peer {
+        Target::User(peer) if *peer == user => {
+            return Err(Failure::usage("you have no conversation with yourself"));
+        }
         Target::User(peer) => {
             let Some(conversation) = api::find_direct(&mut chat, peer).await.map_err(fail)? else {
-                return Ok(());
+                // No conversation yet: an empty history, unless there is
+                // no one by that name.
+                return match api::get_user(channel, peer).await {
+                    Ok(_) => Ok(()),
+                    Err(status) if status.code() == Code::NotFound => Err(Failure::new(
+                        Exit::NotFound,
+                        format!("no such user: {peer}"),
+                    )),
+                    Err(status) => Err(fail(status)),
+                };
             };
             conversation.conversation_id
         }
@@ -285,9 +297,9 @@ fn group_failure(status: tonic::Status, group: &str, user: &str) -> Failure {
     }
 }
 
-/// The saved user (made the default: it is the last used one) and a client
-/// of the first reachable server that authenticates as that user, with its
-/// channel (for the user service).
+/// The saved user (`--user`, else the default one, left as it is) and a
+/// client of the first reachable server that authenticates as that user,
+/// with its channel (for the user service).
 async fn authed(
     ctx: &Context,
 ) -> Result<(String, AuthedChatClient, tonic::transport::Channel), Failure> {
@@ -295,9 +307,6 @@ async fn authed(
     let (user, secret) = store.select(ctx.user.as_deref())?;
     let bearer = connection::bearer(&secret)?;
     let (_, channel) = connection::first_reachable(&ctx.servers).await?;
-    if let Err(f) = store.make_default(&user) {
-        view::err(format!("warning: {f}"));
-    }
     let chat = chat_proto::chat_service_client::ChatServiceClient::with_interceptor(
         channel.clone(),
         bearer,

@@ -112,11 +112,18 @@ pub fn rfc3339(unix_ms: i64) -> String {
     }
 }
 
-/// `history` output: `<seq>\t<sent_at>\t<sender>\t<body>`; a membership
-/// event is `<seq>\t<sent_at>\t<actor>\t<members>\t<kind>`, the members
-/// separated by spaces (any message that is not text has its kind as a
-/// fifth field).
+/// `history` output: `<seq>\t<sent_at>\t<sender>\t<body>` for a text;
+/// anything more has a fifth field:
+///
+/// - a text edited since: `edited`; a deleted one: `deleted` (its body
+///   is empty);
+/// - an edit or a deletion: `message_edited` or `message_deleted`, and a
+///   sixth field, the seq of the message it changed (the fourth field is
+///   the new text, or empty);
+/// - a membership event: `<seq>\t<sent_at>\t<actor>\t<members>\t<kind>`,
+///   the members separated by spaces.
 pub fn history_record(m: &pb::Message) -> String {
+    use pb::MessageKind as K;
     let text = if is_event(m) {
         m.members.join(" ")
     } else {
@@ -129,9 +136,18 @@ pub fn history_record(m: &pb::Message) -> String {
         escape_field(&m.sender),
         escape_field(&text)
     );
-    if m.kind != pb::MessageKind::Text as i32 {
+    let mark = match K::try_from(m.kind) {
+        Ok(K::Text) if m.deleted => Some("deleted".to_owned()),
+        Ok(K::Text) if m.edited => Some("edited".to_owned()),
+        Ok(K::Text) => None,
+        Ok(K::MessageEdited | K::MessageDeleted) => {
+            Some(format!("{}\t{}", kind_name(m.kind), m.target_seq))
+        }
+        _ => Some(kind_name(m.kind)),
+    };
+    if let Some(mark) = mark {
         record.push('\t');
-        record.push_str(&kind_name(m.kind));
+        record.push_str(&mark);
     }
     record
 }
@@ -215,6 +231,40 @@ mod tests {
         assert_eq!(
             history_record(&m),
             "7\t2023-11-14T22:13:20.123Z\talice\ta\\tb\\nc\\\\d\\r"
+        );
+    }
+
+    #[test]
+    fn records_mark_edits_and_deletions() {
+        let mut m = message("alice", "new text");
+        m.edited = true;
+        assert_eq!(
+            history_record(&m),
+            "7\t2023-11-14T22:13:20.123Z\talice\tnew text\tedited"
+        );
+        m.deleted = true;
+        m.body.clear();
+        assert_eq!(
+            history_record(&m),
+            "7\t2023-11-14T22:13:20.123Z\talice\t\tdeleted"
+        );
+        let edit = pb::Message {
+            kind: pb::MessageKind::MessageEdited as i32,
+            target_seq: 3,
+            ..message("alice", "fixed")
+        };
+        assert_eq!(
+            history_record(&edit),
+            "7\t2023-11-14T22:13:20.123Z\talice\tfixed\tmessage_edited\t3"
+        );
+        let deletion = pb::Message {
+            kind: pb::MessageKind::MessageDeleted as i32,
+            target_seq: 4,
+            ..message("alice", "")
+        };
+        assert_eq!(
+            history_record(&deletion),
+            "7\t2023-11-14T22:13:20.123Z\talice\t\tmessage_deleted\t4"
         );
     }
 

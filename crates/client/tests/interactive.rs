@@ -4,7 +4,7 @@
 mod common;
 
 use chat_test_support::TestServer;
-use common::{blocking, count, exit_code, expect, Client};
+use common::{blocking, count, echo_on, exit_code, expect, Client};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_users_chat_live_and_an_offline_user_catches_up() {
@@ -242,10 +242,50 @@ async fn read_receipts_and_edits_show_live() {
         first.send_line("/history").unwrap();
         expect(&mut first, "you → user2: hello again (edited) ✓");
 
+        // A receipt is about our own messages: user2 writing (and so
+        // reading up to its own message) tells user1 nothing; user2
+        // reading what user1 wrote next does.
+        second.send_line("theirs").unwrap();
+        expect(&mut first, "user2: theirs");
+        first.send_line("mine again").unwrap();
+        let between = expect(&mut first, "* user2 read up to 4");
+        assert!(!between.contains("read up to 3"), "{between}");
+
         first.send_line("/quit").unwrap();
         assert_eq!(exit_code(&mut first), 0);
         second.send_line("/quit").unwrap();
         assert_eq!(exit_code(&mut second), 0);
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_secret_typed_is_not_echoed() {
+    let server = TestServer::start().await;
+    let carol = server.register("carol").await;
+    let client = Client::new(server.grpc_url());
+    let mut session = client.interactive(&[]);
+    let secret = carol.secret.clone();
+    blocking(move || {
+        expect(&mut session, "username: ");
+        // Once the client runs (rexpect turned echo off before starting it).
+        echo_on(&session);
+        session.send_line("carol").unwrap();
+        expect(&mut session, "carol\r\n");
+        expect(&mut session, "secret: ");
+        session.send_line(&secret).unwrap();
+        let shown = expect(&mut session, "logged in as carol");
+        assert!(
+            !shown.contains(&secret[..16]),
+            "the secret was echoed: {shown}"
+        );
+        // The echo is back for what follows.
+        expect(&mut session, "connected as carol");
+        session.send_line("/to carol").unwrap();
+        expect(&mut session, "/to carol");
+        session.send_control('d').unwrap();
+        assert_eq!(exit_code(&mut session), 0);
+    })
+    .await;
+    server.stop().await;
 }

@@ -50,8 +50,13 @@ async fn register_send_history_unread_and_exit_codes() {
     let (conversation, seq) = first.ok().trim_end().split_once(' ').expect("two fields");
     assert_eq!(seq, "1");
     assert!(!conversation.is_empty());
-    // --user made user1 the last used user: no --user needed now.
-    let second = client.run(&["send", "user2", "line one\nline\ttwo"]).await;
+    // --user is for that run only: user2, registered last, stays the
+    // default.
+    assert_eq!(client.credentials()["default_user"], "user2");
+    assert_eq!(client.run(&["unread"]).await.ok(), "user1\t1\t1\n");
+    let second = client
+        .run(&["--user", "user1", "send", "user2", "line one\nline\ttwo"])
+        .await;
     assert_eq!(second.ok(), format!("{conversation} 2\n"));
 
     // history as user2: both, oldest first, one line each.
@@ -99,6 +104,12 @@ async fn register_send_history_unread_and_exit_codes() {
             .ok(),
         ""
     );
+
+    // An unknown user, or yourself: not an empty history.
+    let nobody = client.run(&["--user", "user3", "history", "nobody"]).await;
+    assert!(nobody.fails(4).contains("no such user: nobody"));
+    let yourself = client.run(&["--user", "user3", "history", "user3"]).await;
+    assert!(yourself.fails(2).contains("yourself"));
 
     // Exit codes.
     let taken = client.run(&["register", "user1"]).await;
@@ -174,6 +185,18 @@ async fn login_saves_a_secret_from_stdin_after_checking_it() {
         .await
         .fails(3);
     client.run_with_stdin(&["login", "bob"], "").await.fails(2);
+    // An unknown user is told apart from a wrong secret no more than the
+    // server does, but is named as a possibility.
+    let unknown = client
+        .run_with_stdin(&["login", "nosuchuser"], &"1".repeat(64))
+        .await;
+    assert!(
+        unknown
+            .fails(3)
+            .contains("an unknown user, or not their secret"),
+        "{}",
+        unknown.stderr
+    );
     let saved = client.credentials();
     assert!(saved["users"].get("bob").is_none() && saved["users"].get("carol").is_none());
 

@@ -4,18 +4,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::Path;
-
 use chat_proto::chat_service_client::ChatServiceClient;
 use chat_proto::client_frame::Frame as Up;
 use chat_proto::server_frame::Frame as Down;
-use chat_server::{Config, Listeners, ServerError};
-use chat_test_support::{Live, TestServer, WAIT};
-use common::{blocking, count, dead_address, exit_code, expect, Client};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use chat_test_support::{Live, TestServer};
+use common::{blocking, count, dead_address, exit_code, expect, Client, Restarted};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_that_is_down_is_skipped_for_the_next_one() {
@@ -38,49 +31,6 @@ async fn a_server_that_is_down_is_skipped_for_the_next_one() {
     })
     .await;
     server.stop().await;
-}
-
-/// A server started on a given port over an existing data directory: the
-/// same server, restarted.
-struct Restarted {
-    url: String,
-    shutdown: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), ServerError>>,
-}
-
-impl Restarted {
-    async fn start(grpc_addr: SocketAddr, data_dir: &Path) -> Self {
-        let grpc = TcpListener::bind(grpc_addr)
-            .await
-            .expect("bind the old gRPC port again");
-        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind HTTP");
-        let config = Config {
-            data_dir: data_dir.to_owned(),
-            ..Config::default()
-        };
-        let (shutdown, stop) = oneshot::channel::<()>();
-        let task = tokio::spawn(chat_server::run(
-            config,
-            Listeners { grpc, http },
-            async move {
-                let _ = stop.await;
-            },
-        ));
-        Self {
-            url: format!("http://{grpc_addr}"),
-            shutdown,
-            task,
-        }
-    }
-
-    async fn stop(self) {
-        let _ = self.shutdown.send(());
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("the server stops in time")
-            .expect("server task")
-            .expect("the server ran without error");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -363,4 +313,13 @@ async fn a_group_that_changed_while_disconnected_is_caught_up_from_the_rejoin() 
     })
     .await;
     restarted.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_no_credentials_an_unreachable_server_is_said_before_any_question() {
+    let dead = dead_address();
+    let client = Client::new(dead.clone());
+    let run = client.run_with_stdin(&[], "user1\n").await;
+    assert!(run.fails(1).contains(&dead), "{}", run.stderr);
+    assert!(!run.stdout.contains("username"), "{}", run.stdout);
 }

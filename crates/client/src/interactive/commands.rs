@@ -10,13 +10,15 @@
 use chat_proto as pb;
 use tonic::Code;
 
-use super::render::{group_label, Output, Usage};
+use super::render::{group_label, Intent, Output, Usage};
+use super::screen::model::PAGE;
 use super::session::Pending;
 use super::{App, Chosen, Flow};
 use crate::api;
 use crate::cli::parse_username;
 use crate::connection;
 use crate::error::{self, describe_status, Failure};
+use pb::client_frame::Frame as Up;
 
 /// `/history` without a count.
 const DEFAULT_HISTORY: u32 = 20;
@@ -270,11 +272,75 @@ impl App {
         self.choose(Chosen::User(user)).await;
     }
 
-    /// Makes `chosen` where plain lines go, and marks it read.
+    /// Makes `chosen` where plain lines go, and marks it read; a screen
+    /// with a scrollback gets its newest page.
     async fn choose(&mut self, chosen: Chosen) {
         self.render.show(Output::Talking(&chosen));
         self.target = Some(chosen);
+        if let Some(conversation) = self.chosen_conversation() {
+            self.render.show(Output::Opened {
+                conversation: &conversation,
+            });
+            if self.render.scrollback() {
+                self.page(&conversation, 0).await;
+            }
+        }
         self.mark_read_now().await;
+    }
+
+    /// What a screen asks for.
+    pub(super) async fn on_intent(&mut self, intent: Intent) -> Flow {
+        match intent {
+            Intent::Line(line) => return self.on_line(&line).await,
+            Intent::Open(conversation) => self.open(&conversation).await,
+            Intent::Older {
+                conversation,
+                before,
+            } => self.page(&conversation, before).await,
+            Intent::Typing => {
+                if let Some(conversation_id) = self.chosen_conversation() {
+                    self.session.send_frame(Up::Typing(pb::Typing {
+                        conversation_id,
+                        ..Default::default()
+                    }));
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Chooses a conversation known by its id.
+    async fn open(&mut self, conversation: &str) {
+        let chosen = if let Some(name) = self.groups.get(conversation) {
+            Chosen::Group {
+                id: conversation.to_owned(),
+                label: group_label(conversation, name),
+            }
+        } else if let Some((peer, _)) = self.direct.iter().find(|(_, id)| *id == conversation) {
+            Chosen::User(peer.clone())
+        } else {
+            return;
+        };
+        self.choose(chosen).await;
+    }
+
+    /// Shows the page of `conversation` before `before` (0: the newest).
+    async fn page(&mut self, conversation: &str, before: u64) {
+        let Some(mut chat) = self.chat() else { return };
+        let label = self
+            .labels
+            .get(conversation)
+            .cloned()
+            .unwrap_or_else(|| conversation.to_owned());
+        match api::latest(&mut chat, conversation, before, PAGE).await {
+            Ok(messages) => self.render.show(Output::Page {
+                conversation,
+                label: &label,
+                messages: &messages,
+                before,
+            }),
+            Err(status) => self.render.show(Output::Error(&describe_status(&status))),
+        }
     }
 
     /// `/to #<group>`: `query` is a group id or a group name (exact, else

@@ -103,18 +103,24 @@ impl App {
     }
 
     /// A read receipt of another member in the chosen conversation, shown
-    /// once per (reader, seq).
+    /// once per (reader, message of ours): reading their own messages, or
+    /// ours again, tells us nothing.
     fn on_read_update(&mut self, r: pb::ReadUpdate) {
         if r.username == self.me
             || self.chosen_conversation().as_deref() != Some(r.conversation_id.as_str())
         {
             return;
         }
+        let ours = self
+            .own_newest
+            .get(&r.conversation_id)
+            .copied()
+            .unwrap_or(0);
         let shown = self
             .receipts
             .entry((r.conversation_id, r.username.clone()))
             .or_default();
-        if r.read_seq > *shown {
+        if r.read_seq >= ours && ours > *shown {
             *shown = r.read_seq;
             self.render.show(Output::ReadUpTo {
                 user: &r.username,
@@ -192,8 +198,13 @@ impl App {
         };
         match (ack.message, ack.error) {
             (Some(m), _) => {
+                self.note_own(&m);
                 self.learn_sent(&m.conversation_id, &sent);
                 self.tracker.record(&m.conversation_id, m.seq);
+                self.render.show(Output::Sent {
+                    message: &m,
+                    label: &sent.label,
+                });
             }
             (None, error) => {
                 let why = match &error {
@@ -222,9 +233,25 @@ impl App {
         let Some(sent) = self.session.settle(&m.client_msg_id) else {
             return false;
         };
+        self.note_own(m);
         self.learn_sent(&m.conversation_id, &sent);
         self.tracker.record(&m.conversation_id, m.seq);
+        self.render.show(Output::Sent {
+            message: m,
+            label: &sent.label,
+        });
         true
+    }
+
+    /// A text of ours: the newest one is what a read receipt is about.
+    fn note_own(&mut self, m: &pb::Message) {
+        if m.sender == self.me && m.kind == pb::MessageKind::Text as i32 {
+            let newest = self
+                .own_newest
+                .entry(m.conversation_id.clone())
+                .or_default();
+            *newest = (*newest).max(m.seq);
+        }
     }
 
     fn learn_sent(&mut self, conversation: &str, sent: &Pending) {
@@ -262,6 +289,7 @@ impl App {
     }
 
     async fn show(&mut self, m: &pb::Message) {
+        self.note_own(m);
         let label = self.label(m).await;
         self.render.show(Output::Message {
             message: m,

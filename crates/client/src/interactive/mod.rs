@@ -29,15 +29,21 @@
 //! - [`commands`]: a typed line parsed into a [`Command`](commands::Command)
 //!   and executed.
 //! - [`render`]: [`Render`], the one interface to the terminal, and the
-//!   line renderer: the only part that formats or prints anything.
+//!   line renderer: with [`screen`], the only parts that format or print
+//!   anything.
+//! - [`screen`]: the full-screen interface, a [`Render`] that also reads
+//!   the keys and turns them into [`Intent`](render::Intent)s: lines as if
+//!   typed, opening a conversation, an older page, typing.
 
 mod commands;
 mod events;
 pub mod render;
+pub mod screen;
 mod session;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use chat_proto as pb;
@@ -46,28 +52,50 @@ use tokio::time::Instant;
 use tonic::Code;
 
 use crate::cli::Target;
+use crate::cli::Ui;
 use crate::connection;
 use crate::delivery::Tracker;
 use crate::error::{describe_status, Failure};
-use crate::input::Input;
+use crate::input::{Input, Typed};
 use crate::Context;
 use render::{group_label, LineRenderer, Output, Render};
+use screen::Screen;
 use session::{Connecting, Session};
 
 /// How long `/quit` waits for the acks of messages still being sent.
 const QUIT_GRACE: Duration = Duration::from_secs(5);
 
-/// Runs the interactive mode on the line renderer until `/quit` or the end
-/// of input.
+/// Runs the interactive mode until `/quit` or the end of input: on the
+/// full screen when `--ui` says so, or (`auto`) when stdin and stdout are
+/// a terminal that can show one; else line by line.
 pub async fn run(ctx: &Context) -> Result<(), Failure> {
-    run_with(ctx, Box::new(LineRenderer)).await
+    let full_screen = match ctx.ui {
+        Ui::Line => false,
+        Ui::Screen => true,
+        Ui::Auto => {
+            std::io::stdin().is_terminal()
+                && std::io::stdout().is_terminal()
+                && std::env::var("TERM").is_ok_and(|term| !term.is_empty() && term != "dumb")
+        }
+    };
+    if full_screen {
+        run_with(ctx, Box::new(Screen::new()), Input::on_request()).await
+    } else {
+        run_with(ctx, Box::new(LineRenderer::default()), Input::spawn()).await
+    }
 }
 
-/// Runs the interactive mode, shown by `render`.
-pub async fn run_with(ctx: &Context, mut render: Box<dyn Render>) -> Result<(), Failure> {
-    let mut input = Input::spawn();
+/// Runs the interactive mode, shown by `render`, reading `input`.
+pub async fn run_with(
+    ctx: &Context,
+    mut render: Box<dyn Render>,
+    mut input: Input,
+) -> Result<(), Failure> {
     let (me, secret) = session::log_in(ctx, &mut input, render.as_mut()).await?;
     connection::bearer(&secret)?;
+    if render.begin() {
+        input.keys();
+    }
     let mut app = App::new(Session::new(ctx.servers.clone(), secret), me, render);
     let result = app.event_loop(&mut input).await;
     app.session.close().await;
@@ -124,8 +152,11 @@ struct App {
     read_sent: HashMap<String, u64>,
     /// Who plain lines are sent to.
     target: Option<Chosen>,
-    /// The read receipt last shown, by (conversation, reader).
+    /// The message of ours that a receipt was last shown for, by
+    /// (conversation, reader).
     receipts: HashMap<(String, String), u64>,
+    /// Our newest text, by conversation.
+    own_newest: HashMap<String, u64>,
     /// Until when a typing notice shown stands, by (conversation, user).
     typing: HashMap<(String, String), Instant>,
 }
@@ -143,6 +174,7 @@ impl App {
             read_sent: HashMap::new(),
             target: None,
             receipts: HashMap::new(),
+            own_newest: HashMap::new(),
             typing: HashMap::new(),
         }
     }
@@ -159,9 +191,18 @@ impl App {
                 return Ok(());
             }
             tokio::select! {
-                line = input.next(), if quit_by.is_none() && attempted => {
-                    let flow = match line {
-                        Some(line) => self.on_line(&line).await,
+                typed = input.next(), if quit_by.is_none() && attempted => {
+                    let flow = match typed {
+                        Some(Typed::Line(line)) => self.on_line(&line).await,
+                        Some(Typed::Event(event)) => {
+                            let mut flow = Flow::Continue;
+                            for intent in self.render.key(event) {
+                                if let Flow::Quit = self.on_intent(intent).await {
+                                    flow = Flow::Quit;
+                                }
+                            }
+                            flow
+                        }
                         None => Flow::Quit,
                     };
                     // A group command may have shown events.

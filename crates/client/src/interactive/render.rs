@@ -2,12 +2,12 @@
 //! what happened ([`Output`]) and the terminal, and [`LineRenderer`], the
 //! line-by-line implementation that prints to stdout and stderr.
 //!
-//! Every text a person reads in interactive mode is formatted here, and
-//! nothing else in [`crate::interactive`] prints: the rest of the mode says
-//! what happened, with the data a screen needs, and never how it looks. A
-//! full-screen interface replaces [`LineRenderer`] by implementing
-//! [`Render`]. This module owns no state of the conversation and makes no
-//! call to a server.
+//! Every text a person reads in interactive mode is worded here
+//! ([`describe`]), and nothing else in [`crate::interactive`] prints but
+//! the full screen ([`super::screen`]), which draws what it shows itself
+//! and uses these words for the rest: the mode says what happened, with
+//! the data a screen needs, and never how it looks. This module owns no
+//! state of the conversation and makes no call to a server.
 
 use std::path::Path;
 use std::time::Duration;
@@ -24,14 +24,44 @@ pub trait Render {
     /// Shows one thing that happened, or asks for the next line of input
     /// ([`Output::AskUsername`], [`Output::AskSecret`]).
     fn show(&mut self, output: Output<'_>);
+
+    /// Takes the terminal over once logged in; `true` when it then reads
+    /// the keys itself ([`Render::key`]) instead of lines.
+    fn begin(&mut self) -> bool {
+        false
+    }
+
+    /// A key, a resize or a mouse event (`None`: a second passed), and
+    /// what the user asks for with it.
+    fn key(&mut self, _event: Option<crossterm::event::Event>) -> Vec<Intent> {
+        Vec::new()
+    }
+
+    /// Whether it keeps a scrollback per conversation, to be filled with
+    /// the newest page of a conversation when it is chosen.
+    fn scrollback(&self) -> bool {
+        false
+    }
+}
+
+/// What a user asks for on a screen that reads keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Intent {
+    /// A line, as if typed in line mode (text or a `/` command).
+    Line(String),
+    /// Open a conversation (by id): plain lines go there, and its newest
+    /// page is shown.
+    Open(String),
+    /// The page of a conversation before `before`.
+    Older { conversation: String, before: u64 },
+    /// The user types in the open conversation.
+    Typing,
 }
 
 /// Everything the interactive mode tells its user.
 #[derive(Debug)]
 pub enum Output<'a> {
     // Logging in.
-    /// The default user could not be saved as such.
-    DefaultNotSaved(&'a Failure),
     /// No saved credentials: a username is about to be asked for.
     SignUp,
     AskUsername,
@@ -95,6 +125,24 @@ pub enum Output<'a> {
         message: &'a pb::Message,
         me: &'a str,
         label: &'a str,
+    },
+    /// A message of ours just acknowledged (the line mode shows nothing:
+    /// the terminal shows what was typed).
+    Sent {
+        message: &'a pb::Message,
+        label: &'a str,
+    },
+    /// A page of a conversation's history, oldest first: the newest page
+    /// (`before` = 0) or the one before `before`.
+    Page {
+        conversation: &'a str,
+        label: &'a str,
+        messages: &'a [pb::Message],
+        before: u64,
+    },
+    /// The conversation where plain lines go now has this id.
+    Opened {
+        conversation: &'a str,
     },
     /// An error frame of the stream.
     ServerError(&'a str),
@@ -204,7 +252,8 @@ commands:
   /to #<group>     talk in a group, named by its id or its name
   /history [n]     the last n messages there (default 20)
   /unread          the conversations with unread messages
-  /edit <seq> <text>   edit one of your messages there
+  /edit <seq> <text>   edit one of your messages there (its seq is the
+                   number in front of it in /history)
   /delete <seq>    delete one of your messages there
   /group create <name> [members...]
                    create a group (quote a name with spaces) and talk in it
@@ -215,7 +264,10 @@ commands:
   /group list      your groups
   /help            this help
   /quit            leave (ctrl-d and ctrl-c too)
-a line starting with // is sent with one slash less";
+a line starting with // is sent with one slash less
+on the full screen: Tab and Ctrl+G move between conversations, PageUp
+scrolls back, Up on an empty line selects a message (e edit, d delete,
+r reply), Alt+Enter starts a new line, Ctrl+P recalls a line";
 
 impl Usage {
     fn text(self) -> &'static str {
@@ -240,58 +292,131 @@ impl Usage {
 
 /// The line interface: one line per thing on stdout, errors and warnings
 /// on stderr, prompts without a newline.
+///
+/// An outage is said once: the first failed attempt (or the lost stream)
+/// prints a line, the attempts after it print nothing until a stream is
+/// open again, which says so. A screen has a status line for the countdown;
+/// a scroll of lines does not.
 #[derive(Debug, Default)]
-pub struct LineRenderer;
+pub struct LineRenderer {
+    /// The current outage was already said.
+    outage_said: bool,
+}
+
+impl LineRenderer {
+    /// Whether `output` only repeats an outage already said (and notes the
+    /// start or the end of one).
+    fn repeats_outage(&mut self, output: &Output<'_>) -> bool {
+        match output {
+            Output::CannotConnect { .. } | Output::Disconnected { .. } => {
+                std::mem::replace(&mut self.outage_said, true)
+            }
+            Output::Connected { .. } => {
+                self.outage_said = false;
+                false
+            }
+            _ => false,
+        }
+    }
+}
 
 impl Render for LineRenderer {
     fn show(&mut self, output: Output<'_>) {
+        if self.repeats_outage(&output) {
+            return;
+        }
+        for said in describe(&output) {
+            match said {
+                Said::Out(line) => view::out(line),
+                Said::Err(line) => view::err(line),
+                Said::Prompt(text) => view::prompt(&text),
+            }
+        }
+    }
+}
+
+/// One piece of text for people, and where a line interface puts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Said {
+    /// A line of what happened (stdout).
+    Out(String),
+    /// A line of an error or a warning (stderr).
+    Err(String),
+    /// A question, without a newline.
+    Prompt(String),
+}
+
+/// The text of `output`, line by line: what the line interface prints
+/// and what a full screen shows of what it does not draw itself.
+pub fn describe(output: &Output<'_>) -> Vec<Said> {
+    let mut said = Vec::new();
+    {
         use Output as O;
-        match output {
-            O::DefaultNotSaved(f) => view::err(format!("warning: {f}")),
-            O::SignUp => view::out(
+        match *output {
+            O::SignUp => out(
+                &mut said,
                 "no saved credentials: choose a username to register (3 to 32 of a-z 0-9 _ . -)",
             ),
-            O::AskUsername => view::prompt("username: "),
-            O::AskSecret => view::prompt("secret: "),
-            O::InputEnded => view::out(""),
-            O::Refused(why) => view::out(why),
-            O::Registered { user, saved_in } => view::out(format!(
-                "registered {user}; its secret is saved in {}",
-                saved_in.display()
-            )),
-            O::Taken { user } => view::out(format!(
-                "{user} is taken. If it is yours, paste its secret; \
+            O::AskUsername => prompt(&mut said, "username: "),
+            O::AskSecret => prompt(&mut said, "secret: "),
+            O::InputEnded => out(&mut said, ""),
+            O::Refused(why) => out(&mut said, why),
+            O::Registered { user, saved_in } => out(
+                &mut said,
+                format!(
+                    "registered {user}; its secret is saved in {}",
+                    saved_in.display()
+                ),
+            ),
+            O::Taken { user } => out(
+                &mut said,
+                format!(
+                    "{user} is taken. If it is yours, paste its secret; \
                  press Enter to choose another name."
-            )),
-            O::LoggedIn { user, saved_in } => view::out(format!(
-                "logged in as {user}; the secret is saved in {}",
-                saved_in.display()
-            )),
+                ),
+            ),
+            O::LoggedIn { user, saved_in } => out(
+                &mut said,
+                format!(
+                    "logged in as {user}; the secret is saved in {}",
+                    saved_in.display()
+                ),
+            ),
             O::CannotConnect {
                 server,
                 why,
                 retry_in,
-            } => view::out(format!(
-                "cannot connect to {server}: {why}; retrying in {:.1} s…",
-                retry_in.as_secs_f64()
-            )),
+            } => out(
+                &mut said,
+                format!(
+                    "cannot connect to {server}: {why}; retrying in {:.1} s…",
+                    retry_in.as_secs_f64()
+                ),
+            ),
             O::Disconnected { reason } => {
-                view::out(format!("disconnected: {reason}; reconnecting…"));
+                out(&mut said, format!("disconnected: {reason}; reconnecting…"));
             }
             O::Connected { ready, via, first } => {
-                view::out(ready_summary(ready, via));
+                out(&mut said, ready_summary(ready, via));
                 if first {
-                    view::out(
+                    out(
+                        &mut said,
                         "type /to <user> (or /to #<group>) to choose who to talk to, \
                          /help for the commands",
                     );
                 }
             }
             O::Quitting { unsent } => {
-                view::out(format!("sending {unsent} message(s) before quitting…"));
+                out(
+                    &mut said,
+                    format!("sending {unsent} message(s) before quitting…"),
+                );
             }
             O::NotSent { label, body } => {
-                view::err(format!("error: not sent to {label}: {}", preview(body)));
+                err(
+                    &mut said,
+                    format!("error: not sent to {label}: {}", preview(body)),
+                );
             }
             O::SendRefused { label, body, why } => {
                 let why = match why {
@@ -300,132 +425,209 @@ impl Render for LineRenderer {
                     SendRefusal::Said(text) => text,
                     SendRefusal::Unexplained => "no reason given",
                 };
-                view::err(format!(
-                    "error: not sent to {label} ({}): {why}",
-                    preview(body)
-                ));
+                err(
+                    &mut said,
+                    format!("error: not sent to {label} ({}): {why}", preview(body)),
+                );
             }
             O::GapNotFetched { why } => {
-                view::err(format!("warning: cannot fetch missed messages: {why}"));
+                err(
+                    &mut said,
+                    format!("warning: cannot fetch missed messages: {why}"),
+                );
             }
             O::Message { message, me, label } => {
-                view::out(message_line(message, me, label, Local::now()));
+                out(&mut said, message_line(message, me, label, Local::now()));
             }
-            O::ServerError(message) => view::err(format!("error: {message}")),
-            O::Presence { user, online } => {
-                let state = if online { "online" } else { "offline" };
-                view::out(format!("* {} is {state}", terminal_text(user)));
-            }
-            O::ReadUpTo { user, seq } => {
-                view::out(format!("* {} read up to {seq}", terminal_text(user)));
-            }
-            O::Typing { user } => view::out(format!("* {} is typing…", terminal_text(user))),
-            O::NoLongerIn { label } => view::out(format!("you are no longer in {label}")),
-            O::Help => view::out(HELP),
-            O::Usage(usage) => view::out(usage.text()),
-            O::UnknownCommand(name) => {
-                view::out(format!("unknown command /{name}; /help lists the commands"))
-            }
-            O::Talking(chosen) => view::out(match chosen {
-                Chosen::User(user) => format!("talking to {user}"),
-                Chosen::Group { id, label } => format!("talking in {label} (group {id})"),
-            }),
-            O::ChooseFirst => {
-                view::out("choose who to talk to first: /to <user> or /to #<group>");
-            }
-            O::ChooseGroupFirst => view::out("choose a group first: /to #<group>"),
-            O::NotConnected => view::out("not connected: try again once reconnected"),
-            O::QueuedOffline => {
-                view::out("not connected: the message will be sent once reconnected");
-            }
-            O::ItIsYou => view::out("that is you: choose someone else"),
-            O::NoSuchUser(user) => view::out(format!("no such user: {user}")),
-            O::UserNotChecked { user, why } => {
-                view::err(format!("warning: cannot check that {user} exists: {why}"));
-            }
-            O::GroupsNotListed { why } => {
-                view::err(format!("warning: cannot list your groups: {why}"));
-            }
-            O::NotMarkedRead { why } => view::err(format!("warning: cannot mark as read: {why}")),
-            O::NoGroupNamed(query) => view::out(format!("no such group: #{query}")),
-            O::SeveralGroups { query, groups } => {
-                view::out(format!(
-                    "{} groups are called {query}; choose one by id:",
-                    groups.len()
-                ));
-                for (id, name) in groups {
-                    view::out(format!("  /to #{id}   ({})", terminal_text(name)));
+            O::Sent { .. } | O::Opened { .. } => {}
+            O::Page {
+                messages, label, ..
+            } => {
+                let now = Local::now();
+                let group = label.starts_with('#');
+                for m in messages {
+                    out(&mut said, history_line(m, "", label, group, now));
                 }
             }
-            O::NoMessagesYet(chosen) => view::out(format!("no messages {} yet", place(chosen))),
+            O::ServerError(message) => err(&mut said, format!("error: {message}")),
+            O::Presence { user, online } => {
+                let state = if online { "online" } else { "offline" };
+                out(&mut said, format!("* {} is {state}", terminal_text(user)));
+            }
+            O::ReadUpTo { user, seq } => {
+                out(
+                    &mut said,
+                    format!("* {} read up to {seq}", terminal_text(user)),
+                );
+            }
+            O::Typing { user } => out(&mut said, format!("* {} is typing…", terminal_text(user))),
+            O::NoLongerIn { label } => out(&mut said, format!("you are no longer in {label}")),
+            O::Help => out(&mut said, HELP),
+            O::Usage(usage) => out(&mut said, usage.text()),
+            O::UnknownCommand(name) => out(
+                &mut said,
+                format!("unknown command /{name}; /help lists the commands"),
+            ),
+            O::Talking(chosen) => out(
+                &mut said,
+                match chosen {
+                    Chosen::User(user) => format!("talking to {user}"),
+                    Chosen::Group { id, label } => format!("talking in {label} (group {id})"),
+                },
+            ),
+            O::ChooseFirst => {
+                out(
+                    &mut said,
+                    "choose who to talk to first: /to <user> or /to #<group>",
+                );
+            }
+            O::ChooseGroupFirst => out(&mut said, "choose a group first: /to #<group>"),
+            O::NotConnected => out(&mut said, "not connected: try again once reconnected"),
+            O::QueuedOffline => {
+                out(
+                    &mut said,
+                    "not connected: the message will be sent once reconnected",
+                );
+            }
+            O::ItIsYou => out(&mut said, "that is you: choose someone else"),
+            O::NoSuchUser(user) => out(&mut said, format!("no such user: {user}")),
+            O::UserNotChecked { user, why } => {
+                err(
+                    &mut said,
+                    format!("warning: cannot check that {user} exists: {why}"),
+                );
+            }
+            O::GroupsNotListed { why } => {
+                err(
+                    &mut said,
+                    format!("warning: cannot list your groups: {why}"),
+                );
+            }
+            O::NotMarkedRead { why } => {
+                err(&mut said, format!("warning: cannot mark as read: {why}"))
+            }
+            O::NoGroupNamed(query) => out(&mut said, format!("no such group: #{query}")),
+            O::SeveralGroups { query, groups } => {
+                out(
+                    &mut said,
+                    format!(
+                        "{} groups are called {query}; choose one by id:",
+                        groups.len()
+                    ),
+                );
+                for (id, name) in groups {
+                    out(
+                        &mut said,
+                        format!("  /to #{id}   ({})", terminal_text(name)),
+                    );
+                }
+            }
+            O::NoMessagesYet(chosen) => {
+                out(&mut said, format!("no messages {} yet", place(chosen)))
+            }
             O::History {
                 chosen,
                 messages,
                 me,
             } => {
                 let now = Local::now();
-                view::out(format!(
-                    "--- the last {} message(s) {} ---",
-                    messages.len(),
-                    place(chosen)
-                ));
+                out(
+                    &mut said,
+                    format!(
+                        "--- the last {} message(s) {} ---",
+                        messages.len(),
+                        place(chosen)
+                    ),
+                );
                 let group = matches!(chosen, Chosen::Group { .. });
                 for m in messages {
-                    view::out(history_line(m, me, chosen.label(), group, now));
+                    out(&mut said, history_line(m, me, chosen.label(), group, now));
                 }
             }
-            O::NotYourMessage { seq } => view::err(format!(
+            O::NotYourMessage { seq } => err(
+                &mut said,
+                format!(
                 "error: no message {seq} of yours here (only your own text messages can be changed)"
-            )),
+            ),
+            ),
             O::Unread(conversations) => {
                 if conversations.is_empty() {
-                    return view::out("no unread messages");
+                    out(&mut said, "no unread messages");
+                    return said;
                 }
                 let mut unread: Vec<_> = conversations.iter().collect();
                 unread.sort_by_key(|c| display_label(c));
                 for c in unread {
-                    view::out(format!("{}: {} unread", display_label(c), c.unread_count));
+                    out(
+                        &mut said,
+                        format!("{}: {} unread", display_label(c), c.unread_count),
+                    );
                 }
             }
             O::AlreadyIn { label, users } => {
-                view::out(format!("already in {label}: {}", users.join(", ")));
+                out(
+                    &mut said,
+                    format!("already in {label}: {}", users.join(", ")),
+                );
             }
             O::NotInAnyMore { label } => {
-                view::err(format!("error: you are not in {label} any more"));
+                err(&mut said, format!("error: you are not in {label} any more"));
             }
             O::GroupInfo(group) => {
                 let n = group.members.len();
                 let s = if n == 1 { "" } else { "s" };
-                view::out(format!(
-                    "{} (group {}), {n} member{s}:",
-                    group_label(&group.group_id, &group.name),
-                    group.group_id
-                ));
+                out(
+                    &mut said,
+                    format!(
+                        "{} (group {}), {n} member{s}:",
+                        group_label(&group.group_id, &group.name),
+                        group.group_id
+                    ),
+                );
                 for member in &group.members {
-                    view::out(format!(
-                        "  {} ({})",
-                        member.username,
-                        view::role_name(member.role)
-                    ));
+                    out(
+                        &mut said,
+                        format!("  {} ({})", member.username, view::role_name(member.role)),
+                    );
                 }
             }
             O::Groups(groups) => {
                 if groups.is_empty() {
-                    return view::out("you are in no group: /group create <name> [members...]");
+                    out(
+                        &mut said,
+                        "you are in no group: /group create <name> [members...]",
+                    );
+                    return said;
                 }
                 for c in groups {
-                    view::out(format!(
-                        "{} (group {}): {} unread",
-                        display_label(c),
-                        c.group_id,
-                        c.unread_count
-                    ));
+                    out(
+                        &mut said,
+                        format!(
+                            "{} (group {}): {} unread",
+                            display_label(c),
+                            c.group_id,
+                            c.unread_count
+                        ),
+                    );
                 }
             }
-            O::Failed(failure) => view::err(format!("error: {failure}")),
-            O::Error(why) => view::err(format!("error: {why}")),
+            O::Failed(failure) => err(&mut said, format!("error: {failure}")),
+            O::Error(why) => err(&mut said, format!("error: {why}")),
         }
     }
+    said
+}
+
+fn out(said: &mut Vec<Said>, line: impl std::fmt::Display) {
+    said.push(Said::Out(line.to_string()));
+}
+
+fn err(said: &mut Vec<Said>, line: impl std::fmt::Display) {
+    said.push(Said::Err(line.to_string()));
+}
+
+fn prompt(said: &mut Vec<Said>, text: &str) {
+    said.push(Said::Prompt(text.to_owned()));
 }
 
 /// Where a conversation is, after "messages": `with bob`, `in #Team`.
@@ -517,9 +719,10 @@ pub fn message_line(m: &pb::Message, me: &str, label: &str, now: DateTime<Local>
     }
 }
 
-/// A message in `/history`: a [`message_line`] with the body of a deleted
-/// text as `[deleted]`, ` (edited)` after an edited one, and, after one of
-/// yours, ` ✓` once the peer read it (` (read by N)` in a group).
+/// A message in `/history`: its seq (what `/edit` and `/delete` take), then
+/// a [`message_line`] with the body of a deleted text as `[deleted]`,
+/// ` (edited)` after an edited one, and, after one of yours, ` ✓` once the
+/// peer read it (` (read by N)` in a group).
 pub fn history_line(
     m: &pb::Message,
     me: &str,
@@ -527,14 +730,15 @@ pub fn history_line(
     group: bool,
     now: DateTime<Local>,
 ) -> String {
+    let seq = m.seq;
     if m.kind != pb::MessageKind::Text as i32 {
-        return message_line(m, me, label, now);
+        return format!("{seq} {}", message_line(m, me, label, now));
     }
     let mut shown = m.clone();
     if m.deleted {
         shown.body = "[deleted]".to_owned();
     }
-    let mut line = message_line(&shown, me, label, now);
+    let mut line = format!("{seq} {}", message_line(&shown, me, label, now));
     if m.edited && !m.deleted {
         line.push_str(" (edited)");
     }
@@ -653,6 +857,10 @@ mod tests {
         m.deleted = true;
         m.body.clear();
         assert!(history_line(&m, "bob", "alice", false, now).ends_with("alice: [deleted]"));
+        assert!(
+            history_line(&m, "bob", "alice", false, now).starts_with("7 ["),
+            "the seq that /edit and /delete take comes first"
+        );
     }
 
     #[test]
@@ -714,6 +922,35 @@ mod tests {
     #[test]
     fn terminal_text_defuses_escape_sequences() {
         assert_eq!(terminal_text("a\u{1b}[2Jb\nc"), "a\u{FFFD}[2Jb\n    c");
+    }
+
+    #[test]
+    fn an_outage_is_said_once_until_the_stream_is_back() {
+        let mut lines = LineRenderer::default();
+        let failed = || Output::CannotConnect {
+            server: "http://h:1",
+            why: "connection refused",
+            retry_in: Duration::from_secs(4),
+        };
+        assert!(
+            !lines.repeats_outage(&failed()),
+            "the first attempt is said"
+        );
+        assert!(lines.repeats_outage(&failed()), "the next ones are not");
+        assert!(lines.repeats_outage(&failed()));
+        let ready = pb::Ready::default();
+        let back = Output::Connected {
+            ready: &ready,
+            via: None,
+            first: false,
+        };
+        assert!(!lines.repeats_outage(&back), "being back is said");
+        let lost = Output::Disconnected { reason: "gone" };
+        assert!(!lines.repeats_outage(&lost), "losing the stream is said");
+        assert!(
+            lines.repeats_outage(&failed()),
+            "it already said reconnecting"
+        );
     }
 
     #[test]

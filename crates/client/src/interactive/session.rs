@@ -29,7 +29,7 @@ use super::render::{Output, Render};
 use crate::cli::{parse_username, Target, DEFAULT_SERVER};
 use crate::connection::{self, Backoff, CALL_TIMEOUT};
 use crate::error::{describe_error, describe_status, Exit, Failure};
-use crate::input::Input;
+use crate::input::{EchoOff, Input};
 use crate::{account, api, Context};
 
 /// How long closing waits for the server to finish the stream (so that the
@@ -44,12 +44,7 @@ pub(super) async fn log_in(
 ) -> Result<(String, String), Failure> {
     let store = ctx.credentials();
     match store.select(ctx.user.as_deref()) {
-        Ok((user, secret)) => {
-            if let Err(f) = store.make_default(&user) {
-                render.show(Output::DefaultNotSaved(&f));
-            }
-            return Ok((user, secret));
-        }
+        Ok(found) => return Ok(found),
         Err(f) if f.exit == Exit::Auth => {}
         Err(f) => return Err(f),
     }
@@ -65,6 +60,8 @@ async fn sign_up(
 ) -> Result<(String, String), Failure> {
     let store = ctx.credentials();
     store.check_writable()?;
+    // A server that cannot be reached is said before any question.
+    let (_, channel) = connection::first_reachable(&ctx.servers).await?;
     render.show(Output::SignUp);
     let mut preset = ctx.user.clone();
     loop {
@@ -82,7 +79,6 @@ async fn sign_up(
                 continue;
             }
         };
-        let (_, channel) = connection::first_reachable(&ctx.servers).await?;
         match api::register(channel.clone(), &username, "", "").await {
             Ok(response) => {
                 let name = response.user.map_or(username, |u| u.username);
@@ -95,12 +91,15 @@ async fn sign_up(
             }
             Err(status) if status.code() == Code::AlreadyExists => {
                 render.show(Output::Taken { user: &username });
-                let secret = ask(input, render, Output::AskSecret).await?;
+                let secret = {
+                    let _hidden = EchoOff::new();
+                    ask(input, render, Output::AskSecret).await?
+                };
                 let secret = secret.trim();
                 if secret.is_empty() {
                     continue;
                 }
-                match account::verify_secret(channel, &username, secret).await {
+                match account::verify_secret(channel.clone(), &username, secret).await {
                     Ok(()) => {
                         store.remember(&username, secret)?;
                         render.show(Output::LoggedIn {
@@ -130,7 +129,7 @@ async fn ask(
     question: Output<'_>,
 ) -> Result<String, Failure> {
     render.show(question);
-    match input.next().await {
+    match input.next_line().await {
         Some(line) => Ok(line),
         None => {
             render.show(Output::InputEnded);

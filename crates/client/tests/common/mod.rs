@@ -4,11 +4,17 @@
 
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
+use chat_server::{Config, Listeners, ServerError};
 use chat_test_support::WAIT;
 use rexpect::session::PtySession;
 use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_chat-client");
 
@@ -75,7 +81,9 @@ impl Client {
             .env("HOME", self.home.path())
             .env("CHAT_CLIENT_HOME", self.home.path())
             .env("CHAT_SERVER", &self.server)
-            .env("TZ", "UTC");
+            .env("TZ", "UTC")
+            // Line by line: the full screen is driven by its own tests.
+            .env("CHAT_UI", "line");
         command
     }
 
@@ -166,4 +174,75 @@ pub fn expect(session: &mut PtySession, needle: &str) -> String {
 fn decode(pty_text: &str) -> String {
     let bytes: Vec<u8> = pty_text.chars().map(|c| c as u32 as u8).collect();
     String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Makes the pseudo-terminal echo what is typed, as a terminal does by
+/// default (rexpect turns echo off when it starts the client).
+pub fn echo_on(session: &PtySession) {
+    use std::os::fd::AsRawFd;
+    let fd = session.process().pty.as_raw_fd();
+    // SAFETY: reads and writes the termios of a pseudo-terminal we own.
+    unsafe {
+        let mut termios: libc::termios = std::mem::zeroed();
+        assert_eq!(libc::tcgetattr(fd, &mut termios), 0, "tcgetattr");
+        termios.c_lflag |= libc::ECHO;
+        assert_eq!(libc::tcsetattr(fd, libc::TCSANOW, &termios), 0, "tcsetattr");
+    }
+}
+
+/// Gives the pseudo-terminal of master `fd` a size (rexpect leaves it
+/// 0 × 0); the client gets a SIGWINCH, as on a resize.
+pub fn resize_fd(fd: std::os::fd::RawFd, cols: u16, rows: u16) {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: sets the window size of a pseudo-terminal we own.
+    let set = unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &size) };
+    assert_eq!(set, 0, "TIOCSWINSZ");
+}
+
+/// A server started on a given port over an existing data directory: the
+/// same server, restarted.
+pub struct Restarted {
+    pub url: String,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl Restarted {
+    pub async fn start(grpc_addr: SocketAddr, data_dir: &Path) -> Self {
+        let grpc = TcpListener::bind(grpc_addr)
+            .await
+            .expect("bind the old gRPC port again");
+        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind HTTP");
+        let config = Config {
+            data_dir: data_dir.to_owned(),
+            ..Config::default()
+        };
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let task = tokio::spawn(chat_server::run(
+            config,
+            Listeners { grpc, http },
+            async move {
+                let _ = stop.await;
+            },
+        ));
+        Self {
+            url: format!("http://{grpc_addr}"),
+            shutdown,
+            task,
+        }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(());
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("the server stops in time")
+            .expect("server task")
+            .expect("the server ran without error");
+    }
 }
