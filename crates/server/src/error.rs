@@ -33,9 +33,13 @@ pub enum ApiError {
     /// read or changed.
     #[error("the request body is larger than {limit} bytes, the most accepted")]
     PayloadTooLarge { limit: usize },
-    /// A backend is down or the server is stopping; nothing was committed.
+    /// A backend is down; nothing was committed.
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// This server is stopping (a drain, not a failure): reconnect, to it
+    /// once it is back or to another server of the cluster.
+    #[error("the server is shutting down: reconnect")]
+    Stopping,
     #[error("internal error")]
     Internal(String),
 }
@@ -51,7 +55,7 @@ impl ApiError {
             ApiError::PermissionDenied(_) => "permission_denied",
             ApiError::ResourceExhausted(_) | ApiError::RateLimited { .. } => "resource_exhausted",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
-            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Unavailable(_) | ApiError::Stopping => "unavailable",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -65,7 +69,7 @@ impl ApiError {
             ApiError::PermissionDenied(_) => 403,
             ApiError::ResourceExhausted(_) | ApiError::RateLimited { .. } => 429,
             ApiError::PayloadTooLarge { .. } => 413,
-            ApiError::Unavailable(_) => 503,
+            ApiError::Unavailable(_) | ApiError::Stopping => 503,
             ApiError::Internal(_) => 500,
         }
     }
@@ -109,7 +113,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::ResourceExhausted(_)
             | ApiError::RateLimited { .. }
             | ApiError::PayloadTooLarge { .. } => Code::ResourceExhausted,
-            ApiError::Unavailable(_) => Code::Unavailable,
+            ApiError::Unavailable(_) | ApiError::Stopping => Code::Unavailable,
             ApiError::Internal(_) => Code::Internal,
         };
         let mut status = tonic::Status::new(code, e.to_string());

@@ -54,7 +54,7 @@ pub fn failure_reason(e: &ApiError) -> &'static str {
         ApiError::NotFound(_) => "not_found",
         ApiError::PermissionDenied(_) => "permission_denied",
         ApiError::ResourceExhausted(_) => "resource_exhausted",
-        ApiError::Unavailable(_) => "unavailable",
+        ApiError::Unavailable(_) | ApiError::Stopping => "unavailable",
         ApiError::Internal(_) => "internal",
         // Not answers a send gives; counted all the same.
         ApiError::Unauthenticated

@@ -9,9 +9,6 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{convert, session};
 use crate::{chat, ApiError, AppState};
 
-/// What a client of a stopping server is told.
-pub(super) const SHUTTING_DOWN: &str = "the server is shutting down: reconnect (to another server)";
-
 pub(super) struct ChatApi {
     pub state: Arc<AppState>,
 }
@@ -25,7 +22,7 @@ impl pb::chat_service_server::ChatService for ChatApi {
         request: Request<Streaming<pb::ClientFrame>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         if self.state.draining.is_cancelled() {
-            return Err(ApiError::Unavailable(SHUTTING_DOWN.into()).into());
+            return Err(ApiError::Stopping.into());
         }
         if let Some(client) = request.remote_addr() {
             self.state

@@ -96,7 +96,7 @@ impl tokio_stream::Stream for Frames {
                 "too many undelivered frames: the client is not reading".into(),
             ))
         } else if self.shutdown.as_mut().poll(cx).is_ready() {
-            Some(ApiError::Unavailable(super::chat::SHUTTING_DOWN.into()))
+            Some(ApiError::Stopping)
         } else {
             None
         };
@@ -398,7 +398,7 @@ async fn serve(
                         _ = shutdown.cancelled() => return "server shutdown",
                     }
                 }
-                let end = Status::from(ApiError::Unavailable(super::chat::SHUTTING_DOWN.into()));
+                let end = Status::from(ApiError::Stopping);
                 tokio::select! {
                     _ = out.send(Err(Box::new(end))) => {}
                     _ = shutdown.cancelled() => {}
