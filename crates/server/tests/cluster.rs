@@ -3,7 +3,7 @@
 //!
 //! The in-process variant shares one SQLite store, registry and bus between
 //! two servers of this process; the Redis and Kafka variants connect each
-//! server to real PostgreSQL, Redis and a Kafka-protocol broker, exactly
+//! server to real PostgreSQL, Redis and a Apache Kafka broker, exactly
 //! as separate processes would.
 
 use std::sync::Arc;
@@ -94,8 +94,6 @@ async fn cluster(via: Via) -> Cluster {
                 _ => {
                     let mut kafka = chat_cluster::bus::KafkaConfig::new(kafka_brokers());
                     kafka.topic_prefix = topics.clone();
-                    // The stand-in broker does not wake a waiting fetch.
-                    kafka.fetch_wait_ms = 5;
                     BusBackend::Kafka(kafka)
                 }
             };
