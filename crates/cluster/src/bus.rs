@@ -367,18 +367,7 @@ async fn create_topic(config: &KafkaConfig, topic: &str) -> Result<()> {
     let results = admin_client(config)?
         .create_topics(&[new_topic], &admin_options())
         .await?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => {
-                return Err(ClusterError::Unavailable {
-                    backend: "kafka",
-                    detail: format!("cannot create topic {name}: {code}"),
-                })
-            }
-        }
-    }
-    Ok(())
+    topic_results(results, "create", RDKafkaErrorCode::TopicAlreadyExists)
 }
 
 /// Deletes `topic`; one that is already gone is no error.
@@ -386,13 +375,24 @@ async fn delete_topic(config: &KafkaConfig, topic: &str) -> Result<()> {
     let results = admin_client(config)?
         .delete_topics(&[topic], &admin_options())
         .await?;
+    topic_results(results, "delete", RDKafkaErrorCode::UnknownTopicOrPartition)
+}
+
+/// The first failure among the answers to an admin request about topics
+/// (`verb` them), where `done` means the topic already is as asked.
+fn topic_results(
+    results: Vec<std::result::Result<String, (String, RDKafkaErrorCode)>>,
+    verb: &str,
+    done: RDKafkaErrorCode,
+) -> Result<()> {
     for result in results {
         match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Ok(_) => {}
+            Err((_, code)) if code == done => {}
             Err((name, code)) => {
                 return Err(ClusterError::Unavailable {
                     backend: "kafka",
-                    detail: format!("cannot delete topic {name}: {code}"),
+                    detail: format!("cannot {verb} topic {name}: {code}"),
                 })
             }
         }

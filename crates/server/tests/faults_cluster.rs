@@ -94,14 +94,35 @@ impl Shown {
     }
 }
 
-/// Fault 3: the Kafka-protocol broker dies (SIGKILL) under traffic and
-/// comes back on the same port, empty (in-memory storage, as after a
-/// restart of a broker that kept nothing). While it is away every send is
-/// acknowledged (the store commits) or refused as retryable, never
-/// acknowledged and lost; once it is back, live delivery across nodes
-/// resumes by itself and catch-up fills what was missed meanwhile.
+/// How the broker of fault 3 comes back.
+#[derive(Debug, Clone, Copy)]
+enum BrokerReturn {
+    /// With its data (topics, records, offsets): the usual case on a real
+    /// cluster.
+    WithItsData,
+    /// Empty, as a broker whose disk was lost: every inbox topic is gone.
+    Empty,
+}
+
+/// Fault 3: the Apache Kafka broker dies (SIGKILL) under traffic and comes
+/// back on the same port with its data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_broker_stops_and_restarts_under_traffic() {
+    kafka_broker_stops_and_returns(BrokerReturn::WithItsData).await;
+}
+
+/// Fault 3, the broker back empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_broker_stops_and_restarts_empty_under_traffic() {
+    kafka_broker_stops_and_returns(BrokerReturn::Empty).await;
+}
+
+/// The broker dies (SIGKILL) under traffic and comes back on the same
+/// port as `back` says. While it is away every send is acknowledged (the
+/// store commits) or refused as retryable, never acknowledged and lost;
+/// once it is back, live delivery across nodes resumes by itself and
+/// catch-up fills what was missed meanwhile.
+async fn kafka_broker_stops_and_returns(back: BrokerReturn) {
     const PAIRS: usize = 3;
     const BEFORE: usize = 10;
     // Three publish attempts of up to 2 s each, but librdkafka notices
@@ -217,7 +238,10 @@ async fn kafka_broker_stops_and_restarts_under_traffic() {
         "an acknowledgement took {slowest_ack:?} while the broker was down"
     );
 
-    broker.restart_empty().await;
+    match back {
+        BrokerReturn::WithItsData => broker.restart().await,
+        BrokerReturn::Empty => broker.restart_empty().await,
+    }
     let restarted = Instant::now();
     // Live delivery comes back by itself: probes until one reaches its
     // recipient as it is sent. The probes are ordinary messages, in the
@@ -293,7 +317,7 @@ async fn kafka_broker_stops_and_restarts_under_traffic() {
             .await
             .unwrap_or_default();
     eprintln!(
-        "kafka broker restart: {sent} sent, {acked} acknowledged ({refused} refused and retried), \
+        "kafka broker restart ({back:?}): {sent} sent, {acked} acknowledged ({refused} refused and retried), \
          {live} delivered live, 0 lost, {repeated} duplicates shown; broker down {down_for:?}, \
          slowest ack while down {slowest_ack:?}, {published_failures} records dead-lettered, \
          live delivery back {recovery:?} after the restart"
