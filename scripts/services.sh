@@ -30,10 +30,11 @@
 #               that is its own controller, configured by
 #               scripts/kafka/server.properties (the compose file's
 #               settings), data under DIR/kafka. Its jars are copied from
-#               Maven Central once (about 45 MB, seconds) by `mvn` into
+#               Maven Central once (43 MB, about 12 s) by `mvn` into
 #               ${XDG_CACHE_HOME:-$HOME/.cache}/chat-apps/kafka-VERSION; Java
 #               17+ and Maven are Debian's `default-jre-headless` and
-#               `maven` (same way) when missing. Starting takes 4-10 s.
+#               `maven` (same way) when missing. Starting takes 4-8 s
+#               (up to about 25 s on a loaded machine).
 #
 # Ports are picked at random in 20000-32767 (below Linux's ephemeral range,
 # so outgoing connections do not take them) among those that are free; the
@@ -459,7 +460,7 @@ svc_java_bin() {
 }
 
 # Prints the directory of the broker's jars, copying them from Maven
-# Central once (about 45 MB; Debian's `maven` is installed when missing).
+# Central once (Debian's `maven` is installed when missing).
 svc_kafka_jars() {
   local cache version tmp
   version=$(svc_kafka_version) || exit 1
@@ -473,10 +474,11 @@ svc_kafka_jars() {
   tmp=$(mktemp -d "$cache/jars.XXXXXX")
   svc_log "fetching Apache Kafka $version's jars with Maven (once; kept in $cache)"
   if ! mvn -q -B -Dstyle.color=never -f "$(svc_kafka_files)/pom.xml" dependency:copy-dependencies \
-    -Dkafka.version="$version" -DoutputDirectory="$tmp" >&2 ||
+    -DoutputDirectory="$tmp" >"$cache/mvn.log" 2>&1 ||
     [[ ! -f $tmp/kafka_2.13-$version.jar ]]; then
     rm -rf "$tmp"
-    svc_die "Maven could not fetch Apache Kafka $version's jars"
+    svc_log_tail "$cache/mvn.log"
+    svc_die "Maven could not fetch Apache Kafka $version's jars (log above)"
   fi
   touch "$tmp/.complete"
   rm -rf "$cache/jars"

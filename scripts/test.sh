@@ -17,9 +17,9 @@
 #
 # PostgreSQL, Redis, Java 17+ and Maven come from Debian's packages,
 # installed with apt-get (through sudo when not root) when missing. The
-# broker's jars (about 45 MB) are copied from Maven Central by Maven once,
-# then cached in ~/.cache/chat-apps/kafka-VERSION; the broker starts in
-# 4-10 s. The HTTP API is checked against its OpenAPI document with
+# broker's jars (43 MB) are copied from Maven Central by Maven once (about
+# 12 s), then cached in ~/.cache/chat-apps/kafka-VERSION; the broker starts
+# in 4-8 s (up to about 25 s on a loaded machine). The HTTP API is checked against its OpenAPI document with
 # schemathesis: CHAT_TEST_SCHEMATHESIS names its executable if set, else it
 # is installed with pip from PyPI into a virtualenv in the same temporary
 # directory (needs python3 with venv; Debian's python3-venv is installed
