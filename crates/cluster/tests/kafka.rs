@@ -3,10 +3,11 @@
 
 mod conformance;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chat_cluster::bus::{Bus, KafkaBus, KafkaConfig, INBOX_RETENTION};
+use chat_cluster::bus::{Bus, KafkaBus, KafkaConfig, INBOX_RETENTION, PUBLISH_QUEUE_MAX};
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -109,4 +110,39 @@ async fn an_inbox_topic_is_bounded_and_goes_with_its_node() {
     );
     // Retiring again (a second clean stop) is no error.
     bus.retire(node).await.unwrap();
+}
+
+/// While no broker answers, at most `PUBLISH_QUEUE_MAX` records wait in
+/// the producer: the next publish is refused at once, saying why, instead
+/// of waiting for room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_publish_queue_refuses_at_once() {
+    // Nothing listens on port 1.
+    let bus = Arc::new(KafkaBus::connect(KafkaConfig::new("127.0.0.1:1")).unwrap());
+    let mut waiting = tokio::task::JoinSet::new();
+    for i in 0..PUBLISH_QUEUE_MAX {
+        let bus = bus.clone();
+        waiting.spawn(async move { bus.publish("n1", Bytes::from(i.to_string())).await });
+    }
+    // Once those tasks have run, their records fill the queue. A publish
+    // that still finds room waits for the broker (cut short here: its
+    // record stays queued); one refused for want of room returns at once.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let refused = loop {
+        assert!(Instant::now() < deadline, "the publish queue never filled");
+        let one_more = bus.publish("n1", Bytes::from_static(b"one too many"));
+        if let Ok(result) = tokio::time::timeout(Duration::from_millis(50), one_more).await {
+            break result.expect_err("a publish without a broker succeeded");
+        }
+    };
+    assert!(
+        refused.to_string().contains("publish queue full"),
+        "{refused}"
+    );
+    while let Some(result) = waiting.join_next().await {
+        assert!(
+            result.unwrap().is_err(),
+            "a publish without a broker succeeded"
+        );
+    }
 }

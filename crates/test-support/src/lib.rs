@@ -743,6 +743,26 @@ pub mod process {
             self.restart().await;
         }
 
+        /// SIGSTOP: the broker keeps its connections but answers nothing.
+        pub fn pause(&self) {
+            self.signal("-STOP");
+        }
+
+        /// SIGCONT, after [`Broker::pause`].
+        pub fn resume(&self) {
+            self.signal("-CONT");
+        }
+
+        fn signal(&self, signal: &str) {
+            let child = self.child.as_ref().expect("the broker is running");
+            let pid = child.id().expect("the broker's pid").to_string();
+            let status = std::process::Command::new("kill")
+                .args([signal, &pid])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill {signal} {pid} failed");
+        }
+
         /// SIGKILL, and wait until the process is gone.
         pub async fn kill(&mut self) {
             let mut child = self.child.take().expect("the broker is running");
