@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A two-server chat-apps cluster on this machine, for trying it out by hand:
 # PostgreSQL (the store), Redis (the session registry, and the bus with
-# --bus redis), a Kafka-protocol broker (tansu, the bus with --bus kafka)
+# --bus redis), an Apache Kafka broker (the bus with --bus kafka)
 # and two chat-server processes, A and B, sharing them.
 #
 #   scripts/cluster.sh up [--bus kafka|redis] [--no-build]
@@ -171,7 +171,7 @@ chat-apps cluster is up (bus: $bus). State and logs: $dir
   PostgreSQL $pg_url
   Redis      $CHAT_TEST_REDIS_URL
 EOF
-  [[ $bus == kafka ]] && echo "  Kafka      $CHAT_TEST_KAFKA_BROKERS (tansu)"
+  [[ $bus == kafka ]] && echo "  Kafka      $CHAT_TEST_KAFKA_BROKERS (Apache Kafka)"
   cat <<EOF
 
 Register two users, one through each server (they share one database):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Throwaway PostgreSQL, Redis and Kafka-protocol broker (tansu) instances on
-# free loopback ports, with every file under one directory. Used by
+# Throwaway PostgreSQL, Redis and Apache Kafka instances on free loopback
+# ports, with every file under one directory. Used by
 # scripts/test.sh and scripts/cluster.sh; usable on its own:
 #
 #   scripts/services.sh start DIR [postgres] [redis] [kafka]   # default: all three
@@ -14,7 +14,9 @@
 #   CHAT_TEST_REDIS_URL      redis://127.0.0.1:PORT/
 #   CHAT_TEST_REDIS_SERVER   the redis-server binary
 #   CHAT_TEST_KAFKA_BROKERS  127.0.0.1:PORT
-#   CHAT_TEST_TANSU_BIN      the tansu binary
+#   CHAT_TEST_JAVA           the Java runtime the broker runs on
+#   CHAT_TEST_KAFKA_JARS     the broker's jars (for tests that run a broker
+#                            of their own, to kill and restart it)
 #   CHAT_SERVICES_POSTGRES_PORT, CHAT_SERVICES_REDIS_PORT,
 #   CHAT_SERVICES_KAFKA_PORT, CHAT_SERVICES_PG_BINDIR
 #
@@ -24,9 +26,15 @@
 #               pg_ctl and postgres. As root, the server runs as the
 #               `postgres` system user (initdb refuses root).
 #   Redis       Debian's `redis-server` package (same way).
-#   tansu       $TANSU_BIN, else `tansu` on PATH, else built once with
-#               `cargo install` (about 12 minutes) into
-#               ${XDG_CACHE_HOME:-$HOME/.cache}/chat-apps/tansu.
+#   Kafka       Apache Kafka (version: scripts/kafka/pom.xml), one KRaft node
+#               that is its own controller, configured by
+#               scripts/kafka/server.properties (the compose file's
+#               settings), data under DIR/kafka. Its jars are copied from
+#               Maven Central once (43 MB, about 12 s) by `mvn` into
+#               ${XDG_CACHE_HOME:-$HOME/.cache}/chat-apps/kafka-VERSION; Java
+#               17+ and Maven are Debian's `default-jre-headless` and
+#               `maven` (same way) when missing. Starting takes 4-8 s
+#               (up to about 25 s on a loaded machine).
 #
 # Ports are picked at random in 20000-32767 (below Linux's ephemeral range,
 # so outgoing connections do not take them) among those that are free; the
@@ -38,7 +46,6 @@
 # svc_status, svc_free_port, svc_wait_tcp, ...); sourcing changes no shell
 # option.
 
-SVC_TANSU_VERSION=0.6.0
 SVC_READY_SECS=${SVC_READY_SECS:-30}
 SVC_TAKEN_PORTS=" "
 
@@ -420,83 +427,143 @@ svc_redis_stop() {
   rm -f "$dir/redis.port" "$dir/redis.bin" "$dir/redis-start.log"
 }
 
-# ---------------------------------------------------------------- tansu
+# ---------------------------------------------------------------- Kafka
 
-svc_tansu_cache() { echo "${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/chat-apps/tansu"; }
+svc_kafka_files() { (cd "$(dirname "${BASH_SOURCE[0]}")/kafka" && pwd); }
 
-svc_abs_path() { (cd "$(dirname "$1")" && echo "$PWD/$(basename "$1")"); }
+# The Apache Kafka version: the one property of scripts/kafka/pom.xml that
+# names it (deploy/docker-compose.yml runs the same one).
+svc_kafka_version() {
+  local v
+  v=$(sed -n 's#.*<kafka.version>\(.*\)</kafka.version>.*#\1#p' "$(svc_kafka_files)/pom.xml")
+  [[ -n $v ]] || svc_die "no <kafka.version> in $(svc_kafka_files)/pom.xml"
+  echo "$v"
+}
 
-# Prints the path of a tansu binary, building it once when there is none.
-svc_tansu_bin() {
-  local bin cache
-  if [[ -n ${TANSU_BIN:-} ]]; then
-    [[ -f $TANSU_BIN && -x $TANSU_BIN ]] || svc_die "TANSU_BIN=$TANSU_BIN is not an executable file"
-    svc_abs_path "$TANSU_BIN"
-    return 0
+svc_kafka_cache() {
+  echo "${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/chat-apps/kafka-$(svc_kafka_version)"
+}
+
+# Prints the path of a Java 17+ runtime, installing Debian's when missing.
+svc_java_bin() {
+  local bin major
+  if bin=$(command -v java); then
+    major=$("$bin" -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n 1)
+    if [[ -n $major ]] && ((major >= 17)); then
+      echo "$bin"
+      return 0
+    fi
   fi
-  if bin=$(command -v tansu); then
-    svc_abs_path "$bin"
-    return 0
-  fi
-  cache=$(svc_tansu_cache)
-  bin=$cache/bin/tansu
-  if [[ -x $bin ]] && "$bin" --version 2>/dev/null | grep -qF "$SVC_TANSU_VERSION"; then
-    echo "$bin"
-    return 0
-  fi
-  command -v cargo >/dev/null 2>&1 || svc_die "cargo is needed to build tansu (or set TANSU_BIN)"
-  mkdir -p "$cache"
-  svc_log "building the tansu $SVC_TANSU_VERSION broker with cargo install: this takes about"
-  svc_log "12-20 minutes the first time; it is kept in $cache (or set TANSU_BIN to a tansu binary)"
-  if ! (cd "$cache" && cargo install tansu --version "$SVC_TANSU_VERSION" \
-    --features dynostore --locked --root "$cache") >&2; then
-    svc_die "building tansu failed"
-  fi
-  [[ -x $bin ]] || svc_die "cargo install did not produce $bin"
+  svc_apt_install default-jre-headless
+  bin=$(command -v java) || svc_die "Java installed but not on PATH"
   echo "$bin"
 }
 
+# Prints the directory of the broker's jars, copying them from Maven
+# Central once (Debian's `maven` is installed when missing).
+svc_kafka_jars() {
+  local cache version tmp
+  version=$(svc_kafka_version) || exit 1
+  cache=$(svc_kafka_cache)
+  if [[ -f $cache/jars/.complete ]]; then
+    echo "$cache/jars"
+    return 0
+  fi
+  command -v mvn >/dev/null 2>&1 || svc_apt_install maven
+  mkdir -p "$cache"
+  tmp=$(mktemp -d "$cache/jars.XXXXXX")
+  svc_log "fetching Apache Kafka $version's jars with Maven (once; kept in $cache)"
+  if ! mvn -q -B -Dstyle.color=never -f "$(svc_kafka_files)/pom.xml" dependency:copy-dependencies \
+    -DoutputDirectory="$tmp" >"$cache/mvn.log" 2>&1 ||
+    [[ ! -f $tmp/kafka_2.13-$version.jar ]]; then
+    rm -rf "$tmp"
+    svc_log_tail "$cache/mvn.log"
+    svc_die "Maven could not fetch Apache Kafka $version's jars (log above)"
+  fi
+  touch "$tmp/.complete"
+  rm -rf "$cache/jars"
+  mv "$tmp" "$cache/jars"
+  echo "$cache/jars"
+}
+
+# A KRaft cluster id: 16 random bytes in URL-safe base64 without padding
+# (22 characters), not starting with '-' (Kafka's own random ids avoid it:
+# a command line would take it for an option).
+svc_kafka_cluster_id() {
+  local id
+  while :; do
+    id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+    [[ $id != -* ]] && break
+  done
+  echo "$id"
+}
+
 svc_kafka_start() {
-  local dir=$1 bin kdir port attempt pid ok=""
-  bin=$(svc_tansu_bin) || exit 1
-  echo "$bin" >"$dir/kafka.bin"
+  local dir=$1 java jars files kdir port cport attempt pid ok="" t0 log
+  java=$(svc_java_bin) || exit 1
+  jars=$(svc_kafka_jars) || exit 1
+  files=$(svc_kafka_files)
+  echo "$java" >"$dir/kafka.java"
+  echo "$jars" >"$dir/kafka.jars"
   kdir=$dir/kafka
-  mkdir -p "$kdir"
+  log=$kdir/kafka.log
   for attempt in 1 2 3; do
+    rm -rf "$kdir"
+    mkdir -p "$kdir"
     svc_free_port
     port=$SVC_PORT
+    svc_free_port
+    cport=$SVC_PORT
     echo "$port" >"$dir/kafka.port"
-    svc_spawn "$kdir/tansu.pid" "$kdir/tansu.log" "$kdir" "$bin" broker \
-      --listener-url "tcp://127.0.0.1:$port" \
-      --advertised-listener-url "tcp://127.0.0.1:$port" \
-      --storage-engine memory://tansu/
-    pid=$(<"$kdir/tansu.pid")
-    if svc_wait_tcp "$port" "$SVC_READY_SECS" "$pid" && svc_alive "$pid"; then
-      ok=1
-      break
+    sed -e "s#@PORT@#$port#g" -e "s#@CONTROLLER_PORT@#$cport#g" -e "s#@DATA@#$kdir/data#g" \
+      "$files/server.properties" >"$kdir/server.properties"
+    t0=$SECONDS
+    if ! "$java" -cp "$jars/*" kafka.tools.StorageTool format \
+      --cluster-id "$(svc_kafka_cluster_id)" --config "$kdir/server.properties" \
+      >"$kdir/format.log" 2>&1; then
+      svc_log_tail "$kdir/format.log"
+      svc_die "Kafka: formatting the broker's storage failed"
     fi
-    svc_kill_pid "$pid" tansu 5
-    if grep -qis 'in use' "$kdir/tansu.log"; then
-      svc_log "tansu: port $port was taken meanwhile; trying another (attempt $attempt)"
+    svc_spawn "$kdir/kafka.pid" "$log" "$kdir" "$java" "@$files/jvm.options" \
+      "-Dlog4j2.configurationFile=$files/log4j2.properties" -cp "$jars/*" \
+      kafka.Kafka "$kdir/server.properties"
+    pid=$(<"$kdir/kafka.pid")
+    # Listening is not enough: the broker takes requests once it has
+    # registered with its controller, which it logs as "started".
+    if svc_wait_tcp "$port" "$SVC_READY_SECS" "$pid"; then
+      local deadline=$((SECONDS + SVC_READY_SECS))
+      while ((SECONDS < deadline)) && svc_alive "$pid"; do
+        if grep -qs 'Kafka Server started' "$log"; then
+          ok=1
+          break
+        fi
+        sleep 0.1
+      done
+    fi
+    [[ -n $ok ]] && break
+    svc_kill_pid "$pid" kafka.Kafka 5
+    if grep -qs 'Address already in use' "$log"; then
+      svc_log "Kafka: port $port or $cport was taken meanwhile; trying others (attempt $attempt)"
       continue
     fi
     break
   done
   if [[ -z $ok ]]; then
-    svc_log_tail "$kdir/tansu.log"
-    svc_die "the Kafka broker (tansu) did not start on 127.0.0.1:$port (waited at most ${SVC_READY_SECS}s; log above)"
+    svc_log_tail "$log"
+    svc_die "Apache Kafka did not start on 127.0.0.1:$port (waited at most ${SVC_READY_SECS}s; log above)"
   fi
-  svc_log "Kafka broker (tansu) ready on 127.0.0.1:$port"
+  svc_log "Apache Kafka $(svc_kafka_version) ready on 127.0.0.1:$port in $((SECONDS - t0))s (data in $kdir/data)"
 }
 
 svc_kafka_stop() {
   local dir=$1 kdir=$1/kafka
   [[ -d $kdir ]] || return 0
-  if [[ -s $kdir/tansu.pid ]]; then
-    svc_kill_pid "$(<"$kdir/tansu.pid")" tansu 10
+  if [[ -s $kdir/kafka.pid ]]; then
+    # A clean shutdown of a single-node KRaft broker takes a few seconds.
+    svc_kill_pid "$(<"$kdir/kafka.pid")" kafka.Kafka 20
   fi
   rm -rf "$kdir"
-  rm -f "$dir/kafka.port" "$dir/kafka.bin"
+  rm -f "$dir/kafka.port" "$dir/kafka.java" "$dir/kafka.jars"
 }
 
 # ---------------------------------------------------------------- all
@@ -517,7 +584,8 @@ svc_write_env() {
     fi
     if [[ -f $dir/kafka.port ]]; then
       printf 'export CHAT_TEST_KAFKA_BROKERS=%q\n' "127.0.0.1:$(<"$dir/kafka.port")"
-      printf 'export CHAT_TEST_TANSU_BIN=%q\n' "$(<"$dir/kafka.bin")"
+      printf 'export CHAT_TEST_JAVA=%q\n' "$(<"$dir/kafka.java")"
+      printf 'export CHAT_TEST_KAFKA_JARS=%q\n' "$(<"$dir/kafka.jars")"
       printf 'export CHAT_SERVICES_KAFKA_PORT=%q\n' "$(<"$dir/kafka.port")"
     fi
   } >"$dir/env.tmp"
@@ -528,7 +596,7 @@ svc_running() {
   local dir=$1
   [[ -f $dir/postgres.dir && -f $(<"$dir/postgres.dir")/data/postmaster.pid ]] && return 0
   [[ -s $dir/redis/redis.pid ]] && svc_pid_matches "$(<"$dir/redis/redis.pid")" redis-server && return 0
-  [[ -s $dir/kafka/tansu.pid ]] && svc_pid_matches "$(<"$dir/kafka/tansu.pid")" tansu && return 0
+  [[ -s $dir/kafka/kafka.pid ]] && svc_pid_matches "$(<"$dir/kafka/kafka.pid")" kafka.Kafka && return 0
   return 1
 }
 
@@ -552,7 +620,7 @@ svc_start() {
     case $s in
       postgres) svc_pg_bindir >/dev/null || exit 1 ;;
       redis) svc_redis_bin >/dev/null || exit 1 ;;
-      kafka) svc_tansu_bin >/dev/null || exit 1 ;;
+      kafka) svc_java_bin >/dev/null && svc_kafka_jars >/dev/null || exit 1 ;;
     esac
   done
   # Whatever happens from here on (a failure, ctrl-c), stop what started.
@@ -598,9 +666,9 @@ svc_status() {
     fi
   fi
   if [[ -f $dir/kafka.port ]]; then
-    pid=$(cat "$dir/kafka/tansu.pid" 2>/dev/null || true)
-    if [[ -n $pid ]] && svc_pid_matches "$pid" tansu; then
-      echo "kafka     running  pid $pid  127.0.0.1:$(<"$dir/kafka.port")  (tansu)"
+    pid=$(cat "$dir/kafka/kafka.pid" 2>/dev/null || true)
+    if [[ -n $pid ]] && svc_pid_matches "$pid" kafka.Kafka; then
+      echo "kafka     running  pid $pid  127.0.0.1:$(<"$dir/kafka.port")  (Apache Kafka)"
     else
       echo "kafka     stopped"
     fi

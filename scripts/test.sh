@@ -8,16 +8,18 @@
 # Needs a Rust toolchain (rustup) and a C compiler (SQLite and librdkafka
 # are built from source by their crates). The suite talks to real servers:
 # before cargo runs, scripts/services.sh starts a throwaway PostgreSQL,
-# Redis and Kafka-protocol broker (tansu) on free loopback ports, with their
-# data in a temporary directory, and exports
+# Redis and Apache Kafka broker (KRaft, one node, the compose file's
+# settings) on free loopback ports, with their data in a temporary
+# directory, and exports
 #
 #   CHAT_TEST_POSTGRES_URL  CHAT_TEST_REDIS_URL  CHAT_TEST_REDIS_SERVER
-#   CHAT_TEST_KAFKA_BROKERS CHAT_TEST_TANSU_BIN
+#   CHAT_TEST_KAFKA_BROKERS CHAT_TEST_JAVA       CHAT_TEST_KAFKA_JARS
 #
-# PostgreSQL and Redis come from Debian's packages, installed with apt-get
-# (through sudo when not root) when missing. The broker is $TANSU_BIN, else
-# `tansu` on PATH, else built once with cargo install (12-20 minutes,
-# then cached). The HTTP API is checked against its OpenAPI document with
+# PostgreSQL, Redis, Java 17+ and Maven come from Debian's packages,
+# installed with apt-get (through sudo when not root) when missing. The
+# broker's jars (43 MB) are copied from Maven Central by Maven once (about
+# 12 s), then cached in ~/.cache/chat-apps/kafka-VERSION; the broker starts
+# in 4-8 s (up to about 25 s on a loaded machine). The HTTP API is checked against its OpenAPI document with
 # schemathesis: CHAT_TEST_SCHEMATHESIS names its executable if set, else it
 # is installed with pip from PyPI into a virtualenv in the same temporary
 # directory (needs python3 with venv; Debian's python3-venv is installed
@@ -79,12 +81,12 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-echo "== starting PostgreSQL, Redis and a Kafka broker (tansu) on loopback"
+echo "== starting PostgreSQL, Redis and Apache Kafka on loopback"
 bash scripts/services.sh start "$svc_dir" postgres redis kafka
 # shellcheck disable=SC1091 # written by services.sh start
 . "$svc_dir/env"
 for var in CHAT_TEST_POSTGRES_URL CHAT_TEST_REDIS_URL CHAT_TEST_REDIS_SERVER \
-  CHAT_TEST_KAFKA_BROKERS CHAT_TEST_TANSU_BIN; do
+  CHAT_TEST_KAFKA_BROKERS CHAT_TEST_JAVA CHAT_TEST_KAFKA_JARS; do
   echo "   $var=${!var}"
 done
 

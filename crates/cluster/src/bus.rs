@@ -44,6 +44,12 @@ pub trait Bus: Send + Sync + 'static {
     /// `Ok` when the bus answers now (and, once subscribed, knows this
     /// node's inbox), else why not: a readiness probe.
     async fn ping(&self) -> Result<()>;
+    /// `node` leaves for good (a clean shutdown, after its [`Inbox`] was
+    /// dropped): what the bus keeps for its inbox goes. Nothing by default:
+    /// an inbox that keeps nothing once its reader is gone.
+    async fn retire(&self, _node: &str) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Forwards a record into an inbox without waiting; `false` when the
@@ -224,9 +230,9 @@ pub struct KafkaConfig {
     /// Default: 1.
     pub linger_ms: u64,
     /// Consumer `fetch.wait.max.ms`: how long the broker may hold a fetch
-    /// that has no data. Apache Kafka answers as soon as data arrives, so a
-    /// large value costs nothing there; brokers that do not wake waiting
-    /// fetches need a small one. Default: 100.
+    /// that has no data. Apache Kafka answers a waiting fetch as soon as a
+    /// record arrives (`fetch.min.bytes` is 1), so this bounds only how
+    /// often an idle inbox asks again, not latency. Default: 500.
     pub fetch_wait_ms: u64,
     /// How long a publish may wait for the broker. Default: 2 s.
     pub publish_timeout: Duration,
@@ -238,21 +244,48 @@ impl KafkaConfig {
             brokers: brokers.into(),
             topic_prefix: "chat-inbox-".into(),
             linger_ms: 1,
-            fetch_wait_ms: 100,
+            fetch_wait_ms: 500,
             publish_timeout: Duration::from_secs(2),
         }
     }
 }
 
+/// How many records the producer holds for the broker before a publish is
+/// refused ([`ClusterError::Unavailable`], "publish queue full") instead of
+/// waiting: while the broker is away, records pile up only to this bound,
+/// and the caller learns at once that this one will not be delivered live.
+/// A record waits at most `publish_timeout` (2 s): at 2,000 records/s a
+/// broker that stops answering leaves about 4,000 waiting, so only a burst
+/// well beyond that is refused.
+pub const PUBLISH_QUEUE_MAX: usize = 10_000;
+
+/// How long an inbox topic keeps its records. A node reads its inbox from
+/// its end when it starts, so a record is of use only for the moments it
+/// takes to be read (or for a consumer that reconnects after a broker
+/// outage); a short retention bounds what the topic of a node that crashed
+/// and never came back holds.
+pub const INBOX_RETENTION: Duration = Duration::from_secs(10 * 60);
+
+/// How often an inbox topic starts a new segment: retention deletes whole
+/// segments only, and Apache Kafka's default (7 days) would keep records
+/// that long whatever `retention.ms` says.
+const INBOX_SEGMENT: Duration = Duration::from_secs(60);
+
 /// Kafka: one topic with one partition per node, created by the node when
-/// it starts. A node reads its own partition by assignment (no consumer
-/// group, no offset commits), from the end.
+/// it starts and deleted when it leaves cleanly ([`Bus::retire`]). A node
+/// reads its own partition by assignment (no consumer group, no offset
+/// commits), from the end.
 pub struct KafkaBus {
     config: KafkaConfig,
     producer: FutureProducer,
     /// The topic of the inbox this node reads, once subscribed: what
     /// [`Bus::ping`] asks the broker about.
     inbox: Mutex<Option<String>>,
+    /// The task reading the inbox: [`Bus::retire`] waits for it to close
+    /// its consumer before deleting the topic, because librdkafka's
+    /// consumer does not survive its topic's deletion (see
+    /// [`read_kafka_inbox`]).
+    reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl KafkaBus {
@@ -264,7 +297,30 @@ impl KafkaBus {
                 "message.timeout.ms",
                 config.publish_timeout.as_millis().to_string(),
             )
-            .set("acks", "1")
+            // A record counts as published once every in-sync replica has
+            // it: with `acks=1` a leader that fails right after answering
+            // loses it although the publish said `Ok`.
+            .set("acks", "all")
+            // librdkafka retries a produce request whose answer was lost
+            // (within `message.timeout.ms`); the idempotent producer lets
+            // the broker drop the retried copy, so a record never reaches
+            // an inbox twice, and keeps the records of one inbox in order
+            // across retries.
+            .set("enable.idempotence", "true")
+            // Publishing to a node's inbox must not create it: Apache Kafka
+            // creates a missing topic on a producer's request by default,
+            // which would bring back the topic of a node that left (and
+            // keep it forever). Only the node creates its own inbox.
+            .set("allow.auto.create.topics", "false")
+            // See PUBLISH_QUEUE_MAX.
+            .set(
+                "queue.buffering.max.messages",
+                PUBLISH_QUEUE_MAX.to_string(),
+            )
+            // Small records, sent at once (linger.ms): Nagle's algorithm
+            // would hold a request back until the previous one is
+            // acknowledged.
+            .set("socket.nagle.disable", "true")
             // librdkafka backs off reconnecting up to 10 s by default:
             // after an outage the bus would stay down that long after the
             // broker is back.
@@ -274,7 +330,13 @@ impl KafkaBus {
             config,
             producer,
             inbox: Mutex::new(None),
+            reader: Mutex::new(None),
         })
+    }
+
+    /// The settings it was made with.
+    pub fn config(&self) -> &KafkaConfig {
+        &self.config
     }
 
     fn topic(&self, node: &str) -> String {
@@ -282,29 +344,57 @@ impl KafkaBus {
     }
 }
 
-/// Creates `topic` (one partition) unless it exists.
-async fn create_topic(config: &KafkaConfig, topic: &str) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+fn admin_client(config: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>> {
+    Ok(ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
-        .create()?;
-    let options = AdminOptions::new()
+        .create()?)
+}
+
+fn admin_options() -> AdminOptions {
+    AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(10)))
         // Without it a request to a broker that is down waits for
         // socket.timeout.ms (60 s).
-        .request_timeout(Some(INBOX_OPEN_TIMEOUT));
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
-            &options,
-        )
+        .request_timeout(Some(INBOX_OPEN_TIMEOUT))
+}
+
+/// Creates `topic` (one partition, see [`INBOX_RETENTION`]) unless it
+/// exists.
+async fn create_topic(config: &KafkaConfig, topic: &str) -> Result<()> {
+    let retention = INBOX_RETENTION.as_millis().to_string();
+    let segment = INBOX_SEGMENT.as_millis().to_string();
+    let new_topic = NewTopic::new(topic, 1, TopicReplication::Fixed(1))
+        .set("retention.ms", &retention)
+        .set("segment.ms", &segment);
+    let results = admin_client(config)?
+        .create_topics(&[new_topic], &admin_options())
         .await?;
+    topic_results(results, "create", RDKafkaErrorCode::TopicAlreadyExists)
+}
+
+/// Deletes `topic`; one that is already gone is no error.
+async fn delete_topic(config: &KafkaConfig, topic: &str) -> Result<()> {
+    let results = admin_client(config)?
+        .delete_topics(&[topic], &admin_options())
+        .await?;
+    topic_results(results, "delete", RDKafkaErrorCode::UnknownTopicOrPartition)
+}
+
+/// The first failure among the answers to an admin request about topics
+/// (`verb` them), where `done` means the topic already is as asked.
+fn topic_results(
+    results: Vec<std::result::Result<String, (String, RDKafkaErrorCode)>>,
+    verb: &str,
+    done: RDKafkaErrorCode,
+) -> Result<()> {
     for result in results {
         match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Ok(_) => {}
+            Err((_, code)) if code == done => {}
             Err((name, code)) => {
                 return Err(ClusterError::Unavailable {
                     backend: "kafka",
-                    detail: format!("cannot create topic {name}: {code}"),
+                    detail: format!("cannot {verb} topic {name}: {code}"),
                 })
             }
         }
@@ -341,13 +431,17 @@ async fn open_inbox(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("fetch.wait.max.ms", config.fetch_wait_ms.to_string())
+        // A fetch is answered as soon as one record is there (Apache Kafka
+        // wakes a waiting fetch when data arrives): latency over batching.
         .set("fetch.min.bytes", "1")
+        // See the producer's setting.
+        .set("socket.nagle.disable", "true")
         .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS)
         .create()?;
     let (consumer, watermarks) = {
         let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || {
-            let watermarks = consumer.fetch_watermarks(&topic, 0, INBOX_OPEN_TIMEOUT);
+            let watermarks = inbox_watermarks(&consumer, &topic);
             (consumer, watermarks)
         })
         .await
@@ -365,6 +459,26 @@ async fn open_inbox(
     partitions.add_partition_offset(topic, 0, Offset::Offset(start))?;
     consumer.assign(&partitions)?;
     Ok((consumer, start))
+}
+
+/// The low and high watermarks of `topic`'s partition, within
+/// [`INBOX_OPEN_TIMEOUT`]. Apache Kafka answers a topic's creation once its
+/// controller recorded it, before the broker serving it has learned of it:
+/// until then the broker calls the partition unknown, so that answer is
+/// asked again (a blocking call: run it off the async threads).
+fn inbox_watermarks(consumer: &StreamConsumer, topic: &str) -> Result<(i64, i64)> {
+    let deadline = std::time::Instant::now() + INBOX_OPEN_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match consumer.fetch_watermarks(topic, 0, left) {
+            Err(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::UnknownPartition
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::LeaderNotAvailable,
+            )) if !left.is_zero() => std::thread::sleep(Duration::from_millis(20)),
+            result => return Ok(result?),
+        }
+    }
 }
 
 /// Drops a consumer off the async threads: closing one waits for
@@ -456,11 +570,31 @@ impl Bus for KafkaBus {
         let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(&topic)
             .payload(payload.as_ref())
             .partition(0);
-        self.producer
-            .send(record, self.config.publish_timeout)
-            .await
-            .map_err(|(e, _)| ClusterError::from(e))?;
-        Ok(())
+        // Enqueued now or refused: a full queue is not waited on (see
+        // PUBLISH_QUEUE_MAX).
+        let delivery = self
+            .producer
+            .send_result(record)
+            .map_err(|(e, _)| match e {
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
+                    ClusterError::Unavailable {
+                        backend: "kafka",
+                        detail: format!(
+                            "publish queue full: {PUBLISH_QUEUE_MAX} records wait for the broker"
+                        ),
+                    }
+                }
+                e => ClusterError::from(e),
+            })?;
+        match delivery.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => Err(e.into()),
+            // The producer went away with the record (it is being dropped).
+            Err(_canceled) => Err(ClusterError::Unavailable {
+                backend: "kafka",
+                detail: "the producer was closed".into(),
+            }),
+        }
     }
 
     async fn subscribe(&self, node: &str) -> Result<Inbox> {
@@ -469,14 +603,44 @@ impl Bus for KafkaBus {
         let (consumer, start) = open_inbox(&self.config, &topic, None).await?;
         let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
         *self.inbox.lock().unwrap_or_else(|p| p.into_inner()) = Some(topic.clone());
-        tokio::spawn(read_kafka_inbox(
+        let reader = tokio::spawn(read_kafka_inbox(
             self.config.clone(),
             topic,
             consumer,
             start,
             tx,
         ));
+        *self.reader.lock().unwrap_or_else(|p| p.into_inner()) = Some(reader);
         Ok(rx)
+    }
+
+    /// Deletes `node`'s inbox topic, once this node's reader of it (if it
+    /// is `node`) has closed its consumer, within [`INBOX_OPEN_TIMEOUT`].
+    async fn retire(&self, node: &str) -> Result<()> {
+        check_node_id(node)?;
+        let topic = self.topic(node);
+        let ours = self
+            .inbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_deref()
+            == Some(topic.as_str());
+        if ours {
+            let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(reader) = reader {
+                if tokio::time::timeout(INBOX_OPEN_TIMEOUT, reader)
+                    .await
+                    .is_err()
+                {
+                    return Err(ClusterError::Unavailable {
+                        backend: "kafka",
+                        detail: format!("the reader of {topic} is still running"),
+                    });
+                }
+            }
+            *self.inbox.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        delete_topic(&self.config, &topic).await
     }
 
     /// Fetches the metadata of this node's inbox topic (of every topic

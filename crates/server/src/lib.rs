@@ -365,6 +365,12 @@ pub async fn run_with(
     draining.cancel();
     token.cancel();
     background.wait().await;
+    // The inbox reader has stopped: what the bus keeps for this node's
+    // inbox goes with it (a node that crashes leaves it to the bus's own
+    // bounds; see ARCHITECTURE.md, "Inbox topics").
+    if let Err(e) = state.backends.bus.retire(state.node_id()).await {
+        tracing::warn!(node = %state.node_id(), error = %e, "the bus kept this node's inbox");
+    }
     grpc?;
     http?;
     tracing::info!(node = %state.node_id(), "chat server stopped");

@@ -301,12 +301,13 @@ settings! {
         /// Kafka bootstrap servers, needed by `bus = "kafka"`.
         kafka_brokers: String, example = "kafka:9092";
         /// Prefix of the per-server inbox topics (`<prefix><node_id>`, created
-        /// at start).
+        /// at start, deleted at a clean stop).
         kafka_topic_prefix: String = chat_cluster::bus::KafkaConfig::new("").topic_prefix;
         /// Producer `linger.ms`.
         kafka_linger_ms: u64 = chat_cluster::bus::KafkaConfig::new("").linger_ms;
-        /// Consumer `fetch.wait.max.ms`: keep it small (about 5) with brokers
-        /// that do not answer a waiting fetch when data arrives (tansu).
+        /// Consumer `fetch.wait.max.ms`: how long an idle inbox's fetch waits
+        /// at the broker. Apache Kafka answers a waiting fetch as soon as a
+        /// record arrives, so this does not delay delivery.
         kafka_fetch_wait_ms: u64 = chat_cluster::bus::KafkaConfig::new("").fetch_wait_ms;
         /// Seconds a session stays registered without a heartbeat: a crashed
         /// server's sessions disappear within this time.

@@ -3,7 +3,7 @@
 //!
 //! The in-process variant shares one SQLite store, registry and bus between
 //! two servers of this process; the Redis and Kafka variants connect each
-//! server to real PostgreSQL, Redis and a Kafka-protocol broker, exactly
+//! server to real PostgreSQL, Redis and an Apache Kafka broker, exactly
 //! as separate processes would.
 
 use std::sync::Arc;
@@ -94,8 +94,6 @@ async fn cluster(via: Via) -> Cluster {
                 _ => {
                     let mut kafka = chat_cluster::bus::KafkaConfig::new(kafka_brokers());
                     kafka.topic_prefix = topics.clone();
-                    // The stand-in broker does not wake a waiting fetch.
-                    kafka.fetch_wait_ms = 5;
                     BusBackend::Kafka(kafka)
                 }
             };
@@ -726,3 +724,45 @@ for_each_bus!(
     presence_across_servers,
     edits_cross_servers,
 );
+
+/// A server on the Kafka bus that stops cleanly deletes its inbox topic
+/// (see ARCHITECTURE.md, "Inbox topics stay bounded"): publishing to it
+/// works while it runs and is refused once it has stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_cleanly_deletes_its_kafka_inbox() {
+    let node = unique("leaving-");
+    let mut kafka = chat_cluster::bus::KafkaConfig::new(kafka_brokers());
+    kafka.topic_prefix = format!("{}-", unique("stop"));
+    let probe = chat_cluster::bus::KafkaBus::connect(kafka.clone()).unwrap();
+    let server = {
+        let node = node.clone();
+        TestServer::start_with(move |c| {
+            c.cluster.node_id = node;
+            c.cluster.registry = RegistryBackend::Redis {
+                url: redis_url(),
+                prefix: format!("{}:", unique("stop")),
+            };
+            c.cluster.bus = BusBackend::Kafka(kafka);
+        })
+        .await
+    };
+    probe
+        .publish(&node, Bytes::from_static(b"while it runs"))
+        .await
+        .expect("the running server's inbox takes records");
+    server.stop().await;
+    // The broker learns of the deletion from its controller a moment after
+    // it was answered; each refused publish waits its timeout (2 s).
+    let started = tokio::time::Instant::now();
+    while probe
+        .publish(&node, Bytes::from_static(b"after it stopped"))
+        .await
+        .is_ok()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the stopped server's inbox still takes records"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

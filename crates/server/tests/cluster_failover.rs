@@ -34,7 +34,6 @@ async fn sigkill_one_of_two_servers(bus: &str) {
                 "CHAT_KAFKA_TOPIC_PREFIX",
                 format!("{prefix}-").replace(':', ""),
             ),
-            ("CHAT_KAFKA_FETCH_WAIT_MS", "5".to_owned()),
             ("CHAT_SESSION_TTL_SECS", "1".to_owned()),
         ]
     };

@@ -5,7 +5,7 @@
 //! point at the compose services, and a `Dockerfile` that exposes what the
 //! compose file maps and runs a real binary of the workspace. Then the two
 //! chat servers' environments, with the compose hostnames replaced by this
-//! machine's PostgreSQL, Redis and Kafka-protocol broker, start real
+//! machine's PostgreSQL, Redis and Apache Kafka broker, start real
 //! `chat-server` processes that form a cluster: a message sent over HTTP on
 //! one reaches a session on the other.
 
@@ -267,6 +267,104 @@ fn compose_defines_the_services_and_publishes_the_documented_ports() {
             dockerfile.canonicalize().expect("the Dockerfile exists"),
             repo_root().join("Dockerfile")
         );
+    }
+}
+
+/// `scripts/kafka/server.properties` (the suite's broker) as key/value
+/// pairs, its ports filled in with the compose file's.
+fn test_broker_properties() -> BTreeMap<String, String> {
+    read("scripts/kafka/server.properties")
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            let (key, value) = line.split_once('=').expect("key=value");
+            let value = value
+                .replace("@PORT@", "9092")
+                .replace("@CONTROLLER_PORT@", "9093");
+            (key.to_owned(), value)
+        })
+        .collect()
+}
+
+/// A listener list (`NAME://host:port,…`) or quorum (`id@host:port,…`)
+/// without its hosts: the compose network's names and the tests' loopback
+/// differ by design, the rest must not.
+fn without_hosts(value: &str) -> String {
+    value
+        .split(',')
+        .map(|entry| {
+            let (head, host_port) = match entry.split_once("//") {
+                Some((name, rest)) => (format!("{name}//"), rest),
+                None => match entry.split_once('@') {
+                    Some((id, rest)) => (format!("{id}@"), rest),
+                    None => (String::new(), entry),
+                },
+            };
+            let port = host_port.rsplit_once(':').map_or(host_port, |(_, p)| p);
+            format!("{head}:{port}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn compose_kafka_runs_the_tests_broker_settings() {
+    let compose = Compose::load();
+    // The same Apache Kafka release as the suite's broker.
+    let pom = read("scripts/kafka/pom.xml");
+    let version = pom
+        .split_once("<kafka.version>")
+        .and_then(|(_, rest)| rest.split_once("</kafka.version>"))
+        .map(|(v, _)| v.trim().to_owned())
+        .expect("<kafka.version> in scripts/kafka/pom.xml");
+    assert_eq!(
+        scalar(&compose.service("kafka")["image"]),
+        format!("apache/kafka:{version}")
+    );
+
+    let mut env = compose.env("kafka");
+    // A KRaft cluster id: 16 bytes in URL-safe base64 without padding, as
+    // scripts/services.sh makes one for each run.
+    let id = env.remove("CLUSTER_ID").expect("CLUSTER_ID");
+    const URL_SAFE: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    assert_eq!(id.len(), 22, "{id}");
+    assert!(id.chars().all(|c| URL_SAFE.contains(c)), "{id}");
+    // 22 characters carry 132 bits: the last 4 must be zero for 16 bytes.
+    let last = URL_SAFE.find(id.chars().last().unwrap()).unwrap();
+    assert_eq!(last & 0b1111, 0, "{id} is not 16 bytes");
+    assert!(!id.starts_with('-'), "{id}");
+
+    // KAFKA_FOO_BAR is the image's name for foo.bar.
+    let compose_settings: BTreeMap<String, String> = env
+        .into_iter()
+        .map(|(name, value)| {
+            let key = name
+                .strip_prefix("KAFKA_")
+                .unwrap_or_else(|| panic!("{name} is not a broker setting"))
+                .to_lowercase()
+                .replace('_', ".");
+            (key, value)
+        })
+        .collect();
+    let tests = test_broker_properties();
+    assert_eq!(
+        compose_settings.keys().collect::<Vec<_>>(),
+        tests.keys().collect::<Vec<_>>(),
+        "the compose file's broker settings and scripts/kafka/server.properties"
+    );
+    for (key, compose_value) in &compose_settings {
+        let test_value = &tests[key];
+        match key.as_str() {
+            // Where the data lives is each one's own.
+            "log.dirs" => assert!(!compose_value.is_empty() && !test_value.is_empty()),
+            "listeners" | "advertised.listeners" | "controller.quorum.voters" => assert_eq!(
+                without_hosts(compose_value),
+                without_hosts(test_value),
+                "{key}"
+            ),
+            _ => assert_eq!(compose_value, test_value, "{key}"),
+        }
     }
 }
 

@@ -48,7 +48,6 @@ fn cluster_env(
                 "CHAT_KAFKA_TOPIC_PREFIX",
                 format!("{prefix}-").replace(':', ""),
             ),
-            ("CHAT_KAFKA_FETCH_WAIT_MS", "5".to_owned()),
         ]);
     }
     env
@@ -95,14 +94,45 @@ impl Shown {
     }
 }
 
-/// Fault 3: the Kafka-protocol broker dies (SIGKILL) under traffic and
-/// comes back on the same port, empty (in-memory storage, as after a
-/// restart of a broker that kept nothing). While it is away every send is
-/// acknowledged (the store commits) or refused as retryable, never
-/// acknowledged and lost; once it is back, live delivery across nodes
-/// resumes by itself and catch-up fills what was missed meanwhile.
+/// How the broker of fault 3 goes away and comes back.
+#[derive(Debug, Clone, Copy)]
+enum BrokerFault {
+    /// Killed (SIGKILL), started again with its data (topics, records,
+    /// offsets): the usual case on a real cluster.
+    KilledBackWithItsData,
+    /// Killed, started again empty, as a broker whose disk was lost: every
+    /// inbox topic is gone.
+    KilledBackEmpty,
+    /// Paused (SIGSTOP) for longer than a publish may wait, then resumed:
+    /// its connections stay open but nothing answers.
+    Paused,
+}
+
+/// Fault 3: the Apache Kafka broker dies (SIGKILL) under traffic and comes
+/// back on the same port with its data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_broker_stops_and_restarts_under_traffic() {
+    kafka_broker_goes_and_returns(BrokerFault::KilledBackWithItsData).await;
+}
+
+/// Fault 3, the broker back empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_broker_stops_and_restarts_empty_under_traffic() {
+    kafka_broker_goes_and_returns(BrokerFault::KilledBackEmpty).await;
+}
+
+/// Fault 3, the broker paused and resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_broker_pauses_under_traffic() {
+    kafka_broker_goes_and_returns(BrokerFault::Paused).await;
+}
+
+/// The broker goes away under traffic and comes back on the same port, as
+/// `fault` says. While it is away every send is acknowledged (the store
+/// commits) or refused as retryable, never acknowledged and lost; once it
+/// is back, live delivery across nodes resumes by itself and catch-up
+/// fills what was missed meanwhile.
+async fn kafka_broker_goes_and_returns(fault: BrokerFault) {
     const PAIRS: usize = 3;
     const BEFORE: usize = 10;
     // Three publish attempts of up to 2 s each, but librdkafka notices
@@ -184,7 +214,10 @@ async fn kafka_broker_stops_and_restarts_under_traffic() {
         }
     }
 
-    broker.kill().await;
+    match fault {
+        BrokerFault::Paused => broker.pause(),
+        _ => broker.kill().await,
+    }
     let killed = Instant::now();
     // Sends go on while the broker is away, until the bus gave up on a
     // record (refused on every attempt, dead-lettered): that record never
@@ -218,7 +251,11 @@ async fn kafka_broker_stops_and_restarts_under_traffic() {
         "an acknowledgement took {slowest_ack:?} while the broker was down"
     );
 
-    broker.restart().await;
+    match fault {
+        BrokerFault::KilledBackWithItsData => broker.restart().await,
+        BrokerFault::KilledBackEmpty => broker.restart_empty().await,
+        BrokerFault::Paused => broker.resume(),
+    }
     let restarted = Instant::now();
     // Live delivery comes back by itself: probes until one reaches its
     // recipient as it is sent. The probes are ordinary messages, in the
@@ -294,10 +331,10 @@ async fn kafka_broker_stops_and_restarts_under_traffic() {
             .await
             .unwrap_or_default();
     eprintln!(
-        "kafka broker restart: {sent} sent, {acked} acknowledged ({refused} refused and retried), \
+        "kafka broker {fault:?}: {sent} sent, {acked} acknowledged ({refused} refused and retried), \
          {live} delivered live, 0 lost, {repeated} duplicates shown; broker down {down_for:?}, \
          slowest ack while down {slowest_ack:?}, {published_failures} records dead-lettered, \
-         live delivery back {recovery:?} after the restart"
+         live delivery back {recovery:?} after its return"
     );
 }
 

@@ -617,7 +617,6 @@ async fn readyz_follows_the_kafka_bus() {
     let mut broker = Broker::start(free_service_port()).await;
     let mut kafka = chat_cluster::bus::KafkaConfig::new(broker.address());
     kafka.topic_prefix = format!("{}-", unique("obs"));
-    kafka.fetch_wait_ms = 5;
     let server = TestServer::start_with(move |c| {
         c.cluster.node_id = unique("n-");
         c.cluster.registry = RegistryBackend::Redis {
@@ -641,7 +640,7 @@ async fn readyz_follows_the_kafka_bus() {
     );
     let bus = data["bus"].as_str().unwrap().to_owned();
 
-    broker.restart().await;
+    broker.restart_empty().await;
     let back = tokio::time::Instant::now();
     let body = readyz_until(server.http_addr, 200, 3 * WAIT).await;
     assert_ready(&body);

@@ -400,19 +400,21 @@ pub mod services {
         env("CHAT_TEST_REDIS_URL")
     }
 
-    /// The tansu broker binary (`CHAT_TEST_TANSU_BIN`), for a test that
-    /// runs a broker of its own to stop and start it.
-    pub fn tansu_bin() -> std::path::PathBuf {
-        let bin = std::path::PathBuf::from(env("CHAT_TEST_TANSU_BIN"));
+    /// The Java runtime (`CHAT_TEST_JAVA`) and the directory of Apache
+    /// Kafka's jars (`CHAT_TEST_KAFKA_JARS`), for a test that runs a broker
+    /// of its own to stop and start it.
+    pub fn kafka_runtime() -> (std::path::PathBuf, std::path::PathBuf) {
+        let java = std::path::PathBuf::from(env("CHAT_TEST_JAVA"));
+        let jars = std::path::PathBuf::from(env("CHAT_TEST_KAFKA_JARS"));
         assert!(
-            bin.is_file(),
-            "CHAT_TEST_TANSU_BIN={} is not a file: run the tests with scripts/test.sh",
-            bin.display()
+            jars.join(".complete").is_file(),
+            "CHAT_TEST_KAFKA_JARS={} holds no complete copy of the broker: run the tests with scripts/test.sh",
+            jars.display()
         );
-        bin
+        (java, jars)
     }
 
-    /// `127.0.0.1:<port>` of a Kafka-protocol broker.
+    /// `127.0.0.1:<port>` of an Apache Kafka broker.
     pub fn kafka_brokers() -> String {
         env("CHAT_TEST_KAFKA_BROKERS")
     }
@@ -643,19 +645,67 @@ pub mod process {
         })
     }
 
-    /// A Kafka-protocol broker (tansu, in-memory storage) of the test's
-    /// own, on a loopback port, that the test can kill and start again.
-    /// Killed when dropped.
+    /// An Apache Kafka broker of the test's own, run as
+    /// `scripts/services.sh` runs the suite's (its `scripts/kafka/` files,
+    /// [`crate::services::kafka_runtime`]), on a loopback port, with its
+    /// data in a temporary directory: the test can kill it and start it
+    /// again with its data or empty. Killed when dropped.
     pub struct Broker {
         pub port: u16,
+        controller_port: u16,
+        dir: tempfile::TempDir,
         child: Option<Child>,
+        starts: usize,
+    }
+
+    /// How long a broker may take to start: a JVM that starts in 4 s on an
+    /// idle machine took 17 s on two cores shared with a build.
+    const BROKER_START: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// The broker's files in `scripts/kafka/`.
+    fn kafka_file(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../scripts/kafka")
+            .join(name)
+    }
+
+    /// A KRaft cluster id: 16 random bytes in URL-safe base64 without
+    /// padding, not starting with `-` (as `scripts/services.sh` makes one).
+    fn kafka_cluster_id() -> String {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        loop {
+            let bytes: [u8; 16] = rand::random();
+            let mut bits = 0u32;
+            let mut nbits = 0;
+            let mut id = String::new();
+            for byte in bytes {
+                bits = (bits << 8) | u32::from(byte);
+                nbits += 8;
+                while nbits >= 6 {
+                    nbits -= 6;
+                    id.push(ALPHABET[((bits >> nbits) & 63) as usize] as char);
+                }
+            }
+            id.push(ALPHABET[((bits << (6 - nbits)) & 63) as usize] as char);
+            if !id.starts_with('-') {
+                return id;
+            }
+        }
     }
 
     impl Broker {
-        /// Starts tansu (`CHAT_TEST_TANSU_BIN`) on `127.0.0.1:port` and
-        /// waits until it listens there.
+        /// Formats a new broker's storage and starts it on
+        /// `127.0.0.1:port`; returns once it takes requests.
         pub async fn start(port: u16) -> Self {
-            let mut broker = Self { port, child: None };
+            let mut broker = Self {
+                port,
+                controller_port: free_service_port(),
+                dir: tempfile::tempdir().expect("a directory for the broker"),
+                child: None,
+                starts: 0,
+            };
+            broker.format().await;
             broker.restart().await;
             broker
         }
@@ -665,42 +715,125 @@ pub mod process {
             format!("127.0.0.1:{}", self.port)
         }
 
-        /// Starts the broker (again) on its port, as `scripts/services.sh`
-        /// does, and waits until it listens.
+        fn properties(&self) -> std::path::PathBuf {
+            self.dir.path().join("server.properties")
+        }
+
+        /// Writes the configuration and formats empty storage, under a new
+        /// cluster id.
+        async fn format(&self) {
+            let data = self.dir.path().join("data");
+            if data.exists() {
+                std::fs::remove_dir_all(&data).expect("delete the broker's data");
+            }
+            let template = std::fs::read_to_string(kafka_file("server.properties"))
+                .expect("read scripts/kafka/server.properties");
+            let properties = template
+                .replace("@PORT@", &self.port.to_string())
+                .replace("@CONTROLLER_PORT@", &self.controller_port.to_string())
+                .replace("@DATA@", data.to_str().expect("a UTF-8 path"));
+            std::fs::write(self.properties(), properties).expect("write server.properties");
+            let (java, jars) = crate::services::kafka_runtime();
+            let output = Command::new(java)
+                .arg("-cp")
+                .arg(jars.join("*"))
+                .args(["kafka.tools.StorageTool", "format", "--cluster-id"])
+                .arg(kafka_cluster_id())
+                .arg("--config")
+                .arg(self.properties())
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .expect("run Kafka's StorageTool");
+            assert!(
+                output.status.success(),
+                "formatting the broker's storage failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+
+        /// Starts the broker (again) with the data it has, and waits until
+        /// it takes requests (it logs that it started).
         pub async fn restart(&mut self) {
             assert!(self.child.is_none(), "the broker is running");
-            let url = format!("tcp://127.0.0.1:{}", self.port);
-            let mut child = Command::new(crate::services::tansu_bin())
-                .arg("broker")
-                .args(["--listener-url", &url])
-                .args(["--advertised-listener-url", &url])
-                .args(["--storage-engine", "memory://tansu/"])
+            self.starts += 1;
+            let log_path = self.dir.path().join(format!("kafka-{}.log", self.starts));
+            let log = std::fs::File::create(&log_path).expect("create the broker's log");
+            let (java, jars) = crate::services::kafka_runtime();
+            let mut child = Command::new(java)
+                .arg(format!(
+                    "@{}",
+                    kafka_file("jvm.options").to_str().expect("a UTF-8 path")
+                ))
+                .arg(format!(
+                    "-Dlog4j2.configurationFile={}",
+                    kafka_file("log4j2.properties").display()
+                ))
+                .arg("-cp")
+                .arg(jars.join("*"))
+                .arg("kafka.Kafka")
+                .arg(self.properties())
                 .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stdout(log.try_clone().expect("the log file"))
+                .stderr(log)
                 .kill_on_drop(true)
                 .spawn()
-                .expect("start tansu");
+                .expect("start the Kafka broker");
             let pid = child.id().expect("the broker's pid");
             let started = tokio::time::Instant::now();
             loop {
                 if let Some(status) = child.try_wait().expect("broker status") {
                     panic!(
-                        "tansu exited with {status} before listening on port {}",
-                        self.port
+                        "the Kafka broker exited with {status} before it started (log: {})",
+                        std::fs::read_to_string(&log_path).unwrap_or_default()
                     );
                 }
-                if listens_on(pid, self.port) {
+                if listens_on(pid, self.port)
+                    && std::fs::read_to_string(&log_path)
+                        .is_ok_and(|log| log.contains("Kafka Server started"))
+                {
                     break;
                 }
                 assert!(
-                    started.elapsed() < WAIT,
-                    "tansu did not listen on port {} within {WAIT:?}",
-                    self.port
+                    started.elapsed() < BROKER_START,
+                    "the Kafka broker did not start on port {} within {BROKER_START:?}",
+                    self.port,
                 );
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
+            eprintln!(
+                "Kafka broker on port {} started in {:?}",
+                self.port,
+                started.elapsed()
+            );
             self.child = Some(child);
+        }
+
+        /// Starts the broker again with none of its data (topics, records):
+        /// as a broker whose disk was lost, under a new cluster id.
+        pub async fn restart_empty(&mut self) {
+            self.format().await;
+            self.restart().await;
+        }
+
+        /// SIGSTOP: the broker keeps its connections but answers nothing.
+        pub fn pause(&self) {
+            self.signal("-STOP");
+        }
+
+        /// SIGCONT, after [`Broker::pause`].
+        pub fn resume(&self) {
+            self.signal("-CONT");
+        }
+
+        fn signal(&self, signal: &str) {
+            let child = self.child.as_ref().expect("the broker is running");
+            let pid = child.id().expect("the broker's pid").to_string();
+            let status = std::process::Command::new("kill")
+                .args([signal, &pid])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill {signal} {pid} failed");
         }
 
         /// SIGKILL, and wait until the process is gone.
